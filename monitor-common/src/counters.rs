@@ -1,0 +1,72 @@
+//! Layout of the per-CPU counter array shared by every program. Indices are computed
+//! here so the kernel and the agent agree on them.
+
+use crate::event::{EventKind, Hook};
+use crate::flags::FlagClass;
+use crate::parse::OUTCOME_COUNT;
+
+/// `packets[hook][class]`: TCP segments by hook and flag class.
+pub const PACKETS_BASE: u32 = 0;
+/// `outcomes[hook][outcome]`: parse outcomes by hook.
+pub const OUTCOMES_BASE: u32 = PACKETS_BASE + (Hook::KERNEL_COUNT * FlagClass::COUNT) as u32;
+/// `submitted[kind]`: events written to the ring buffer.
+pub const SUBMITTED_BASE: u32 = OUTCOMES_BASE + (Hook::KERNEL_COUNT * OUTCOME_COUNT) as u32;
+/// `lost[kind]`: events dropped because the ring buffer was full.
+pub const LOST_BASE: u32 = SUBMITTED_BASE + EventKind::COUNT as u32;
+/// `segments[hook]`: wire segments (GSO-expanded) of TCP packets by hook.
+pub const SEGMENTS_BASE: u32 = LOST_BASE + EventKind::COUNT as u32;
+/// Slots in the array.
+pub const LEN: u32 = SEGMENTS_BASE + Hook::KERNEL_COUNT as u32;
+
+#[inline(always)]
+pub const fn packets(hook: Hook, class: FlagClass) -> u32 {
+    PACKETS_BASE + (hook as u32) * FlagClass::COUNT as u32 + class as u32
+}
+
+#[inline(always)]
+pub const fn outcome(hook: Hook, outcome: usize) -> u32 {
+    OUTCOMES_BASE + (hook as u32) * OUTCOME_COUNT as u32 + outcome as u32
+}
+
+#[inline(always)]
+pub const fn submitted(kind: EventKind) -> u32 {
+    SUBMITTED_BASE + kind as u32
+}
+
+#[inline(always)]
+pub const fn lost(kind: EventKind) -> u32 {
+    LOST_BASE + kind as u32
+}
+
+#[inline(always)]
+pub const fn segments(hook: Hook) -> u32 {
+    SEGMENTS_BASE + hook as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_do_not_overlap() {
+        let mut seen = std::vec![false; LEN as usize];
+        let mut mark = |i: u32| {
+            assert!(!seen[i as usize], "slot {i} used twice");
+            seen[i as usize] = true;
+        };
+        for h in &Hook::ALL[..Hook::KERNEL_COUNT] {
+            for c in FlagClass::ALL {
+                mark(packets(*h, c));
+            }
+            for o in 0..OUTCOME_COUNT {
+                mark(outcome(*h, o));
+            }
+            mark(segments(*h));
+        }
+        for k in EventKind::ALL {
+            mark(submitted(k));
+            mark(lost(k));
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+}

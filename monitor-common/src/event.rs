@@ -1,0 +1,172 @@
+//! The record the kernel pushes through the ring buffer.
+
+use crate::parse::TcpPacket;
+
+/// Where a packet was seen.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP on ingress: one wire segment per frame, before GRO.
+    XdpIngress = 0,
+    /// tc (TCX) on ingress: after GRO, may be a merged super-packet.
+    TcIngress = 1,
+    /// tc (TCX) on egress: before TSO/GSO segmentation.
+    TcEgress = 2,
+    /// Read from a capture file by `tcpmon replay`.
+    Replay = 3,
+}
+
+impl Hook {
+    /// Hooks with kernel counters (replay has none).
+    pub const KERNEL_COUNT: usize = 3;
+    pub const ALL: [Hook; 4] = [
+        Hook::XdpIngress,
+        Hook::TcIngress,
+        Hook::TcEgress,
+        Hook::Replay,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::XdpIngress => "xdp_ingress",
+            Hook::TcIngress => "tc_ingress",
+            Hook::TcEgress => "tc_egress",
+            Hook::Replay => "replay",
+        }
+    }
+
+    pub const fn from_u8(v: u8) -> Option<Hook> {
+        match v {
+            0 => Some(Hook::XdpIngress),
+            1 => Some(Hook::TcIngress),
+            2 => Some(Hook::TcEgress),
+            3 => Some(Hook::Replay),
+            _ => None,
+        }
+    }
+
+    /// Whether the packet arrived at the monitored host (as opposed to leaving it).
+    pub const fn is_ingress(self) -> bool {
+        !matches!(self, Hook::TcEgress)
+    }
+}
+
+/// Why an event was emitted. A segment that qualifies twice (a handshake ACK that
+/// also carries FIN) gets the earlier kind; its flags say the rest.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Syn = 0,
+    SynAck = 1,
+    /// The ACK that completes a three-way handshake.
+    HandshakeAck = 2,
+    Fin = 3,
+    Rst = 4,
+}
+
+impl EventKind {
+    pub const COUNT: usize = 5;
+    pub const ALL: [EventKind; Self::COUNT] = [
+        EventKind::Syn,
+        EventKind::SynAck,
+        EventKind::HandshakeAck,
+        EventKind::Fin,
+        EventKind::Rst,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::Syn => "syn",
+            EventKind::SynAck => "synack",
+            EventKind::HandshakeAck => "handshake_ack",
+            EventKind::Fin => "fin",
+            EventKind::Rst => "rst",
+        }
+    }
+
+    pub const fn from_u8(v: u8) -> Option<EventKind> {
+        match v {
+            0 => Some(EventKind::Syn),
+            1 => Some(EventKind::SynAck),
+            2 => Some(EventKind::HandshakeAck),
+            3 => Some(EventKind::Fin),
+            4 => Some(EventKind::Rst),
+            _ => None,
+        }
+    }
+}
+
+/// One emitted segment. Fixed-width fields only, explicit padding, no implicit holes:
+/// the layout is the ABI between the kernel object and the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the hook ran; capture time in replay.
+    pub ts_ns: u64,
+    /// Network-order address words; IPv4 uses word 0.
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP payload bytes (all segments of a GSO super-packet).
+    pub payload_len: u32,
+    pub ifindex: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// Raw (unscaled) receive window.
+    pub window: u16,
+    /// Wire segments this packet stands for: `gso_segs` on tc, 1 on XDP.
+    pub gso_segs: u16,
+    pub tcp_flags: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// [`Hook`] discriminant.
+    pub hook: u8,
+    /// [`EventKind`] discriminant.
+    pub kind: u8,
+    /// Outermost VLAN ID, 0 if untagged.
+    pub vlan_id: u16,
+    pub vlan_depth: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 72);
+const _: () = assert!(core::mem::align_of::<TcpEvent>() == 8);
+
+impl TcpEvent {
+    #[inline(always)]
+    pub fn from_packet(
+        pkt: &TcpPacket,
+        ts_ns: u64,
+        hook: Hook,
+        kind: EventKind,
+        ifindex: u32,
+        gso_segs: u16,
+    ) -> TcpEvent {
+        TcpEvent {
+            ts_ns,
+            saddr: pkt.saddr,
+            daddr: pkt.daddr,
+            seq: pkt.seq,
+            ack: pkt.ack,
+            payload_len: pkt.payload_len,
+            ifindex,
+            sport: pkt.sport,
+            dport: pkt.dport,
+            window: pkt.window,
+            gso_segs,
+            tcp_flags: pkt.flags,
+            family: pkt.family,
+            hook: hook as u8,
+            kind: kind as u8,
+            vlan_id: pkt.vlan_id,
+            vlan_depth: pkt.vlan_depth,
+            _pad: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: TcpEvent is repr(C), has no padding holes (asserted size) and every bit
+// pattern is a valid value of each field.
+unsafe impl aya::Pod for TcpEvent {}

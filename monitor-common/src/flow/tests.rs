@@ -1,0 +1,180 @@
+use super::*;
+use crate::flags::PSH;
+use crate::frames::Frame;
+use crate::parse::parse_ethernet;
+
+const C: [u8; 4] = [10, 0, 0, 1];
+const S: [u8; 4] = [10, 0, 0, 2];
+
+fn pkt(from_client: bool, flags: u8, seq: u32, ack: u32, payload: usize) -> TcpPacket {
+    let f = if from_client {
+        Frame::v4(C, 40000, S, 80)
+    } else {
+        Frame::v4(S, 80, C, 40000)
+    };
+    parse_ethernet(&f.flags(flags).seq_ack(seq, ack).payload(payload).build()[..]).unwrap()
+}
+
+/// Runs packets through the policy with a map of one entry, as the kernel does.
+fn run(pkts: &[TcpPacket]) -> std::vec::Vec<Option<EventKind>> {
+    let mut entry: Option<FlowState> = None;
+    let mut out = std::vec::Vec::new();
+    for p in pkts {
+        let (_, dir) = FlowKey::of(p);
+        let d = decide(entry.as_mut(), dir, p);
+        match d.update {
+            FlowUpdate::Keep => {}
+            FlowUpdate::Insert(s) => entry = Some(s),
+            FlowUpdate::Delete => entry = None,
+        }
+        out.push(d.emit);
+    }
+    out
+}
+
+#[test]
+fn key_is_direction_free() {
+    let a = pkt(true, SYN, 1, 0, 0);
+    let b = pkt(false, SYN | ACK, 9, 2, 0);
+    let (ka, da) = FlowKey::of(&a);
+    let (kb, db) = FlowKey::of(&b);
+    assert_eq!(ka, kb);
+    assert_ne!(da, db);
+}
+
+#[test]
+fn key_orders_by_port_when_addresses_match() {
+    let a = parse_ethernet(&Frame::v4(C, 5000, C, 80).build()[..]).unwrap();
+    let (k, dir) = FlowKey::of(&a);
+    assert_eq!((k.port_lo, k.port_hi, dir), (80, 5000, DIR_HI_TO_LO));
+}
+
+#[test]
+fn three_way_handshake_then_quiet_data_then_close() {
+    let isn_c = 0xffff_fffe; // wraps during the connection
+    let isn_s = 0xffff_ffff;
+    let got = run(&[
+        pkt(true, SYN, isn_c, 0, 0),
+        pkt(false, SYN | ACK, isn_s, isn_c.wrapping_add(1), 0),
+        pkt(true, ACK, isn_c.wrapping_add(1), isn_s.wrapping_add(1), 0),
+        pkt(true, ACK | PSH, isn_c.wrapping_add(1), 0, 100),
+        pkt(false, ACK, isn_s.wrapping_add(1), 100, 0),
+        pkt(true, ACK, 101, 0, 0),
+        pkt(true, FIN | ACK, 101, 0, 0),
+        pkt(false, FIN | ACK, 0, 102, 0),
+        pkt(true, ACK, 102, 1, 0),
+    ]);
+    use EventKind::*;
+    assert_eq!(
+        got,
+        [
+            Some(Syn),
+            Some(SynAck),
+            Some(HandshakeAck),
+            None,
+            None,
+            None,
+            Some(Fin),
+            Some(Fin),
+            None
+        ]
+    );
+}
+
+#[test]
+fn first_data_segment_completes_handshake_when_ack_missed() {
+    let got = run(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK | PSH, 101, 501, 10),
+        pkt(true, ACK | PSH, 111, 501, 10),
+    ]);
+    assert_eq!(got[2], Some(EventKind::HandshakeAck));
+    assert_eq!(got[3], None);
+}
+
+#[test]
+fn server_ack_or_wrong_ack_does_not_complete() {
+    let got = run(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(false, ACK, 501, 101, 0),
+        pkt(true, ACK, 101, 777, 0),
+        pkt(true, ACK, 101, 501, 0),
+    ]);
+    assert_eq!(got[2..], [None, None, Some(EventKind::HandshakeAck)]);
+}
+
+#[test]
+fn synack_without_syn_still_tracks_client() {
+    let got = run(&[
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+    ]);
+    assert_eq!(
+        got,
+        [Some(EventKind::SynAck), Some(EventKind::HandshakeAck)]
+    );
+}
+
+#[test]
+fn retransmitted_syn_and_synack_emit_again_but_ack_once() {
+    let got = run(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+        pkt(true, ACK, 101, 501, 0),
+    ]);
+    use EventKind::*;
+    assert_eq!(
+        got,
+        [
+            Some(Syn),
+            Some(Syn),
+            Some(SynAck),
+            Some(SynAck),
+            Some(HandshakeAck),
+            None
+        ]
+    );
+}
+
+#[test]
+fn rst_is_emitted_and_forgets_the_flow() {
+    let got = run(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(false, RST | ACK, 501, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+    ]);
+    assert_eq!(got[2..], [Some(EventKind::Rst), None]);
+}
+
+#[test]
+fn mid_stream_connection_emits_only_fin_and_rst() {
+    let got = run(&[
+        pkt(true, ACK | PSH, 1, 1, 100),
+        pkt(false, ACK, 1, 101, 0),
+        pkt(true, FIN | ACK, 101, 1, 0),
+        pkt(false, RST, 1, 0, 0),
+    ]);
+    assert_eq!(
+        got,
+        [None, None, Some(EventKind::Fin), Some(EventKind::Rst)]
+    );
+}
+
+#[test]
+fn new_syn_on_same_tuple_restarts_tracking() {
+    let got = run(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+        pkt(true, SYN, 9000, 0, 0),
+        pkt(false, SYN | ACK, 7000, 9001, 0),
+        pkt(true, ACK, 9001, 7001, 0),
+    ]);
+    assert_eq!(got[5], Some(EventKind::HandshakeAck));
+}

@@ -1,0 +1,180 @@
+//! tcpmon's kernel side: XDP on ingress, tc (TCX) on egress (and optionally ingress).
+//!
+//! Every path returns a pass verdict: the monitor never drops, changes or delays a
+//! packet. Parsing, the flow key and the emit policy live in `monitor-common`.
+#![no_std]
+#![no_main]
+
+mod packet;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, xdp},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use monitor_common::{
+    FlowKey, FlowState, TcpEvent, counters,
+    event::{EventKind, Hook},
+    flags::FlagClass,
+    flow::{FlowUpdate, decide},
+    parse::{OUTCOME_TCP, parse_ethernet},
+};
+use packet::Packet;
+
+/// Events for userspace. The agent resizes it at load time (`--ring-bytes`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Handshake state per connection; LRU so that abandoned flows age out by themselves.
+/// The agent resizes it at load time (`--flow-entries`).
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+
+/// All counters of one CPU in one slot: one map lookup per packet.
+#[map]
+static COUNTERS: PerCpuArray<[u64; counters::LEN as usize]> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
+    let pkt = Packet::new(ctx.data(), ctx.data_end(), 0);
+    observe(&pkt, Hook::XdpIngress, ctx.ingress_ifindex() as u32, 1, 0);
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn tcpmon_tc_egress(ctx: TcContext) -> i32 {
+    observe_skb(&ctx, Hook::TcEgress);
+    // TCX_NEXT / "unspecified": let whatever is attached after us decide.
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tcpmon_tc_ingress(ctx: TcContext) -> i32 {
+    observe_skb(&ctx, Hook::TcIngress);
+    TC_ACT_UNSPEC
+}
+
+/// Bytes of headers wanted in the linear part of an skb before parsing.
+const PULL_LEN: u32 = 128;
+
+#[inline(always)]
+fn observe_skb(ctx: &TcContext, hook: Hook) {
+    let skb = ctx.as_ptr() as *const __sk_buff;
+    // SAFETY: the context pointer of a classifier program is a valid __sk_buff for the
+    // duration of the run; these are plain field reads the verifier rewrites.
+    let (len, ifindex, gso_segs, vlan_present, vlan_tci) = unsafe {
+        (
+            (*skb).len,
+            (*skb).ifindex,
+            (*skb).gso_segs,
+            (*skb).vlan_present,
+            (*skb).vlan_tci,
+        )
+    };
+    let want = if len < PULL_LEN { len } else { PULL_LEN };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // Headers in paged data: make them linear (content is not changed). On
+        // failure parsing reports what it could not see.
+        let _ = ctx.pull_data(want);
+    }
+    // An accelerated (stripped) tag is metadata, not data: report it as the outer tag.
+    let vlan = if vlan_present != 0 {
+        (vlan_tci as u16 & 0x0fff) | 0x8000
+    } else {
+        0
+    };
+    let pkt = Packet::new(ctx.data(), ctx.data_end(), len as usize);
+    let segs = if gso_segs > 1 { gso_segs as u16 } else { 1 };
+    observe(&pkt, hook, ifindex, segs, vlan);
+}
+
+/// Parses, counts and maybe emits. `hw_vlan` is 0x8000 | VID for a tag held in skb
+/// metadata.
+#[inline(always)]
+fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) {
+    let Some(c) = COUNTERS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot of this CPU; programs do not migrate mid-run.
+    let c = unsafe { &mut *c };
+    let mut tcp = match parse_ethernet(pkt) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            bump(c, counters::outcome(hook, e as usize), 1);
+            return;
+        }
+    };
+    if hw_vlan != 0 {
+        tcp.vlan_id = hw_vlan & 0x0fff;
+        tcp.vlan_depth += 1;
+    }
+    bump(c, counters::outcome(hook, OUTCOME_TCP), 1);
+    bump(
+        c,
+        counters::packets(hook, FlagClass::of(tcp.flags, tcp.payload_len)),
+        1,
+    );
+    bump(c, counters::segments(hook), gso_segs as u64);
+
+    let (key, dir) = FlowKey::of(&tcp);
+    // SAFETY: the value pointer is valid for this run; concurrent updates from another
+    // CPU can at worst repeat or miss one handshake-ACK event, never corrupt memory.
+    let state = FLOWS.get_ptr_mut(&key).map(|p| unsafe { &mut *p });
+    let decision = decide(state, dir, &tcp);
+    match decision.update {
+        FlowUpdate::Keep => {}
+        FlowUpdate::Insert(s) => {
+            let _ = FLOWS.insert(&key, &s, 0);
+        }
+        FlowUpdate::Delete => {
+            let _ = FLOWS.remove(&key);
+        }
+    }
+    let Some(kind) = decision.emit else {
+        return;
+    };
+    emit(c, &tcp, hook, kind, ifindex, gso_segs);
+}
+
+#[inline(always)]
+fn emit(
+    c: &mut [u64; counters::LEN as usize],
+    tcp: &monitor_common::TcpPacket,
+    hook: Hook,
+    kind: EventKind,
+    ifindex: u32,
+    gso_segs: u16,
+) {
+    match EVENTS.reserve::<TcpEvent>(0) {
+        Some(mut slot) => {
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            slot.write(TcpEvent::from_packet(
+                tcp, now, hook, kind, ifindex, gso_segs,
+            ));
+            slot.submit(0);
+            bump(c, counters::submitted(kind), 1);
+        }
+        None => bump(c, counters::lost(kind), 1),
+    }
+}
+
+#[inline(always)]
+fn bump(c: &mut [u64; counters::LEN as usize], idx: u32, by: u64) {
+    if let Some(v) = c.get_mut(idx as usize) {
+        *v += by;
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

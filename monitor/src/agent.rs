@@ -1,0 +1,193 @@
+//! The running monitor: programs attached, ring buffer drained, metrics served.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
+
+use crate::{
+    event::{Event, EventRecord, WallClock},
+    iface,
+    kstats::KernelStats,
+    loader::{self, Attachment, IngressMode, LoadOptions},
+    metrics::Metrics,
+    preflight, server,
+};
+
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub ifaces: Vec<String>,
+    pub ingress: IngressMode,
+    pub load: LoadOptions,
+    /// Where to serve /metrics; None serves nothing.
+    pub listen: Option<SocketAddr>,
+    /// Print every event as a JSON line on stdout.
+    pub json_events: bool,
+}
+
+/// What the HTTP handlers and the event loop share.
+pub struct Shared {
+    pub metrics: Metrics,
+    kernel: Mutex<KernelStats>,
+    /// Flow-map walks are rate-limited: a scrape storm must not cost the host.
+    last_flow_walk: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// Pulls kernel counters into the registry.
+    pub fn refresh(&self) {
+        let kernel = self.kernel.lock().expect("kernel stats lock");
+        match kernel.totals() {
+            Ok(t) => self.metrics.apply_kernel_totals(&t),
+            Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
+        }
+        let mut last = self.last_flow_walk.lock().expect("flow walk lock");
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            self.metrics
+                .set_flow_table(kernel.flow_entries(), kernel.flow_capacity);
+            *last = Some(Instant::now());
+        }
+    }
+}
+
+/// Runs until SIGINT/SIGTERM. Returns after everything is detached.
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    preflight::check_capabilities()?;
+    preflight::check_kernel()?;
+    preflight::raise_memlock();
+
+    let ifaces = if opts.ifaces.is_empty() {
+        let name = iface::default_route()?;
+        tracing::info!(iface = %name, "watching the default-route interface");
+        vec![name]
+    } else {
+        opts.ifaces.clone()
+    };
+    // Bind before attaching so a port clash changes nothing on the host.
+    let listener = match opts.listen {
+        Some(addr) => Some(server::bind(addr).await?),
+        None => None,
+    };
+
+    let mut bpf = loader::load(&opts.load)?;
+    let attachments = loader::attach(&mut bpf, &ifaces, opts.ingress)?;
+    for a in &attachments {
+        tracing::info!(iface = %a.iface, hook = a.hook.name(), mode = a.mode, "attached");
+    }
+    let ring = RingBuf::try_from(
+        bpf.take_map(loader::EVENTS_MAP)
+            .context("EVENTS map missing from object")?,
+    )?;
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(&preflight::kernel_release()),
+        kernel: Mutex::new(KernelStats::new(&mut bpf, opts.load.flow_entries)?),
+        last_flow_walk: Mutex::new(None),
+    });
+    shared.metrics.set_attachments(&attachments);
+
+    if let Some(listener) = listener {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "serving /metrics");
+        let s = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(listener, s).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reader = tokio::spawn(drain_events(
+        ring,
+        shared.clone(),
+        attachments.clone(),
+        opts.json_events,
+        stop_rx,
+    ));
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    reader.await??;
+    shared.refresh();
+    // Dropping the object closes every link fd: programs detach here (and would on
+    // any exit, SIGKILL included, since nothing is pinned).
+    drop(bpf);
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Reads the ring buffer whenever the kernel signals it, until told to stop; drains
+/// what is left before returning.
+async fn drain_events(
+    ring: RingBuf<MapData>,
+    shared: Arc<Shared>,
+    attachments: Vec<Attachment>,
+    json: bool,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let clock = WallClock::now();
+    let names: std::collections::HashMap<u32, String> = attachments
+        .iter()
+        .map(|a| (a.ifindex, a.iface.clone()))
+        .collect();
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as
+    // the AsyncFd owns the RingBuf.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
+    let handle = |bytes: &[u8], out: &mut dyn Write| -> anyhow::Result<()> {
+        match Event::decode(bytes) {
+            Ok(ev) => {
+                shared.metrics.on_event(ev.kind);
+                if json {
+                    let name = names
+                        .get(&ev.raw.ifindex)
+                        .cloned()
+                        .or_else(|| iface::name_of(ev.raw.ifindex));
+                    serde_json::to_writer(&mut *out, &EventRecord::new(&ev, &clock, name))?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            Err(e) => {
+                shared.metrics.decode_errors.inc();
+                tracing::warn!(error = %e, "undecodable event");
+            }
+        }
+        Ok(())
+    };
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    handle(&item, &mut out)?;
+                }
+                out.flush()?;
+                guard.clear_ready();
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    let ring = fd.get_mut();
+    while let Some(item) = ring.next() {
+        handle(&item, &mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}

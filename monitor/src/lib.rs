@@ -1,0 +1,16 @@
+//! tcpmon's agent as a library: the binary, the privileged tests and the benchmarks
+//! all drive the same code.
+
+pub mod agent;
+pub mod ebpf;
+pub mod event;
+pub mod iface;
+pub mod kstats;
+pub mod loader;
+pub mod metrics;
+pub mod preflight;
+pub mod server;
+
+/// Default /metrics port. Prometheus' default port allocation list has filled the
+/// whole 9100-9999 exporter range, so tcpmon stays clear of it.
+pub const DEFAULT_PORT: u16 = 19393;

@@ -1,0 +1,229 @@
+//! The Prometheus registry. Every label is a closed enum (hook, class, outcome, kind)
+//! or a bounded configured set (interfaces): never an address or an ephemeral port.
+
+use std::sync::Mutex;
+
+use monitor_common::{
+    counters,
+    event::{EventKind, Hook},
+    flags::FlagClass,
+    parse::{OUTCOME_COUNT, OUTCOME_NAMES},
+};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::{kstats::Totals, loader::Attachment};
+
+pub struct Metrics {
+    pub registry: Registry,
+    packets: IntCounterVec,
+    segments: IntCounterVec,
+    outcomes: IntCounterVec,
+    pub events: IntCounterVec,
+    emitted: IntCounterVec,
+    lost: IntCounterVec,
+    pub decode_errors: IntCounter,
+    flow_entries: IntGauge,
+    flow_capacity: IntGauge,
+    attachments: IntGaugeVec,
+    /// Kernel totals already added to the counters.
+    last: Mutex<Totals>,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new(kernel: &str) -> Metrics {
+        let r = Registry::new();
+        let m = Metrics {
+            packets: counter_vec(
+                &r,
+                "tcpmon_packets_total",
+                "TCP packets seen by the kernel programs, by hook and flag class (skbs: a GSO super-packet counts once)",
+                &["hook", "class"],
+            ),
+            segments: counter_vec(
+                &r,
+                "tcpmon_segments_total",
+                "TCP wire segments seen, GSO/TSO super-packets expanded to their segment count",
+                &["hook"],
+            ),
+            outcomes: counter_vec(
+                &r,
+                "tcpmon_parse_outcomes_total",
+                "Frames by parse outcome; every frame is passed on untouched whatever the outcome",
+                &["hook", "outcome"],
+            ),
+            events: counter_vec(
+                &r,
+                "tcpmon_events_total",
+                "Events received from the ring buffer, by kind",
+                &["kind"],
+            ),
+            emitted: counter_vec(
+                &r,
+                "tcpmon_events_emitted_total",
+                "Events the kernel wrote to the ring buffer, by kind",
+                &["kind"],
+            ),
+            lost: counter_vec(
+                &r,
+                "tcpmon_events_lost_total",
+                "Events dropped in the kernel because the ring buffer was full, by kind",
+                &["kind"],
+            ),
+            decode_errors: {
+                let c = IntCounter::new(
+                    "tcpmon_event_decode_errors_total",
+                    "Ring buffer records that could not be decoded",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            flow_entries: gauge(
+                &r,
+                "tcpmon_flow_table_entries",
+                "Entries in the kernel's LRU flow map",
+            ),
+            flow_capacity: gauge(
+                &r,
+                "tcpmon_flow_table_capacity",
+                "Capacity of the kernel's LRU flow map",
+            ),
+            attachments: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "tcpmon_attached",
+                        "Programs attached, by interface, hook and mode",
+                    ),
+                    &["iface", "hook", "mode"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            last: Mutex::new([0; counters::LEN as usize]),
+            registry: r,
+        };
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "tcpmon_build_info",
+                "tcpmon version and the kernel it runs on",
+            ),
+            &["version", "kernel"],
+        )
+        .expect("valid metric");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel])
+            .set(1);
+        m.registry.register(Box::new(info)).expect("unique metric");
+        // Pre-create every series so dashboards see zeros, not gaps.
+        for h in &Hook::ALL[..Hook::KERNEL_COUNT] {
+            for c in FlagClass::ALL {
+                m.packets.with_label_values(&[h.name(), c.name()]);
+            }
+            for o in OUTCOME_NAMES {
+                m.outcomes.with_label_values(&[h.name(), o]);
+            }
+        }
+        for k in EventKind::ALL {
+            m.events.with_label_values(&[k.name()]);
+            m.emitted.with_label_values(&[k.name()]);
+            m.lost.with_label_values(&[k.name()]);
+        }
+        m
+    }
+
+    pub fn set_attachments(&self, atts: &[Attachment]) {
+        for a in atts {
+            self.attachments
+                .with_label_values(&[&a.iface, a.hook.name(), a.mode])
+                .set(1);
+        }
+    }
+
+    pub fn set_flow_table(&self, entries: usize, capacity: u32) {
+        self.flow_entries.set(entries as i64);
+        self.flow_capacity.set(capacity as i64);
+    }
+
+    /// Adds what the kernel counted since the last call. Only hooks that were
+    /// attached produce series with non-zero values.
+    pub fn apply_kernel_totals(&self, now: &Totals) {
+        let mut last = self.last.lock().expect("metrics lock");
+        let delta = |i: u32| now[i as usize].saturating_sub(last[i as usize]);
+        for h in &Hook::ALL[..Hook::KERNEL_COUNT] {
+            for c in FlagClass::ALL {
+                self.packets
+                    .with_label_values(&[h.name(), c.name()])
+                    .inc_by(delta(counters::packets(*h, c)));
+            }
+            for (o, name) in OUTCOME_NAMES.iter().enumerate().take(OUTCOME_COUNT) {
+                self.outcomes
+                    .with_label_values(&[h.name(), name])
+                    .inc_by(delta(counters::outcome(*h, o)));
+            }
+            let d = delta(counters::segments(*h));
+            if d > 0 {
+                self.segments.with_label_values(&[h.name()]).inc_by(d);
+            }
+        }
+        for k in EventKind::ALL {
+            self.emitted
+                .with_label_values(&[k.name()])
+                .inc_by(delta(counters::submitted(k)));
+            self.lost
+                .with_label_values(&[k.name()])
+                .inc_by(delta(counters::lost(k)));
+        }
+        *last = *now;
+    }
+
+    pub fn on_event(&self, kind: EventKind) {
+        self.events.with_label_values(&[kind.name()]).inc();
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_totals_become_counter_deltas() {
+        let m = Metrics::new("test");
+        let mut t = [0u64; counters::LEN as usize];
+        t[counters::packets(Hook::XdpIngress, FlagClass::Syn) as usize] = 5;
+        t[counters::lost(EventKind::Rst) as usize] = 2;
+        m.apply_kernel_totals(&t);
+        t[counters::packets(Hook::XdpIngress, FlagClass::Syn) as usize] = 7;
+        m.apply_kernel_totals(&t);
+        let text = m.render();
+        assert!(
+            text.contains("tcpmon_packets_total{class=\"syn\",hook=\"xdp_ingress\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpmon_events_lost_total{kind=\"rst\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("tcpmon_build_info{kernel=\"test\""), "{text}");
+    }
+}

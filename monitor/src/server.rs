@@ -1,0 +1,57 @@
+//! The HTTP endpoint Prometheus scrapes.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use tokio::net::TcpListener;
+
+use crate::agent::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "cannot listen on {addr}: port already in use (another tcpmon?); choose another with --listen"
+    )]
+    InUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds now (so a port clash is reported before anything is attached) and returns
+/// the listener with its actual address.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            ServeError::InUse { addr }
+        } else {
+            ServeError::Bind { addr, source }
+        }
+    })
+}
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(index))
+        .with_state(shared);
+    axum::serve(listener, app).await
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    shared.refresh();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+}
+
+async fn index() -> &'static str {
+    "tcpmon: TCP connection monitor\n/metrics  Prometheus metrics\n/healthz  liveness\n"
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Installs, idempotently, everything tcpmon needs on a fresh Debian/Ubuntu host, then
+# hands over to `cargo xtask`. This is a shell script (not xtask code) because cargo
+# itself cannot start until the pinned toolchain exists (RUSTUP_AUTO_INSTALL may be 0).
+#
+#   bash xtask/bootstrap.sh run  [-- tcpmon args]   build and run the monitor
+#   bash xtask/bootstrap.sh test                     install test deps, run every test
+#   bash xtask/bootstrap.sh bench                    run the benchmarks
+#   bash xtask/bootstrap.sh setup                    only install toolchains
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+STABLE=$(sed -nE 's/^channel *= *"([^"]+)".*/\1/p' rust-toolchain.toml)
+NIGHTLY=$(sed -nE 's/^pub const EBPF_NIGHTLY: &str = "([^"]+)";/\1/p' monitor/build.rs)
+BPF_LINKER_VERSION=0.13.0
+export CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
+export PATH="$CARGO_HOME/bin:$PATH"
+
+log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+
+need_root_for_apt() {
+    if [ "$(id -u)" -ne 0 ]; then
+        log "installing Debian packages needs root: run this as root (sudo bash $0 $*)"
+        exit 1
+    fi
+}
+
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    need_root_for_apt
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # wireshark-common asks whether non-root users may capture; answer for it.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_rustup() {
+    if ! command -v rustup >/dev/null 2>&1; then
+        apt_install curl ca-certificates
+        log "installing rustup"
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none
+    fi
+    rustup set auto-self-update disable >/dev/null 2>&1 || true
+}
+
+install_toolchains() {
+    if ! rustup run "$STABLE" rustc --version >/dev/null 2>&1 \
+        || ! rustup component list --toolchain "$STABLE" --installed 2>/dev/null | grep -q clippy; then
+        log "installing Rust $STABLE (userspace)"
+        rustup toolchain install "$STABLE" --profile minimal --component clippy,rustfmt
+    fi
+    if ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q rust-src; then
+        log "installing $NIGHTLY with rust-src (eBPF)"
+        rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src,clippy
+    fi
+}
+
+# bpf-linker must link against the same LLVM major as the nightly that emits the
+# bitcode; the nightly ships its own libLLVM, so no system LLVM is needed.
+install_bpf_linker() {
+    local sys lib
+    sys=$(rustup run "$NIGHTLY" rustc --print sysroot)
+    lib=$(cd "$sys/lib" && ls libLLVM.so.* | head -1)
+    if command -v bpf-linker >/dev/null 2>&1 \
+        && bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION" \
+        && ldd "$(command -v bpf-linker)" | grep -q "$sys/lib/$lib"; then
+        return 0
+    fi
+    apt_install build-essential
+    local major tmp
+    major=$(echo "$lib" | sed -E 's/^libLLVM\.so\.([0-9]+)\..*/\1/')
+    tmp=$(mktemp -d)
+    mkdir -p "$tmp/prefix" "$tmp/link"
+    ln -s "$sys/lib" "$tmp/prefix/lib"
+    ln -s "$sys/lib/$lib" "$tmp/link/libLLVM.so"
+    log "building bpf-linker $BPF_LINKER_VERSION against $lib (about 1-2 minutes)"
+    LLVM_PREFIX="$tmp/prefix" RUSTFLAGS="-L native=$tmp/link" \
+        rustup run "$NIGHTLY" cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked --force \
+        --no-default-features --features "llvm-$major" --root "$CARGO_HOME"
+    rm -rf "$tmp"
+}
+
+install_test_deps() {
+    apt_install iproute2 tcpdump tshark hping3 bpftool prometheus iperf3 nftables procps
+}
+
+setup() {
+    install_rustup
+    install_toolchains
+    install_bpf_linker
+}
+
+cmd=${1:-run}
+shift || true
+case "$cmd" in
+    setup) setup ;;
+    run)
+        setup
+        [ "${1:-}" = "--" ] && shift
+        exec cargo xtask run -- "$@"
+        ;;
+    test)
+        setup
+        install_test_deps
+        exec cargo xtask test "$@"
+        ;;
+    bench)
+        setup
+        install_test_deps
+        exec cargo xtask bench "$@"
+        ;;
+    *) log "unknown command '$cmd' (run | test | bench | setup)"; exit 2 ;;
+esac
