@@ -1,1 +1,62 @@
+//! Harness for tcpmon's privileged integration tests: network namespaces joined by a
+//! veth pair, the real monitor attached to one end, real traffic, and independent
+//! ground truth (tcpdump + tshark, ss, nstat) from the same run.
+//!
+//! Everything a test creates is torn down on drop, also when the test panics.
+//! Traffic only goes to addresses inside the namespaces the lab created.
 
+pub mod capture;
+pub mod lab;
+pub mod monitor;
+
+use std::process::{Command, Output};
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Whether this process can run the privileged tests; they refuse to pretend
+/// otherwise.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged tests need root: run them with `cargo xtask test`"
+    );
+}
+
+/// Path of a binary built next to the test executable (target/<profile>/NAME).
+pub fn target_bin(name: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(format!(
+        "{}_BIN",
+        name.to_uppercase().replace('-', "_")
+    )) {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build -p monitor` first (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+/// The test peer binary (built with this package).
+pub fn peer_bin() -> std::path::PathBuf {
+    target_bin("tcpmon-peer")
+}

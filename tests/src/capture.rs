@@ -1,0 +1,116 @@
+//! Ground truth: tcpdump on the monitored interface, read back with tshark.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{lab::Lab, monitor::scratch_dir, run};
+
+pub struct Capture {
+    child: Option<Child>,
+    pub file: PathBuf,
+    dir: PathBuf,
+}
+
+/// One TCP segment as tshark decodes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub time: f64,
+    pub src: String,
+    pub dst: String,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub len: u32,
+    /// VLAN IDs, outermost first.
+    pub vlans: Vec<u16>,
+}
+
+impl Capture {
+    /// Starts tcpdump on `iface` in `ns` and waits until it captures.
+    pub fn start(lab: &Lab, ns: &str, iface: &str) -> Capture {
+        let dir = scratch_dir("capture");
+        let file = dir.join("cap.pcap");
+        let stderr = dir.join("tcpdump.err");
+        let child = lab
+            .cmd(ns, "tcpdump")
+            .args(["-i", iface, "-n", "-U", "--immediate-mode", "-s", "256", "-Z", "root", "-w"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("tcpdump must be installed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !std::fs::read_to_string(&stderr)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            assert!(Instant::now() < deadline, "tcpdump did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Capture {
+            child: Some(child),
+            file,
+            dir,
+        }
+    }
+
+    /// Stops tcpdump (SIGINT flushes the file) and decodes the TCP segments.
+    pub fn finish(mut self) -> Vec<Segment> {
+        let mut child = self.child.take().unwrap();
+        // Let in-flight packets reach the tap before stopping it.
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _ = child.wait();
+        read_segments(&self.file)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Decodes every TCP segment of a capture with tshark.
+pub fn read_segments(file: &std::path::Path) -> Vec<Segment> {
+    let out = run(std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(file)
+        .args(["-Y", "tcp", "-T", "fields", "-E", "separator=;", "-E", "occurrence=a", "-E", "aggregator=,"])
+        .args([
+            "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ipv6.src", "-e", "ip.dst", "-e",
+            "ipv6.dst", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "tcp.seq_raw", "-e",
+            "tcp.ack_raw", "-e", "tcp.flags", "-e", "tcp.len", "-e", "vlan.id",
+        ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(';').collect();
+            assert_eq!(f.len(), 12, "unexpected tshark line {l:?}");
+            let pick = |a: &str, b: &str| if a.is_empty() { b.to_string() } else { a.to_string() };
+            Segment {
+                time: f[0].parse().unwrap(),
+                src: pick(f[1], f[2]),
+                dst: pick(f[3], f[4]),
+                sport: f[5].parse().unwrap(),
+                dport: f[6].parse().unwrap(),
+                seq: f[7].parse().unwrap(),
+                ack: f[8].parse().unwrap(),
+                // tshark prints the 12-bit field ("0x0012"); the low byte holds the flags.
+                flags: u16::from_str_radix(f[9].trim_start_matches("0x"), 16).unwrap() as u8,
+                len: f[10].parse().unwrap_or(0),
+                vlans: f[11].split(',').filter(|v| !v.is_empty()).map(|v| v.parse().unwrap()).collect(),
+            }
+        })
+        .collect()
+}
