@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod lab;
 pub mod monitor;
+pub mod testrun;
 
 use std::process::{Command, Output};
 
