@@ -29,9 +29,27 @@ impl Monitor {
     /// Starts `tcpmon events --listen 127.0.0.1:19393 ARGS` in `ns` and waits until
     /// it serves metrics (everything attached by then).
     pub fn start(lab: &Lab, ns: &str, args: &[&str]) -> Monitor {
+        Monitor::start_as(lab, ns, &[], &crate::target_bin("tcpmon"), args)
+    }
+
+    /// As [`Monitor::start`], with `wrapper` (e.g. setpriv ...) in front of `bin`.
+    pub fn start_as(
+        lab: &Lab,
+        ns: &str,
+        wrapper: &[&str],
+        bin: &std::path::Path,
+        args: &[&str],
+    ) -> Monitor {
         let dir = scratch_dir("monitor");
-        let child = lab
-            .cmd(ns, crate::target_bin("tcpmon"))
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = lab.cmd(ns, w);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => lab.cmd(ns, bin),
+        };
+        let child = cmd
             .args(["events", "--listen", METRICS_ADDR])
             .args(args)
             .env("TCPMON_LOG", "info")
@@ -129,17 +147,34 @@ pub fn scratch_dir(what: &str) -> PathBuf {
     d
 }
 
-/// Runs tcpmon in `ns` expecting it to fail, returning its stderr.
+/// Runs tcpmon in `ns` expecting it to fail within 20 s, returning its stderr.
 pub fn expect_failure(lab: &Lab, ns: &str, args: &[&str]) -> String {
-    let out = lab
+    let dir = scratch_dir("failure");
+    let mut child = lab
         .cmd(ns, crate::target_bin("tcpmon"))
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
         .expect("spawn tcpmon");
-    assert!(!out.status.success(), "tcpmon {args:?} unexpectedly succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tcpmon {args:?} kept running; expected it to fail");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!status.success(), "tcpmon {args:?} unexpectedly succeeded");
+    stderr
 }
 
 /// Value of one sample in a Prometheus text exposition (labels as written by the
