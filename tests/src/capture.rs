@@ -90,13 +90,14 @@ pub fn read_segments(file: &std::path::Path) -> Vec<Segment> {
         .args([
             "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ipv6.src", "-e", "ip.dst", "-e",
             "ipv6.dst", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "tcp.seq_raw", "-e",
-            "tcp.ack_raw", "-e", "tcp.flags", "-e", "tcp.len", "-e", "vlan.id",
+            "tcp.ack_raw", "-e", "tcp.flags", "-e", "tcp.len", "-e", "ieee8021ad.id", "-e",
+            "vlan.id",
         ]));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(';').collect();
-            assert_eq!(f.len(), 12, "unexpected tshark line {l:?}");
+            assert_eq!(f.len(), 13, "unexpected tshark line {l:?}");
             let pick = |a: &str, b: &str| if a.is_empty() { b.to_string() } else { a.to_string() };
             Segment {
                 time: f[0].parse().unwrap(),
@@ -109,7 +110,13 @@ pub fn read_segments(file: &std::path::Path) -> Vec<Segment> {
                 // tshark prints the 12-bit field ("0x0012"); the low byte holds the flags.
                 flags: u16::from_str_radix(f[9].trim_start_matches("0x"), 16).unwrap() as u8,
                 len: f[10].parse().unwrap_or(0),
-                vlans: f[11].split(',').filter(|v| !v.is_empty()).map(|v| v.parse().unwrap()).collect(),
+                // 802.1ad (S-tag) first, then 802.1Q tags, as on the wire.
+                vlans: f[11]
+                    .split(',')
+                    .chain(f[12].split(','))
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.parse().unwrap())
+                    .collect(),
             }
         })
         .collect()

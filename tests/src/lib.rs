@@ -9,6 +9,7 @@ pub mod capture;
 pub mod lab;
 pub mod monitor;
 pub mod testrun;
+pub mod vlan;
 
 use std::process::{Command, Output};
 
