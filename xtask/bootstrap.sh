@@ -5,7 +5,6 @@
 #
 #   bash xtask/bootstrap.sh run  [-- tcpmon args]   build and run the monitor
 #   bash xtask/bootstrap.sh test                     install test deps, run every test
-#   bash xtask/bootstrap.sh bench                    run the benchmarks
 #   bash xtask/bootstrap.sh setup                    only install toolchains
 set -euo pipefail
 
@@ -89,7 +88,7 @@ install_bpf_linker() {
 }
 
 install_test_deps() {
-    apt_install iproute2 tcpdump tshark hping3 bpftool prometheus iperf3 nftables procps
+    apt_install iproute2 tcpdump tshark bpftool prometheus ethtool util-linux procps
 }
 
 setup() {
@@ -112,10 +111,5 @@ case "$cmd" in
         install_test_deps
         exec cargo xtask test "$@"
         ;;
-    bench)
-        setup
-        install_test_deps
-        exec cargo xtask bench "$@"
-        ;;
-    *) log "unknown command '$cmd' (run | test | bench | setup)"; exit 2 ;;
+    *) log "unknown command '$cmd' (run | test | setup)"; exit 2 ;;
 esac

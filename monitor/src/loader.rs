@@ -140,7 +140,7 @@ fn errno(e: &ProgramError) -> Option<i32> {
     }
 }
 
-fn xdp<'a>(bpf: &'a mut Ebpf) -> Result<&'a mut Xdp, LoadError> {
+fn xdp(bpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
     let prog: &mut Xdp = bpf
         .program_mut(PROG_XDP)
         .expect("object has the XDP program")

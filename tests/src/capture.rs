@@ -38,7 +38,18 @@ impl Capture {
         let stderr = dir.join("tcpdump.err");
         let child = lab
             .cmd(ns, "tcpdump")
-            .args(["-i", iface, "-n", "-U", "--immediate-mode", "-s", "256", "-Z", "root", "-w"])
+            .args([
+                "-i",
+                iface,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "256",
+                "-Z",
+                "root",
+                "-w",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -86,11 +97,44 @@ pub fn read_segments(file: &std::path::Path) -> Vec<Segment> {
     let out = run(std::process::Command::new("tshark")
         .arg("-r")
         .arg(file)
-        .args(["-Y", "tcp", "-T", "fields", "-E", "separator=;", "-E", "occurrence=a", "-E", "aggregator=,"])
         .args([
-            "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ipv6.src", "-e", "ip.dst", "-e",
-            "ipv6.dst", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "tcp.seq_raw", "-e",
-            "tcp.ack_raw", "-e", "tcp.flags", "-e", "tcp.len", "-e", "ieee8021ad.id", "-e",
+            "-Y",
+            "tcp",
+            "-T",
+            "fields",
+            "-E",
+            "separator=;",
+            "-E",
+            "occurrence=a",
+            "-E",
+            "aggregator=,",
+        ])
+        .args([
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "ip.src",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "tcp.seq_raw",
+            "-e",
+            "tcp.ack_raw",
+            "-e",
+            "tcp.flags",
+            "-e",
+            "tcp.len",
+            "-e",
+            "ieee8021ad.id",
+            "-e",
             "vlan.id",
         ]));
     String::from_utf8_lossy(&out.stdout)
@@ -98,7 +142,13 @@ pub fn read_segments(file: &std::path::Path) -> Vec<Segment> {
         .map(|l| {
             let f: Vec<&str> = l.split(';').collect();
             assert_eq!(f.len(), 13, "unexpected tshark line {l:?}");
-            let pick = |a: &str, b: &str| if a.is_empty() { b.to_string() } else { a.to_string() };
+            let pick = |a: &str, b: &str| {
+                if a.is_empty() {
+                    b.to_string()
+                } else {
+                    a.to_string()
+                }
+            };
             Segment {
                 time: f[0].parse().unwrap(),
                 src: pick(f[1], f[2]),

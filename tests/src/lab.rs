@@ -28,7 +28,11 @@ pub struct Lab {
 impl Lab {
     pub fn new() -> Lab {
         crate::require_root();
-        let id = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
         let lab = Lab {
             client: format!("tcpmon-t{id}-c"),
             server: format!("tcpmon-t{id}-s"),
@@ -39,15 +43,28 @@ impl Lab {
         run(Command::new("ip").args(["netns", "add", &lab.client]));
         run(Command::new("ip").args(["netns", "add", &lab.server]));
         run(Command::new("ip").args([
-            "link", "add", lab.client_if, "netns", &lab.client, "type", "veth", "peer", "name",
-            lab.server_if, "netns", &lab.server,
+            "link",
+            "add",
+            lab.client_if,
+            "netns",
+            &lab.client,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            lab.server_if,
+            "netns",
+            &lab.server,
         ]));
         for (ns, dev, v4, v6) in [
             (&lab.client, lab.client_if, CLIENT_V4, CLIENT_V6),
             (&lab.server, lab.server_if, SERVER_V4, SERVER_V6),
         ] {
             lab.ip(ns, &["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            lab.ip(ns, &["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            lab.ip(
+                ns,
+                &["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"],
+            );
             lab.ip(ns, &["link", "set", dev, "up"]);
             lab.ip(ns, &["link", "set", "lo", "up"]);
         }

@@ -41,10 +41,7 @@ pub fn require_root() {
 
 /// Path of a binary built next to the test executable (target/<profile>/NAME).
 pub fn target_bin(name: &str) -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os(format!(
-        "{}_BIN",
-        name.to_uppercase().replace('-', "_")
-    )) {
+    if let Some(p) = std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
         return p.into();
     }
     let exe = std::env::current_exe().expect("current exe");

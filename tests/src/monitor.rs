@@ -71,7 +71,11 @@ impl Monitor {
             if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("tcpmon exited early ({st}):\n{}", m.stderr());
             }
-            assert!(Instant::now() < deadline, "tcpmon did not start:\n{}", m.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "tcpmon did not start:\n{}",
+                m.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -103,7 +107,10 @@ impl Monitor {
             if let Some(st) = child.try_wait().unwrap() {
                 break st;
             }
-            assert!(Instant::now() < deadline, "tcpmon did not exit on signal {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "tcpmon did not exit on signal {signal}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         let events = std::fs::read_to_string(self.dir.join("events.json"))
@@ -195,7 +202,12 @@ pub fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package prometheus) must be installed");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

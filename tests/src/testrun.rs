@@ -32,7 +32,7 @@ impl Prog {
     /// The verdict that lets a packet through unchanged.
     pub fn pass_verdict(self) -> u32 {
         match self {
-            Prog::Xdp => 2,                        // XDP_PASS
+            Prog::Xdp => 2,                                   // XDP_PASS
             Prog::TcIngress | Prog::TcEgress => -1i32 as u32, // TC_ACT_UNSPEC / TCX_NEXT
         }
     }
@@ -76,8 +76,12 @@ impl Loaded {
 
     /// Runs `prog` on `frame` `repeat` times.
     pub fn run(&mut self, prog: Prog, frame: &[u8], repeat: u32) -> RunResult {
-        self.try_run(prog, frame, repeat)
-            .unwrap_or_else(|e| panic!("test_run {prog:?} on {} bytes {frame:02x?}: {e:?}", frame.len()))
+        self.try_run(prog, frame, repeat).unwrap_or_else(|e| {
+            panic!(
+                "test_run {prog:?} on {} bytes {frame:02x?}: {e:?}",
+                frame.len()
+            )
+        })
     }
 
     /// As [`Loaded::run`], but returns the kernel's refusal (EINVAL for frames the
@@ -98,7 +102,9 @@ impl Loaded {
         let p = self.bpf.program_mut(prog.name()).unwrap();
         let r = match prog {
             Prog::Xdp => TryInto::<&mut Xdp>::try_into(p).unwrap().test_run(opts),
-            _ => TryInto::<&mut SchedClassifier>::try_into(p).unwrap().test_run(opts),
+            _ => TryInto::<&mut SchedClassifier>::try_into(p)
+                .unwrap()
+                .test_run(opts),
         }?;
         out.truncate(r.data_size_out as usize);
         Ok(RunResult {

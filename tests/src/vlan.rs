@@ -16,14 +16,25 @@ pub struct Tagging {
 }
 
 /// Loads `program` from the lab object and attaches it to `iface` inside `ns`.
-fn attach_in(ns: &str, iface: &str, program: &'static str, hook: TcAttachType, inner: u16, outer: u16) -> Ebpf {
+fn attach_in(
+    ns: &str,
+    iface: &str,
+    program: &'static str,
+    hook: TcAttachType,
+    inner: u16,
+    outer: u16,
+) -> Ebpf {
     let ns = ns.to_string();
     let iface = iface.to_string();
     // setns(CLONE_NEWNET) affects only the calling thread: do it in a throwaway one.
     std::thread::spawn(move || {
         let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
         // SAFETY: valid namespace fd; only this thread changes namespace.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        assert_eq!(
+            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
         let mut bpf = EbpfLoader::new()
             .override_global("LAB_VLAN_INNER", &inner, true)
             .override_global("LAB_VLAN_OUTER", &outer, true)
@@ -52,8 +63,22 @@ impl Tagging {
             "tx-vlan-stag-hw-insert",
             "off",
         ]));
-        let push = attach_in(&lab.server, lab.server_if, "lab_vlan_push", TcAttachType::Egress, inner, outer);
-        let pop = attach_in(&lab.client, lab.client_if, "lab_vlan_pop", TcAttachType::Ingress, 0, 0);
+        let push = attach_in(
+            &lab.server,
+            lab.server_if,
+            "lab_vlan_push",
+            TcAttachType::Egress,
+            inner,
+            outer,
+        );
+        let pop = attach_in(
+            &lab.client,
+            lab.client_if,
+            "lab_vlan_pop",
+            TcAttachType::Ingress,
+            0,
+            0,
+        );
         Tagging {
             _objects: vec![push, pop],
         }

@@ -10,17 +10,24 @@ use tests::{
 
 /// XDP programs the kernel reports on the lab's client interface (netns-scoped).
 fn xdp_attached(lab: &Lab) -> String {
-    lab.exec(&lab.client, "ip", &["-d", "link", "show", "dev", lab.client_if])
-        .lines()
-        .filter(|l| l.contains("prog/xdp"))
-        .collect()
+    lab.exec(
+        &lab.client,
+        "ip",
+        &["-d", "link", "show", "dev", lab.client_if],
+    )
+    .lines()
+    .filter(|l| l.contains("prog/xdp"))
+    .collect()
 }
 
 /// BPF objects a process holds, from /proc/PID/fdinfo: (prog ids, link ids, link types).
 /// Debian's bpftool predates TCX, so the kernel's own fd accounting is the witness.
 fn held_by(pid: u32) -> (Vec<u32>, Vec<u32>, Vec<String>) {
     let (mut progs, mut links, mut types) = (Vec::new(), Vec::new(), Vec::new());
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
         let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
         for l in info.lines() {
             let mut kv = l.splitn(2, ':');
@@ -54,13 +61,21 @@ fn wait_gone(lab: &Lab, progs: &[u32], links: &[u32]) {
             .iter()
             .filter(|i| exists("prog", **i))
             .map(|i| format!("prog {i}"))
-            .chain(links.iter().filter(|i| exists("link", **i)).map(|i| format!("link {i}")))
+            .chain(
+                links
+                    .iter()
+                    .filter(|i| exists("link", **i))
+                    .map(|i| format!("link {i}")),
+            )
             .collect();
         let xdp = xdp_attached(lab);
         if left.is_empty() && xdp.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "still in the kernel after exit: {left:?} {xdp}");
+        assert!(
+            Instant::now() < deadline,
+            "still in the kernel after exit: {left:?} {xdp}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -78,13 +93,20 @@ fn nothing_stays_attached_after_sigterm_or_sigkill() {
     assert_eq!(xdp_attached(&lab), "");
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
         let mon = Monitor::start(&lab, &lab.client, &["-i", lab.client_if]);
-        assert!(xdp_attached(&lab).contains("tcpmon_xdp"), "XDP program not attached");
+        assert!(
+            xdp_attached(&lab).contains("tcpmon_xdp"),
+            "XDP program not attached"
+        );
         let (progs, links, types) = held_by(mon.pid());
         types_are(&types, &["tcx", "xdp"]);
         assert!(progs.len() >= 2, "{progs:?}");
         let stopped = mon.stop_with(signal);
         if signal != libc::SIGKILL {
-            assert!(stopped.status.success(), "exit on signal {signal}: {}", stopped.stderr);
+            assert!(
+                stopped.status.success(),
+                "exit on signal {signal}: {}",
+                stopped.stderr
+            );
         }
         wait_gone(&lab, &progs, &links);
     }
@@ -102,7 +124,11 @@ fn tc_ingress_mode_sees_the_handshake() {
     lab.connect(&format!("{SERVER_V4}:7000"), 1, 10, &[]);
     lab.wait_servers();
     let stopped = mon.stop();
-    let synacks: Vec<_> = stopped.events.iter().filter(|e| e["kind"] == "synack").collect();
+    let synacks: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "synack")
+        .collect();
     assert_eq!(synacks.len(), 1, "{:?}", stopped.events);
     assert_eq!(synacks[0]["hook"], "tc_ingress");
     wait_gone(&lab, &progs, &links);
@@ -133,7 +159,12 @@ fn runs_as_unprivileged_user_with_bpf_net_admin_perfmon() {
     let (progs, links, types) = held_by(mon.pid());
     types_are(&types, &["tcx", "xdp"]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", mon.pid())).unwrap();
-    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "{status}"
+    );
     lab.serve(&format!("{SERVER_V4}:7001"), 2, &[]);
     lab.connect(&format!("{SERVER_V4}:7001"), 2, 10, &[]);
     lab.wait_servers();
@@ -146,14 +177,22 @@ fn runs_as_unprivileged_user_with_bpf_net_admin_perfmon() {
     // Without them it names exactly what is missing.
     let out = lab
         .cmd(&lab.client, "setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(&bin)
         .args(["-i", lab.client_if])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("missing capabilities: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"), "{err}");
+    assert!(
+        err.contains("missing capabilities: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -167,10 +206,18 @@ fn errors_say_what_to_do() {
     let mon = Monitor::start(&lab, &lab.client, &["-i", lab.client_if]);
     let (progs, links, _) = held_by(mon.pid());
     // Same port: refused before anything is attached.
-    let err = expect_failure(&lab, &lab.client, &["-i", lab.client_if, "--listen", "127.0.0.1:19393"]);
+    let err = expect_failure(
+        &lab,
+        &lab.client,
+        &["-i", lab.client_if, "--listen", "127.0.0.1:19393"],
+    );
     assert!(err.contains("port already in use"), "{err}");
     // Another XDP program on the interface.
-    let err = expect_failure(&lab, &lab.client, &["-i", lab.client_if, "--listen", "127.0.0.1:19394"]);
+    let err = expect_failure(
+        &lab,
+        &lab.client,
+        &["-i", lab.client_if, "--listen", "127.0.0.1:19394"],
+    );
     assert!(err.contains("already has an XDP program attached"), "{err}");
     assert!(err.contains("--ingress tc"), "{err}");
     // The failed attempts disturbed nothing.
@@ -179,6 +226,10 @@ fn errors_say_what_to_do() {
     drop(mon.stop());
     wait_gone(&lab, &progs, &links);
 
-    let err = expect_failure(&lab, &lab.client, &["-i", lab.client_if, "--ring-bytes", "1000"]);
+    let err = expect_failure(
+        &lab,
+        &lab.client,
+        &["-i", lab.client_if, "--ring-bytes", "1000"],
+    );
     assert!(err.contains("--ring-bytes must be a power of two"), "{err}");
 }

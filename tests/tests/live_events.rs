@@ -20,7 +20,15 @@ const RST: u8 = 0x04;
 type Key = (String, u16, String, u16, u32, u32, u8);
 
 fn seg_key(s: &Segment) -> Key {
-    (s.src.clone(), s.sport, s.dst.clone(), s.dport, s.seq, s.ack, s.flags)
+    (
+        s.src.clone(),
+        s.sport,
+        s.dst.clone(),
+        s.dport,
+        s.seq,
+        s.ack,
+        s.flags,
+    )
 }
 
 fn ev_key(e: &Value) -> Key {
@@ -88,7 +96,11 @@ fn check_against_capture(events: &[Value], segs: &[Segment], client_addr: &str) 
     // Direction: egress hook for what the client sent, XDP ingress for the rest.
     for e in events {
         let hook = e["hook"].as_str().unwrap();
-        let want = if e["src"] == client_addr { "tc_egress" } else { "xdp_ingress" };
+        let want = if e["src"] == client_addr {
+            "tc_egress"
+        } else {
+            "xdp_ingress"
+        };
         assert_eq!(hook, want, "{e}");
         assert_eq!(e["iface"], "veth-c");
         assert_eq!(e["vlan_depth"], 0);
@@ -104,8 +116,18 @@ fn check_against_capture(events: &[Value], segs: &[Segment], client_addr: &str) 
 }
 
 fn scenario(v6: bool) {
-    let (client, server) = if v6 { (CLIENT_V6, SERVER_V6) } else { (CLIENT_V4, SERVER_V4) };
-    let fmt = |a: &str, p: u16| if v6 { format!("[{a}]:{p}") } else { format!("{a}:{p}") };
+    let (client, server) = if v6 {
+        (CLIENT_V6, SERVER_V6)
+    } else {
+        (CLIENT_V4, SERVER_V4)
+    };
+    let fmt = |a: &str, p: u16| {
+        if v6 {
+            format!("[{a}]:{p}")
+        } else {
+            format!("{a}:{p}")
+        }
+    };
     let mut lab = Lab::new();
     let ns = lab.client.clone();
     let before = lab.nstat(&ns);
@@ -120,20 +142,31 @@ fn scenario(v6: bool) {
     lab.serve(&fmt(server, 8082), 3, &[]);
     lab.connect(&fmt(server, 8082), 3, 10, &["--linger0"]);
     lab.wait_servers();
-    tests::run(lab.cmd(&ns, tests::peer_bin()).args(["refused", &fmt(server, 9), "2"]));
+    tests::run(
+        lab.cmd(&ns, tests::peer_bin())
+            .args(["refused", &fmt(server, 9), "2"]),
+    );
 
     let segs = cap.finish();
     // Before the scrape below, which is itself a (loopback) active open.
     let after = lab.nstat(&ns);
     let metrics = mon.metrics(&lab);
     let stopped = mon.stop();
-    assert!(stopped.status.success(), "tcpmon failed: {}", stopped.stderr);
+    assert!(
+        stopped.status.success(),
+        "tcpmon failed: {}",
+        stopped.stderr
+    );
     check_against_capture(&stopped.events, &segs, client);
 
     // The kernel's view: every connect() sent one SYN (no retransmissions here).
     let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     let syn_events = stopped.events.iter().filter(|e| e["kind"] == "syn").count() as u64;
-    assert_eq!(syn_events, delta("TcpActiveOpens"), "SYN events vs TcpActiveOpens");
+    assert_eq!(
+        syn_events,
+        delta("TcpActiveOpens"),
+        "SYN events vs TcpActiveOpens"
+    );
     assert_eq!(syn_events, 14);
     let rst_sent = stopped
         .events
@@ -144,17 +177,44 @@ fn scenario(v6: bool) {
 
     // Counters moved, the exposition parses, and events were neither lost nor undecodable.
     promtool_check(&metrics);
-    let syn_pkts = sample(&metrics, "tcpmon_packets_total{class=\"syn\",hook=\"tc_egress\"}").unwrap();
+    let syn_pkts = sample(
+        &metrics,
+        "tcpmon_packets_total{class=\"syn\",hook=\"tc_egress\"}",
+    )
+    .unwrap();
     assert_eq!(syn_pkts as u64, syn_events);
-    let data_in = sample(&metrics, "tcpmon_packets_total{class=\"data\",hook=\"xdp_ingress\"}").unwrap();
-    let data_out = sample(&metrics, "tcpmon_packets_total{class=\"data\",hook=\"tc_egress\"}").unwrap();
-    let cap_data = segs.iter().filter(|s| s.len > 0 && s.flags & (SYN | FIN | RST) == 0).count();
-    assert!(data_in + data_out > 0.0 && (data_in + data_out) as usize <= cap_data, "data {data_in}+{data_out} vs capture {cap_data}");
-    assert_eq!(sample(&metrics, "tcpmon_events_lost_total{kind=\"syn\"}"), Some(0.0));
-    assert_eq!(sample(&metrics, "tcpmon_event_decode_errors_total"), Some(0.0));
+    let data_in = sample(
+        &metrics,
+        "tcpmon_packets_total{class=\"data\",hook=\"xdp_ingress\"}",
+    )
+    .unwrap();
+    let data_out = sample(
+        &metrics,
+        "tcpmon_packets_total{class=\"data\",hook=\"tc_egress\"}",
+    )
+    .unwrap();
+    let cap_data = segs
+        .iter()
+        .filter(|s| s.len > 0 && s.flags & (SYN | FIN | RST) == 0)
+        .count();
+    assert!(
+        data_in + data_out > 0.0 && (data_in + data_out) as usize <= cap_data,
+        "data {data_in}+{data_out} vs capture {cap_data}"
+    );
+    assert_eq!(
+        sample(&metrics, "tcpmon_events_lost_total{kind=\"syn\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "tcpmon_event_decode_errors_total"),
+        Some(0.0)
+    );
     assert!(sample(&metrics, "tcpmon_flow_table_entries").unwrap() >= 1.0);
     assert_eq!(
-        sample(&metrics, "tcpmon_attached{hook=\"xdp_ingress\",iface=\"veth-c\",mode=\"native\"}"),
+        sample(
+            &metrics,
+            "tcpmon_attached{hook=\"xdp_ingress\",iface=\"veth-c\",mode=\"native\"}"
+        ),
         Some(1.0)
     );
 }

@@ -37,14 +37,19 @@ fn programs_relocate_only_against_maps() {
             checked += 1;
         }
     }
-    assert!(checked >= 3, "expected relocations for the three maps, saw {checked}");
+    assert!(
+        checked >= 3,
+        "expected relocations for the three maps, saw {checked}"
+    );
     // The programs exist under the names the loader uses.
     let names: Vec<&str> = obj
         .symbols()
         .filter(|s| {
             s.section_index()
                 .and_then(|i| obj.section_by_index(i).ok())
-                .is_some_and(|s| s.kind() == SectionKind::Text && programs.contains(&s.name().unwrap_or("")))
+                .is_some_and(|s| {
+                    s.kind() == SectionKind::Text && programs.contains(&s.name().unwrap_or(""))
+                })
         })
         .filter_map(|s| s.name().ok())
         .collect();

@@ -31,7 +31,10 @@ fn hook(p: Prog) -> Hook {
 /// (description, frame bytes, expected outcome name)
 fn table() -> Vec<(String, Vec<u8>, &'static str)> {
     let mut t = Vec::new();
-    let v4 = Frame::v4(A4, 1000, B4, 80).flags(ACK | PSH).payload(10).tcp_options(12);
+    let v4 = Frame::v4(A4, 1000, B4, 80)
+        .flags(ACK | PSH)
+        .payload(10)
+        .tcp_options(12);
     let mut v4opt = v4.clone().vlan(ETH_P_8021Q, 10);
     if let Ip::V4 { options, .. } = &mut v4opt.ip {
         *options = 8;
@@ -43,14 +46,22 @@ fn table() -> Vec<(String, Vec<u8>, &'static str)> {
     if let Ip::V6 { ext, .. } = &mut v6.ip {
         ext.extend([(0, 8), (43, 24), (44, 8), (60, 16)]);
     }
-    for (name, f) in [("ipv4", &v4), ("ipv4+vlan+ipopts", &v4opt), ("ipv6+qinq+ext", &v6)] {
+    for (name, f) in [
+        ("ipv4", &v4),
+        ("ipv4+vlan+ipopts", &v4opt),
+        ("ipv6+qinq+ext", &v6),
+    ] {
         let bytes = f.build();
         t.push((format!("{name} complete"), bytes.clone(), "tcp"));
         // Every cut from the end of the Ethernet header to the end of the fixed TCP
         // header (BPF_PROG_TEST_RUN refuses frames shorter than 14 bytes).
         let required = bytes.len() - f.payload - f.tcp_options.div_ceil(4) * 4;
         for cut in 14..required {
-            t.push((format!("{name} cut at {cut}"), bytes[..cut].to_vec(), "truncated"));
+            t.push((
+                format!("{name} cut at {cut}"),
+                bytes[..cut].to_vec(),
+                "truncated",
+            ));
         }
     }
     let mut f = Frame::v4(A4, 1, B4, 2).flags(ACK);
@@ -67,21 +78,31 @@ fn table() -> Vec<(String, Vec<u8>, &'static str)> {
     if let Ip::V6 { ext, .. } = &mut f.ip {
         ext.extend(std::iter::repeat_n((60, 8), MAX_IPV6_EXT_HEADERS + 1));
     }
-    t.push(("ipv6 chain too long".into(), f.build(), "ipv6_chain_too_long"));
+    t.push((
+        "ipv6 chain too long".into(),
+        f.build(),
+        "ipv6_chain_too_long",
+    ));
     let mut f = Frame::v6(A6, 1, B6, 2).flags(ACK);
     if let Ip::V6 { ext, .. } = &mut f.ip {
         ext.extend(std::iter::repeat_n((60, 8), MAX_IPV6_EXT_HEADERS));
     }
     t.push(("ipv6 chain at the limit".into(), f.build(), "tcp"));
 
-    let f = Frame::v4(A4, 1, B4, 2).flags(ACK)
+    let f = Frame::v4(A4, 1, B4, 2)
+        .flags(ACK)
         .vlan(ETH_P_8021AD, 1)
         .vlan(ETH_P_8021Q, 2)
         .vlan(ETH_P_8021Q, 3);
     t.push(("three VLAN tags".into(), f.build(), "too_many_vlans"));
 
     let mut f = Frame::v4(A4, 1, B4, 2).flags(ACK);
-    if let Ip::V4 { frag_offset, more_fragments, .. } = &mut f.ip {
+    if let Ip::V4 {
+        frag_offset,
+        more_fragments,
+        ..
+    } = &mut f.ip
+    {
         *frag_offset = 0;
         *more_fragments = true;
     }
@@ -89,13 +110,24 @@ fn table() -> Vec<(String, Vec<u8>, &'static str)> {
     if let Ip::V4 { frag_offset, .. } = &mut f.ip {
         *frag_offset = 100;
     }
-    t.push(("ipv4 later fragment".into(), f.build(), "non_first_fragment"));
+    t.push((
+        "ipv4 later fragment".into(),
+        f.build(),
+        "non_first_fragment",
+    ));
     let mut f = Frame::v6(A6, 1, B6, 2).flags(ACK);
-    if let Ip::V6 { ext, frag_offset, .. } = &mut f.ip {
+    if let Ip::V6 {
+        ext, frag_offset, ..
+    } = &mut f.ip
+    {
         ext.push((44, 8));
         *frag_offset = 3;
     }
-    t.push(("ipv6 later fragment".into(), f.build(), "non_first_fragment"));
+    t.push((
+        "ipv6 later fragment".into(),
+        f.build(),
+        "non_first_fragment",
+    ));
 
     let mut arp = Frame::v4(A4, 1, B4, 2).flags(ACK).build();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
@@ -113,7 +145,11 @@ fn table() -> Vec<(String, Vec<u8>, &'static str)> {
 fn every_frame_passes_unchanged_and_is_counted() {
     let mut l = Loaded::new();
     let table = table();
-    assert!(table.len() > 150, "table covers every cut ({} rows)", table.len());
+    assert!(
+        table.len() > 150,
+        "table covers every cut ({} rows)",
+        table.len()
+    );
     for prog in Prog::ALL {
         let mut refused = 0;
         for (what, frame, want) in &table {
@@ -142,9 +178,18 @@ fn every_frame_passes_unchanged_and_is_counted() {
             let i = counters::outcome(hook(prog), outcome(want)) as usize;
             assert_eq!(after[i] - before[i], 1, "{prog:?} {what}");
         }
-        assert!(l.drain().is_empty(), "no frame in the table is a SYN/FIN/RST");
-        assert!(refused < table.len() / 2, "{prog:?}: {refused} frames refused by test_run");
-        eprintln!("{prog:?}: {} frames, {refused} refused by the test harness", table.len());
+        assert!(
+            l.drain().is_empty(),
+            "no frame in the table is a SYN/FIN/RST"
+        );
+        assert!(
+            refused < table.len() / 2,
+            "{prog:?}: {refused} frames refused by test_run"
+        );
+        eprintln!(
+            "{prog:?}: {} frames, {refused} refused by the test harness",
+            table.len()
+        );
     }
 }
 
@@ -190,18 +235,32 @@ fn syn_emits_one_event_with_all_fields() {
 fn data_segments_of_a_tracked_flow_stay_in_the_kernel() {
     let mut l = Loaded::new();
     let c = |f: u8, seq: u32, ack: u32, len: usize| {
-        Frame::v4(A4, 5555, B4, 80).flags(f).seq_ack(seq, ack).payload(len).build()
+        Frame::v4(A4, 5555, B4, 80)
+            .flags(f)
+            .seq_ack(seq, ack)
+            .payload(len)
+            .build()
     };
     let s = |f: u8, seq: u32, ack: u32, len: usize| {
-        Frame::v4(B4, 80, A4, 5555).flags(f).seq_ack(seq, ack).payload(len).build()
+        Frame::v4(B4, 80, A4, 5555)
+            .flags(f)
+            .seq_ack(seq, ack)
+            .payload(len)
+            .build()
     };
     let kinds = |l: &mut Loaded| -> Vec<EventKind> {
-        l.drain().iter().map(|r| Event::decode(r).unwrap().kind).collect()
+        l.drain()
+            .iter()
+            .map(|r| Event::decode(r).unwrap().kind)
+            .collect()
     };
     l.run(Prog::TcEgress, &c(SYN, 100, 0, 0), 1);
     l.run(Prog::Xdp, &s(SYN | ACK, 900, 101, 0), 1);
     l.run(Prog::TcEgress, &c(ACK, 101, 901, 0), 1);
-    assert_eq!(kinds(&mut l), [EventKind::Syn, EventKind::SynAck, EventKind::HandshakeAck]);
+    assert_eq!(
+        kinds(&mut l),
+        [EventKind::Syn, EventKind::SynAck, EventKind::HandshakeAck]
+    );
     for i in 0..50u32 {
         l.run(Prog::TcEgress, &c(ACK | PSH, 101 + i * 100, 901, 100), 1);
         l.run(Prog::Xdp, &s(ACK, 901, 201 + i * 100, 0), 1);

@@ -24,9 +24,20 @@ fn scenario(inner: u16, outer: u16, ingress: &str) {
 
     let depth = if outer != 0 { 2 } else { 1 };
     let outermost = if outer != 0 { outer } else { inner };
-    let from_server: Vec<_> = stopped.events.iter().filter(|e| e["src"] == SERVER_V4).collect();
-    let kinds: Vec<&str> = from_server.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "synack").count(), 3, "{kinds:?}");
+    let from_server: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|e| e["src"] == SERVER_V4)
+        .collect();
+    let kinds: Vec<&str> = from_server
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "synack").count(),
+        3,
+        "{kinds:?}"
+    );
     for e in &from_server {
         assert_eq!(e["vlan_id"], outermost, "{e}");
         assert_eq!(e["vlan_depth"], depth, "{e}");
@@ -38,7 +49,11 @@ fn scenario(inner: u16, outer: u16, ingress: &str) {
     let tagged: Vec<_> = segs.iter().filter(|s| s.src == SERVER_V4).collect();
     assert!(!tagged.is_empty());
     for s in &tagged {
-        let want: Vec<u16> = if outer != 0 { vec![outer, inner] } else { vec![inner] };
+        let want: Vec<u16> = if outer != 0 {
+            vec![outer, inner]
+        } else {
+            vec![inner]
+        };
         assert_eq!(s.vlans, want, "capture tags {s:?}");
     }
     let cap_synacks = tagged.iter().filter(|s| s.flags & 0x12 == 0x12).count();

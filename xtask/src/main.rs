@@ -1,1 +1,226 @@
-fn main() {}
+//! Developer tasks: run the monitor, run every test. Building is cargo's job (the eBPF
+//! object is built by monitor/build.rs); this only sequences what a person would type.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build tcpmon (release) and run it; arguments after `--` go to tcpmon.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Lints, unit tests, then the privileged integration tests (needs root).
+    Test {
+        /// Skip fmt/clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+}
+
+/// Prefix of the namespaces the integration tests create.
+const TEST_NETNS_PREFIX: &str = "tcpmon-t";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn step(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("\n==> {what}");
+    let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !st.success() {
+        bail!("{what} failed ({st})");
+    }
+    Ok(())
+}
+
+/// Passed and failed tests, summed over `cargo test` result lines.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test ARGS`, echoing its output and adding its result lines to `tally`.
+fn cargo_test(what: &str, args: &[&str], tally: &mut Tally) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    eprintln!("\n==> {what}");
+    let mut child = cargo()
+        .arg("test")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning cargo test")?;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| {
+                rest.split(';')
+                    .find_map(|f| f.trim().strip_suffix(key))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            tally.passed += num("passed");
+            tally.failed += num("failed");
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("{what} failed ({st})");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Namespaces left by a test run that was killed before its destructors ran.
+fn stale_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(TEST_NETNS_PREFIX))
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn remove_namespaces(names: &[String]) {
+    for n in names {
+        let _ = Command::new("ip").args(["netns", "delete", n]).status();
+    }
+}
+
+fn nightly() -> anyhow::Result<String> {
+    let build_rs = std::fs::read_to_string(root().join("monitor/build.rs"))?;
+    build_rs
+        .lines()
+        .find_map(|l| l.strip_prefix("pub const EBPF_NIGHTLY: &str = \""))
+        .and_then(|r| r.strip_suffix("\";"))
+        .map(str::to_string)
+        .context("EBPF_NIGHTLY not found in monitor/build.rs")
+}
+
+fn test(no_lint: bool) -> anyhow::Result<()> {
+    if !no_lint {
+        step(
+            "cargo fmt --check",
+            cargo().args(["fmt", "--all", "--check"]),
+        )?;
+        step(
+            "clippy (userspace)",
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "monitor-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+        step(
+            "clippy (eBPF, nightly)",
+            Command::new("rustup")
+                .current_dir(root())
+                .args(["run", &nightly()?, "cargo", "clippy", "-p", "monitor-ebpf"])
+                .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+                .args(["--", "-D", "warnings"]),
+        )?;
+    }
+    step(
+        "build tcpmon and the test peer",
+        cargo().args(["build", "-p", "monitor", "-p", "tests", "--bins"]),
+    )?;
+    let mut tally = Tally::default();
+    let result = run_tests(&mut tally);
+    // One plain closing line over every test binary of both phases.
+    println!("\ntcpmon: {} passed, {} failed", tally.passed, tally.failed);
+    result
+}
+
+fn run_tests(tally: &mut Tally) -> anyhow::Result<()> {
+    cargo_test(
+        "unit and unprivileged tests",
+        &["--workspace", "--exclude", "monitor-ebpf"],
+        tally,
+    )?;
+    if !is_root() {
+        bail!(
+            "the integration tests attach programs and create network namespaces: \
+             run `cargo xtask test` as root"
+        );
+    }
+    remove_namespaces(&stale_namespaces());
+    let result = cargo_test(
+        "privileged integration tests (namespaces, veth, real traffic)",
+        &["-p", "tests", "--tests", "--", "--ignored"],
+        tally,
+    );
+    let left = stale_namespaces();
+    remove_namespaces(&left);
+    result?;
+    if !left.is_empty() {
+        bail!("tests left namespaces behind: {left:?}");
+    }
+    Ok(())
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    step(
+        "build tcpmon (release)",
+        cargo().args(["build", "--release", "-p", "monitor"]),
+    )?;
+    let bin = root().join("target/release/tcpmon");
+    eprintln!("\n==> {} {}", bin.display(), args.join(" "));
+    use std::os::unix::process::CommandExt as _;
+    let err = Command::new(&bin).args(args).exec();
+    Err(err).with_context(|| format!("running {}", bin.display()))
+}
+
+fn main() {
+    let result = match Cli::parse().cmd {
+        Task::Run { args } => run(&args),
+        Task::Test { no_lint } => test(no_lint),
+    };
+    if let Err(e) = result {
+        // A short reason, not a backtrace: the failing step printed its own output.
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
