@@ -1,6 +1,6 @@
 //! The record the kernel pushes through the ring buffer.
 
-use crate::parse::TcpPacket;
+use crate::{flow::Emit, parse::TcpPacket};
 
 /// Where a packet was seen.
 #[repr(u8)]
@@ -62,16 +62,19 @@ pub enum EventKind {
     HandshakeAck = 2,
     Fin = 3,
     Rst = 4,
+    /// The first ACK of a FIN: completes a close, starts TIME-WAIT on the other side.
+    FinAck = 5,
 }
 
 impl EventKind {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     pub const ALL: [EventKind; Self::COUNT] = [
         EventKind::Syn,
         EventKind::SynAck,
         EventKind::HandshakeAck,
         EventKind::Fin,
         EventKind::Rst,
+        EventKind::FinAck,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -81,6 +84,7 @@ impl EventKind {
             EventKind::HandshakeAck => "handshake_ack",
             EventKind::Fin => "fin",
             EventKind::Rst => "rst",
+            EventKind::FinAck => "fin_ack",
         }
     }
 
@@ -91,6 +95,7 @@ impl EventKind {
             2 => Some(EventKind::HandshakeAck),
             3 => Some(EventKind::Fin),
             4 => Some(EventKind::Rst),
+            5 => Some(EventKind::FinAck),
             _ => None,
         }
     }
@@ -103,6 +108,11 @@ impl EventKind {
 pub struct TcpEvent {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the hook ran; capture time in replay.
     pub ts_ns: u64,
+    /// Payload bytes this packet's sender has sent on the connection so far (this
+    /// packet included), as far as the flow map tracked it; 0 if untracked.
+    pub bytes_sent: u64,
+    /// Payload bytes the other side has sent so far.
+    pub bytes_recv: u64,
     /// Network-order address words; IPv4 uses word 0.
     pub saddr: [u32; 4],
     pub daddr: [u32; 4],
@@ -111,6 +121,9 @@ pub struct TcpEvent {
     /// TCP payload bytes (all segments of a GSO super-packet).
     pub payload_len: u32,
     pub ifindex: u32,
+    /// Wire segments sent by this packet's sender so far / by the other side.
+    pub segs_sent: u32,
+    pub segs_recv: u32,
     pub sport: u16,
     pub dport: u16,
     /// Raw (unscaled) receive window.
@@ -130,27 +143,32 @@ pub struct TcpEvent {
     pub _pad: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<TcpEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<TcpEvent>() == 8);
 
 impl TcpEvent {
+    /// The event for `pkt`, due as `emit` says.
     #[inline(always)]
-    pub fn from_packet(
+    pub fn new(
         pkt: &TcpPacket,
+        emit: &Emit,
         ts_ns: u64,
         hook: Hook,
-        kind: EventKind,
         ifindex: u32,
         gso_segs: u16,
     ) -> TcpEvent {
         TcpEvent {
             ts_ns,
+            bytes_sent: emit.bytes_sent,
+            bytes_recv: emit.bytes_recv,
             saddr: pkt.saddr,
             daddr: pkt.daddr,
             seq: pkt.seq,
             ack: pkt.ack,
             payload_len: pkt.payload_len,
             ifindex,
+            segs_sent: emit.segs_sent,
+            segs_recv: emit.segs_recv,
             sport: pkt.sport,
             dport: pkt.dport,
             window: pkt.window,
@@ -158,7 +176,7 @@ impl TcpEvent {
             tcp_flags: pkt.flags,
             family: pkt.family,
             hook: hook as u8,
-            kind: kind as u8,
+            kind: emit.kind,
             vlan_id: pkt.vlan_id,
             vlan_depth: pkt.vlan_depth,
             _pad: 0,

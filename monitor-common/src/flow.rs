@@ -73,120 +73,202 @@ pub const STATE_SYN_SEEN: u8 = 1;
 pub const STATE_SYNACK_SEEN: u8 = 2;
 /// The handshake-completing ACK was emitted; later ACKs stay in the kernel.
 pub const STATE_HANDSHAKE_DONE: u8 = 4;
+/// A FIN was sent in direction 0 / 1; `fin_seq[dir]` is valid.
+pub const STATE_FIN_SENT: [u8; 2] = [8, 16];
+/// The FIN sent in direction 0 / 1 was acknowledged.
+pub const STATE_FIN_ACKED: [u8; 2] = [32, 64];
+/// `client_dir` value when no SYN or SYN-ACK was seen (connection found mid-stream).
+pub const CLIENT_UNKNOWN: u8 = 0xff;
 
 /// Per-connection state kept in the kernel's LRU flow map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
+    /// Payload bytes sent in each direction (index: [`DIR_LO_TO_HI`], [`DIR_HI_TO_LO`]).
+    pub bytes: [u64; 2],
+    /// Wire segments sent in each direction (GSO super-packets expanded).
+    pub segs: [u32; 2],
+    /// Sequence number of the FIN sent in each direction.
+    pub fin_seq: [u32; 2],
     /// Initial sequence number of the SYN sender (the client).
     pub syn_seq: u32,
     /// Initial sequence number of the SYN-ACK sender (the server).
     pub synack_seq: u32,
-    /// Direction ([`DIR_LO_TO_HI`] / [`DIR_HI_TO_LO`]) the client sends in.
+    /// Direction the client sends in, or [`CLIENT_UNKNOWN`].
     pub client_dir: u8,
     /// `STATE_*` bits.
     pub state: u8,
-    pub _pad: u16,
+    pub _pad0: u16,
+    pub _pad1: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowState>() == 12);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 48);
 
-/// What to do with the flow map after a packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowUpdate {
-    /// Nothing, or the existing entry was changed in place.
-    Keep,
-    /// Insert (or replace) the entry.
-    Insert(FlowState),
-    /// The connection ended: forget it.
-    Delete,
-}
+impl FlowState {
+    /// The state a new entry starts from.
+    pub const ZERO: FlowState = FlowState {
+        bytes: [0, 0],
+        segs: [0, 0],
+        fin_seq: [0, 0],
+        syn_seq: 0,
+        synack_seq: 0,
+        client_dir: CLIENT_UNKNOWN,
+        state: 0,
+        _pad0: 0,
+        _pad1: 0,
+    };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decision {
-    pub emit: Option<EventKind>,
-    pub update: FlowUpdate,
-}
-
-const QUIET: Decision = Decision {
-    emit: None,
-    update: FlowUpdate::Keep,
-};
-
-/// Decides whether `pkt`, travelling in `dir`, becomes an event, updating `state` in
-/// place where the map entry already exists.
-///
-/// Emitted: every SYN, SYN-ACK, FIN and RST, and the first ACK from the client that
-/// acknowledges the server's ISN (the handshake's third segment, or the first data
-/// segment if that ACK was lost before the hook). Everything else stays in the kernel.
-#[inline(always)]
-pub fn decide(state: Option<&mut FlowState>, dir: u8, pkt: &TcpPacket) -> Decision {
-    let f = pkt.flags;
-    if f & RST != 0 {
-        return Decision {
-            emit: Some(EventKind::Rst),
-            update: if state.is_some() {
-                FlowUpdate::Delete
-            } else {
-                FlowUpdate::Keep
-            },
-        };
+    /// Counts a packet of `segs` wire segments sent in `dir`.
+    #[inline(always)]
+    pub fn account(&mut self, dir: u8, payload: u32, segs: u16) {
+        let d = (dir & 1) as usize;
+        self.bytes[d] += payload as u64;
+        self.segs[d] += segs as u32;
     }
-    if f & SYN != 0 {
+}
+
+/// The flow map as the policy needs it: the kernel's LRU hash map, or a hash map in
+/// pcap replay. Entries are created in place (`create`) rather than built on the
+/// stack: the kernel has 512 bytes of it.
+pub trait FlowTable {
+    fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState>;
+    /// Inserts (or resets) `key` to [`FlowState::ZERO`] and returns the entry.
+    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState>;
+    fn remove(&mut self, key: &FlowKey);
+}
+
+/// An event that is due, with the connection's counters after the packet (from the
+/// sender's point of view). Small on purpose: the kernel builds the full event in the
+/// ring buffer slot, not on its stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Emit {
+    pub kind: u8,
+    pub segs_sent: u32,
+    pub segs_recv: u32,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+}
+
+impl Emit {
+    #[inline(always)]
+    fn new(kind: EventKind, flow: Option<&FlowState>, dir: u8) -> Emit {
+        let d = (dir & 1) as usize;
+        match flow {
+            Some(f) => Emit {
+                kind: kind as u8,
+                segs_sent: f.segs[d],
+                segs_recv: f.segs[d ^ 1],
+                bytes_sent: f.bytes[d],
+                bytes_recv: f.bytes[d ^ 1],
+            },
+            None => Emit {
+                kind: kind as u8,
+                ..Emit::default()
+            },
+        }
+    }
+}
+
+/// Runs the emit policy for one parsed packet, standing for `segs` wire segments,
+/// against `table`; returns the event due, if any.
+///
+/// Emitted: every SYN, SYN-ACK, FIN and RST; the first ACK from the client that
+/// acknowledges the server's ISN (the handshake's third segment, or the first data
+/// segment if that ACK was lost before the hook); the first ACK of each FIN (it
+/// completes a close and starts TIME-WAIT). Everything else stays in the kernel.
+#[inline(always)]
+pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16) -> Option<Emit> {
+    let (key, dir) = FlowKey::of(pkt);
+    let f = pkt.flags;
+    let d = (dir & 1) as usize;
+    let o = d ^ 1;
+    if f & SYN != 0 && f & RST == 0 {
         if f & ACK == 0 {
             // A (re)transmitted SYN starts the connection afresh, including reuse of
             // a tuple still in TIME-WAIT.
-            return Decision {
-                emit: Some(EventKind::Syn),
-                update: FlowUpdate::Insert(FlowState {
-                    syn_seq: pkt.seq,
-                    synack_seq: 0,
-                    client_dir: dir,
-                    state: STATE_SYN_SEEN,
-                    _pad: 0,
-                }),
-            };
-        }
-        let update = match state {
-            Some(s) if s.state & STATE_SYN_SEEN != 0 && s.client_dir != dir => {
-                s.synack_seq = pkt.seq;
-                s.state |= STATE_SYNACK_SEEN;
-                FlowUpdate::Keep
+            let s = table.create(&key);
+            if let Some(s) = s {
+                s.client_dir = dir;
+                s.state = STATE_SYN_SEEN;
+                s.syn_seq = pkt.seq;
+                s.account(dir, pkt.payload_len, segs);
+                return Some(Emit::new(EventKind::Syn, Some(s), dir));
             }
+            return Some(Emit::new(EventKind::Syn, None, dir));
+        }
+        let known = matches!(table.lookup(&key),
+            Some(s) if s.state & STATE_SYN_SEEN != 0 && s.client_dir == dir ^ 1);
+        let s = if known {
+            table.lookup(&key)
+        } else {
             // SYN not seen (started mid-handshake, or lost before the hook): the
             // SYN-ACK alone still tells who the client is.
-            _ => FlowUpdate::Insert(FlowState {
-                syn_seq: pkt.ack.wrapping_sub(1),
-                synack_seq: pkt.seq,
-                client_dir: dir ^ 1,
-                state: STATE_SYNACK_SEEN,
-                _pad: 0,
-            }),
+            table.create(&key).map(|s| {
+                s.client_dir = dir ^ 1;
+                s.syn_seq = pkt.ack.wrapping_sub(1);
+                s
+            })
         };
-        return Decision {
-            emit: Some(EventKind::SynAck),
-            update,
+        let Some(s) = s else {
+            return Some(Emit::new(EventKind::SynAck, None, dir));
         };
+        s.synack_seq = pkt.seq;
+        s.state |= STATE_SYNACK_SEEN;
+        s.account(dir, pkt.payload_len, segs);
+        return Some(Emit::new(EventKind::SynAck, Some(s), dir));
     }
-    if f & ACK != 0
-        && let Some(s) = state
-        && s.state & (STATE_SYNACK_SEEN | STATE_HANDSHAKE_DONE) == STATE_SYNACK_SEEN
-        && s.client_dir == dir
-        && pkt.ack == s.synack_seq.wrapping_add(1)
-    {
-        s.state |= STATE_HANDSHAKE_DONE;
-        return Decision {
-            emit: Some(EventKind::HandshakeAck),
-            update: FlowUpdate::Keep,
-        };
+    let Some(s) = table.lookup(&key) else {
+        if f & RST != 0 {
+            return Some(Emit::new(EventKind::Rst, None, dir));
+        }
+        // Found mid-stream: only a FIN makes it worth tracking (to see its ACK).
+        if f & FIN != 0 {
+            let s = table.create(&key)?;
+            s.state = STATE_FIN_SENT[d];
+            s.fin_seq[d] = pkt.seq.wrapping_add(pkt.payload_len);
+            s.account(dir, pkt.payload_len, segs);
+            return Some(Emit::new(EventKind::Fin, Some(s), dir));
+        }
+        return None;
+    };
+    s.account(dir, pkt.payload_len, segs);
+    if f & RST != 0 {
+        let e = Emit::new(EventKind::Rst, Some(s), dir);
+        table.remove(&key);
+        return Some(e);
+    }
+    let mut kind = None;
+    if f & ACK != 0 {
+        if s.state & (STATE_SYNACK_SEEN | STATE_HANDSHAKE_DONE) == STATE_SYNACK_SEEN
+            && s.client_dir == dir
+            && pkt.ack == s.synack_seq.wrapping_add(1)
+        {
+            s.state |= STATE_HANDSHAKE_DONE;
+            kind = Some(EventKind::HandshakeAck);
+        }
+        if s.state & (STATE_FIN_SENT[o] | STATE_FIN_ACKED[o]) == STATE_FIN_SENT[o]
+            && pkt.ack == s.fin_seq[o].wrapping_add(1)
+        {
+            s.state |= STATE_FIN_ACKED[o];
+            if kind.is_none() {
+                kind = Some(EventKind::FinAck);
+            }
+        }
     }
     if f & FIN != 0 {
-        return Decision {
-            emit: Some(EventKind::Fin),
-            update: FlowUpdate::Keep,
-        };
+        s.state |= STATE_FIN_SENT[d];
+        s.fin_seq[d] = pkt.seq.wrapping_add(pkt.payload_len);
+        if kind != Some(EventKind::HandshakeAck) {
+            kind = Some(EventKind::Fin);
+        }
     }
-    QUIET
+    let e = Emit::new(kind?, Some(s), dir);
+    let done = STATE_FIN_ACKED[0] | STATE_FIN_ACKED[1];
+    if s.state & done == done {
+        // Both FINs acknowledged: nothing more to learn from this tuple.
+        table.remove(&key);
+    }
+    Some(e)
 }
 
 #[cfg(feature = "user")]

@@ -22,7 +22,7 @@ use monitor_common::{
     FlowKey, FlowState, TcpEvent, counters,
     event::{EventKind, Hook},
     flags::FlagClass,
-    flow::{FlowUpdate, decide},
+    flow::{FlowTable, track},
     parse::{OUTCOME_TCP, parse_ethernet},
 };
 use packet::Packet;
@@ -35,6 +35,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// The agent resizes it at load time (`--flow-entries`).
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+
+/// What a new flow map entry starts from.
+static FLOW_ZERO: FlowState = FlowState::ZERO;
 
 /// All counters of one CPU in one slot: one map lookup per packet.
 #[map]
@@ -122,46 +125,45 @@ fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) 
     );
     bump(c, counters::segments(hook), gso_segs as u64);
 
-    let (key, dir) = FlowKey::of(&tcp);
-    // SAFETY: the value pointer is valid for this run; concurrent updates from another
-    // CPU can at worst repeat or miss one handshake-ACK event, never corrupt memory.
-    let state = FLOWS.get_ptr_mut(&key).map(|p| unsafe { &mut *p });
-    let decision = decide(state, dir, &tcp);
-    match decision.update {
-        FlowUpdate::Keep => {}
-        FlowUpdate::Insert(s) => {
-            let _ = FLOWS.insert(&key, &s, 0);
-        }
-        FlowUpdate::Delete => {
-            let _ = FLOWS.remove(&key);
-        }
-    }
-    let Some(kind) = decision.emit else {
+    let Some(emit) = track(&mut KernelFlows, &tcp, gso_segs) else {
         return;
     };
-    emit(c, &tcp, hook, kind, ifindex, gso_segs);
-}
-
-#[inline(always)]
-fn emit(
-    c: &mut [u64; counters::LEN as usize],
-    tcp: &monitor_common::TcpPacket,
-    hook: Hook,
-    kind: EventKind,
-    ifindex: u32,
-    gso_segs: u16,
-) {
+    // Kinds come from a closed enum; the fallback index is never taken.
+    let kind = EventKind::from_u8(emit.kind).unwrap_or(EventKind::Syn);
     match EVENTS.reserve::<TcpEvent>(0) {
         Some(mut slot) => {
             // SAFETY: bpf_ktime_get_ns has no preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            slot.write(TcpEvent::from_packet(
-                tcp, now, hook, kind, ifindex, gso_segs,
-            ));
+            slot.write(TcpEvent::new(&tcp, &emit, now, hook, ifindex, gso_segs));
             slot.submit(0);
             bump(c, counters::submitted(kind), 1);
         }
         None => bump(c, counters::lost(kind), 1),
+    }
+}
+
+/// The LRU flow map behind the shared emit policy.
+struct KernelFlows;
+
+impl FlowTable for KernelFlows {
+    #[inline(always)]
+    fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        // SAFETY: the value pointer stays valid for this program run; a concurrent
+        // update from another CPU can at worst repeat or miss one event or a count,
+        // never corrupt memory.
+        FLOWS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        // From read-only data, not the stack: the value is copied by the helper.
+        FLOWS.insert(key, &FLOW_ZERO, 0).ok()?;
+        self.lookup(key)
+    }
+
+    #[inline(always)]
+    fn remove(&mut self, key: &FlowKey) {
+        let _ = FLOWS.remove(key);
     }
 }
 

@@ -142,6 +142,11 @@ pub struct EventRecord {
     pub gso_segs: u16,
     pub vlan_id: u16,
     pub vlan_depth: u8,
+    /// Connection totals so far from the sender's side (0 when the flow is untracked).
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub segs_sent: u32,
+    pub segs_recv: u32,
 }
 
 impl EventRecord {
@@ -168,6 +173,10 @@ impl EventRecord {
             gso_segs: r.gso_segs,
             vlan_id: r.vlan_id,
             vlan_depth: r.vlan_depth,
+            bytes_sent: r.bytes_sent,
+            bytes_recv: r.bytes_recv,
+            segs_sent: r.segs_sent,
+            segs_recv: r.segs_recv,
         }
     }
 }
@@ -175,7 +184,7 @@ impl EventRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monitor_common::{frames::Frame, parse::parse_ethernet};
+    use monitor_common::{flow::Emit, frames::Frame, parse::parse_ethernet};
 
     fn sample() -> TcpEvent {
         let pkt = parse_ethernet(
@@ -190,7 +199,12 @@ mod tests {
             .build()[..],
         )
         .unwrap();
-        TcpEvent::from_packet(&pkt, 123, Hook::TcEgress, EventKind::SynAck, 5, 1)
+        let emit = Emit {
+            kind: EventKind::SynAck as u8,
+            bytes_sent: 3,
+            ..Emit::default()
+        };
+        TcpEvent::new(&pkt, &emit, 123, Hook::TcEgress, 5, 1)
     }
 
     #[test]
@@ -214,6 +228,7 @@ mod tests {
         assert_eq!(json["sport"], 4242);
         assert_eq!(json["kind"], "synack");
         assert_eq!(json["unix_ns"], 123);
+        assert_eq!(json["bytes_sent"], 3);
     }
 
     #[test]
@@ -234,15 +249,11 @@ mod tests {
     fn ipv4_rendering() {
         let pkt =
             parse_ethernet(&Frame::v4([10, 1, 2, 3], 1, [10, 9, 8, 7], 2).build()[..]).unwrap();
-        let ev = Event::from_raw(TcpEvent::from_packet(
-            &pkt,
-            0,
-            Hook::XdpIngress,
-            EventKind::Syn,
-            1,
-            1,
-        ))
-        .unwrap();
+        let emit = Emit {
+            kind: EventKind::Syn as u8,
+            ..Emit::default()
+        };
+        let ev = Event::from_raw(TcpEvent::new(&pkt, &emit, 0, Hook::XdpIngress, 1, 1)).unwrap();
         assert_eq!(ev.src().to_string(), "10.1.2.3");
         assert_eq!(ev.dst().to_string(), "10.9.8.7");
     }

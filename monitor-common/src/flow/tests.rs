@@ -1,4 +1,5 @@
 use super::*;
+use crate::TcpEvent;
 use crate::flags::PSH;
 use crate::frames::Frame;
 use crate::parse::parse_ethernet;
@@ -15,21 +16,40 @@ fn pkt(from_client: bool, flags: u8, seq: u32, ack: u32, payload: usize) -> TcpP
     parse_ethernet(&f.flags(flags).seq_ack(seq, ack).payload(payload).build()[..]).unwrap()
 }
 
-/// Runs packets through the policy with a map of one entry, as the kernel does.
-fn run(pkts: &[TcpPacket]) -> std::vec::Vec<Option<EventKind>> {
-    let mut entry: Option<FlowState> = None;
-    let mut out = std::vec::Vec::new();
-    for p in pkts {
-        let (_, dir) = FlowKey::of(p);
-        let d = decide(entry.as_mut(), dir, p);
-        match d.update {
-            FlowUpdate::Keep => {}
-            FlowUpdate::Insert(s) => entry = Some(s),
-            FlowUpdate::Delete => entry = None,
-        }
-        out.push(d.emit);
+#[derive(Default)]
+struct Table(std::collections::HashMap<FlowKey, FlowState>);
+
+impl FlowTable for Table {
+    fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.0.get_mut(key)
     }
-    out
+    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.0.insert(*key, FlowState::ZERO);
+        self.0.get_mut(key)
+    }
+    fn remove(&mut self, key: &FlowKey) {
+        self.0.remove(key);
+    }
+}
+
+/// Runs packets through the policy as the kernel does, returning the events.
+fn events(pkts: &[TcpPacket]) -> (std::vec::Vec<Option<TcpEvent>>, Table) {
+    let mut t = Table::default();
+    let out = pkts
+        .iter()
+        .map(|p| {
+            track(&mut t, p, 1).map(|e| TcpEvent::new(p, &e, 7, crate::event::Hook::Replay, 0, 1))
+        })
+        .collect();
+    (out, t)
+}
+
+fn run(pkts: &[TcpPacket]) -> std::vec::Vec<Option<EventKind>> {
+    events(pkts)
+        .0
+        .iter()
+        .map(|e| e.map(|e| EventKind::from_u8(e.kind).unwrap()))
+        .collect()
 }
 
 #[test]
@@ -63,6 +83,7 @@ fn three_way_handshake_then_quiet_data_then_close() {
         pkt(true, FIN | ACK, 101, 0, 0),
         pkt(false, FIN | ACK, 0, 102, 0),
         pkt(true, ACK, 102, 1, 0),
+        pkt(true, ACK, 102, 1, 0),
     ]);
     use EventKind::*;
     assert_eq!(
@@ -76,6 +97,7 @@ fn three_way_handshake_then_quiet_data_then_close() {
             None,
             Some(Fin),
             Some(Fin),
+            Some(FinAck),
             None
         ]
     );
@@ -153,17 +175,67 @@ fn rst_is_emitted_and_forgets_the_flow() {
 }
 
 #[test]
-fn mid_stream_connection_emits_only_fin_and_rst() {
+fn mid_stream_connection_emits_fin_its_ack_and_rst() {
     let got = run(&[
         pkt(true, ACK | PSH, 1, 1, 100),
         pkt(false, ACK, 1, 101, 0),
         pkt(true, FIN | ACK, 101, 1, 0),
+        pkt(false, ACK, 1, 102, 0),
         pkt(false, RST, 1, 0, 0),
     ]);
+    use EventKind::*;
+    assert_eq!(got, [None, None, Some(Fin), Some(FinAck), Some(Rst)]);
+}
+
+#[test]
+fn four_way_close_emits_both_fin_acks_and_forgets_the_flow() {
+    let (evs, table) = events(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+        pkt(false, FIN | ACK, 501, 101, 0),
+        pkt(true, ACK, 101, 502, 0),
+        pkt(true, FIN | ACK, 101, 502, 0),
+        pkt(false, ACK, 502, 102, 0),
+    ]);
+    let kinds: std::vec::Vec<_> = evs.iter().map(|e| e.map(|e| e.kind)).collect();
+    use EventKind::*;
+    let k = |k: EventKind| Some(k as u8);
     assert_eq!(
-        got,
-        [None, None, Some(EventKind::Fin), Some(EventKind::Rst)]
+        kinds,
+        [k(Syn), k(SynAck), k(HandshakeAck), k(Fin), k(FinAck), k(Fin), k(FinAck)]
     );
+    assert!(table.0.is_empty(), "closed flows leave the map");
+}
+
+#[test]
+fn three_segment_close_acks_the_first_fin_with_the_second() {
+    let got = run(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+        pkt(true, FIN | ACK, 101, 501, 0),
+        pkt(false, FIN | ACK, 501, 102, 0),
+        pkt(true, ACK, 102, 502, 0),
+    ]);
+    use EventKind::*;
+    assert_eq!(got[3..], [Some(Fin), Some(Fin), Some(FinAck)]);
+}
+
+#[test]
+fn flow_counters_travel_with_events() {
+    let (evs, _) = events(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+        pkt(true, ACK | PSH, 101, 501, 1000),
+        pkt(false, ACK | PSH, 501, 1101, 30),
+        pkt(true, FIN | ACK, 1101, 531, 5),
+    ]);
+    let fin = evs[5].unwrap();
+    assert_eq!((fin.bytes_sent, fin.bytes_recv), (1005, 30));
+    assert_eq!((fin.segs_sent, fin.segs_recv), (4, 2));
+    assert_eq!(fin.ts_ns, 7);
 }
 
 #[test]
