@@ -201,17 +201,17 @@ pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16) -> Option<
         let s = if known {
             table.lookup(&key)
         } else {
-            // SYN not seen (started mid-handshake, or lost before the hook): the
-            // SYN-ACK alone still tells who the client is.
-            table.create(&key).map(|s| {
-                s.client_dir = dir ^ 1;
-                s.syn_seq = pkt.ack.wrapping_sub(1);
-                s
-            })
+            table.create(&key)
         };
         let Some(s) = s else {
             return Some(Emit::new(EventKind::SynAck, None, dir));
         };
+        if !known {
+            // SYN not seen (started mid-handshake, or lost before the hook): the
+            // SYN-ACK alone still tells who the client is.
+            s.client_dir = dir ^ 1;
+            s.syn_seq = pkt.ack.wrapping_sub(1);
+        }
         s.synack_seq = pkt.seq;
         s.state |= STATE_SYNACK_SEEN;
         s.account(dir, pkt.payload_len, segs);

@@ -114,9 +114,18 @@ fn check_against_capture(events: &[Value], segs: &[Segment], client_addr: &str) 
         .iter()
         .map(|e| (ev_key(e), e["kind"].as_str().unwrap()))
         .collect();
-    let (got, want) = (counts(got.iter().cloned()), counts(expected.iter().cloned()));
-    let extra: Vec<_> = got.iter().filter(|(k, n)| want.get(*k) != Some(n)).collect();
-    let missing: Vec<_> = want.iter().filter(|(k, n)| got.get(*k) != Some(n)).collect();
+    let (got, want) = (
+        counts(got.iter().cloned()),
+        counts(expected.iter().cloned()),
+    );
+    let extra: Vec<_> = got
+        .iter()
+        .filter(|(k, n)| want.get(*k) != Some(n))
+        .collect();
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|(k, n)| got.get(*k) != Some(n))
+        .collect();
     assert!(
         extra.is_empty() && missing.is_empty(),
         "events differ from the capture's control segments\nnot in capture: {extra:?}\nmissing: {missing:?}"
@@ -240,7 +249,10 @@ fn scenario(v6: bool) {
     // Every connection ended (FINs acknowledged both ways, or RST): none stays in
     // the kernel's flow map.
     assert_eq!(sample(&metrics, "tcpmon_flow_table_entries"), Some(0.0));
-    assert_eq!(sample(&metrics, "tcpmon_flow_table_capacity"), Some(65536.0));
+    assert_eq!(
+        sample(&metrics, "tcpmon_flow_table_capacity"),
+        Some(65536.0)
+    );
     assert_eq!(
         sample(
             &metrics,

@@ -33,7 +33,8 @@ fn programs_relocate_only_against_maps_and_data() {
             // fine; anything in .text is a function call the verifier cannot take.
             let data = ["maps", ".maps", ".rodata", ".data", ".bss"];
             assert!(
-                data.iter().any(|d| target == *d || target.starts_with(&format!("{d}."))),
+                data.iter()
+                    .any(|d| target == *d || target.starts_with(&format!("{d}."))),
                 "{name}: relocation against {} in section {target:?} (stray libcall?)",
                 sym.name().unwrap_or("?")
             );

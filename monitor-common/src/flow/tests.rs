@@ -203,7 +203,15 @@ fn four_way_close_emits_both_fin_acks_and_forgets_the_flow() {
     let k = |k: EventKind| Some(k as u8);
     assert_eq!(
         kinds,
-        [k(Syn), k(SynAck), k(HandshakeAck), k(Fin), k(FinAck), k(Fin), k(FinAck)]
+        [
+            k(Syn),
+            k(SynAck),
+            k(HandshakeAck),
+            k(Fin),
+            k(FinAck),
+            k(Fin),
+            k(FinAck)
+        ]
     );
     assert!(table.0.is_empty(), "closed flows leave the map");
 }
