@@ -14,3 +14,4 @@ pub mod server;
 /// Default /metrics port. Prometheus' default port allocation list has filled the
 /// whole 9100-9999 exporter range, so tcpmon stays clear of it.
 pub const DEFAULT_PORT: u16 = 19393;
+pub mod lifecycle;

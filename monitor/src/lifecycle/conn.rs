@@ -1,0 +1,375 @@
+//! One connection followed by a passive observer: both ends' states, handshake
+//! timing, who closed, and what ended it. Pure: no clock, no I/O.
+
+use monitor_common::flags::{ACK, FIN, RST, SYN};
+
+use super::state::{TcpState, completeness as cpl};
+
+/// Endpoint index: 0 is the flow key's `lo` endpoint, 1 its `hi` endpoint.
+pub type End = usize;
+
+/// What the connection needs from one emitted segment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seg {
+    pub ts_ns: u64,
+    /// Sending endpoint.
+    pub from: End,
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub len: u32,
+    /// Connection totals from the sender's side (0 when the kernel did not track it).
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub segs_sent: u32,
+    pub segs_recv: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailReason {
+    /// RST in answer to a SYN.
+    Refused,
+    /// RST during the handshake after the SYN-ACK.
+    Reset,
+    /// The handshake never completed.
+    Timeout,
+}
+
+impl FailReason {
+    pub const fn name(self) -> &'static str {
+        match self {
+            FailReason::Refused => "refused",
+            FailReason::Reset => "reset",
+            FailReason::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseHow {
+    Fin,
+    Rst,
+    Timeout,
+}
+
+impl CloseHow {
+    pub const fn name(self) -> &'static str {
+        match self {
+            CloseHow::Fin => "fin",
+            CloseHow::Rst => "rst",
+            CloseHow::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Handshake,
+    Established,
+    Closing,
+}
+
+impl Phase {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Phase::Handshake => "handshake",
+            Phase::Established => "established",
+            Phase::Closing => "closing",
+        }
+    }
+}
+
+/// Handshake legs in nanoseconds (Wireshark's iRTT is their sum).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub syn_to_synack_ns: u64,
+    pub synack_to_ack_ns: u64,
+}
+
+impl Handshake {
+    pub fn total_ns(&self) -> u64 {
+        self.syn_to_synack_ns + self.synack_to_ack_ns
+    }
+}
+
+/// What a segment (or a timeout) did to the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Happening {
+    /// The handshake completed (timings when SYN and SYN-ACK were both seen).
+    Opened(Option<Handshake>),
+    Failed(FailReason),
+    Reset {
+        from: End,
+        phase: Phase,
+    },
+    /// The connection is over (the record is final); TIME-WAIT may go on.
+    Closed(CloseHow),
+}
+
+#[derive(Clone, Debug)]
+pub struct Conn {
+    /// Endpoint that sent the SYN, when known.
+    pub client: Option<End>,
+    pub ends: [TcpState; 2],
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub syn_ns: Option<u64>,
+    pub synack_ns: Option<u64>,
+    pub ack_ns: Option<u64>,
+    pub syns: u32,
+    pub synacks: u32,
+    isn: [Option<u32>; 2],
+    fin_seq: [Option<u32>; 2],
+    fin_acked: [bool; 2],
+    pub active_closer: Option<End>,
+    pub simultaneous_close: bool,
+    pub completeness: u8,
+    pub bytes: [u64; 2],
+    pub segs: [u32; 2],
+    /// Endpoint that sent the RST that ended it.
+    pub reset_by: Option<End>,
+    pub time_wait_since: Option<u64>,
+    /// First seen without a handshake.
+    pub mid_stream: bool,
+    /// Set once the connection reported `Closed` or `Failed`.
+    pub finished: Option<u64>,
+}
+
+impl Conn {
+    fn blank(ts: u64) -> Conn {
+        Conn {
+            client: None,
+            ends: [TcpState::Listen; 2],
+            first_ns: ts,
+            last_ns: ts,
+            syn_ns: None,
+            synack_ns: None,
+            ack_ns: None,
+            syns: 0,
+            synacks: 0,
+            isn: [None; 2],
+            fin_seq: [None; 2],
+            fin_acked: [false; 2],
+            active_closer: None,
+            simultaneous_close: false,
+            completeness: 0,
+            bytes: [0; 2],
+            segs: [0; 2],
+            reset_by: None,
+            time_wait_since: None,
+            mid_stream: false,
+            finished: None,
+        }
+    }
+
+    /// A connection started by `seg` (whatever it is).
+    pub fn start(seg: &Seg, out: &mut Vec<Happening>) -> Conn {
+        let mut c = Conn::blank(seg.ts_ns);
+        if seg.flags & (SYN | RST) == 0 {
+            // Seen mid-stream: no handshake is invented; both ends are assumed to
+            // be in the data phase.
+            c.mid_stream = true;
+            c.ends = [TcpState::Established; 2];
+        }
+        c.on_segment(seg, out);
+        c
+    }
+
+    /// Whether a SYN for this tuple starts a new connection rather than retrying.
+    pub fn replaced_by_syn(&self, seg: &Seg) -> bool {
+        !(self.client == Some(seg.from)
+            && self.isn[seg.from] == Some(seg.seq)
+            && self.ends[seg.from] == TcpState::SynSent)
+    }
+
+    pub fn server(&self) -> Option<End> {
+        self.client.map(|c| c ^ 1)
+    }
+
+    fn phase(&self) -> Phase {
+        if self.ends.iter().any(|e| e.in_close()) {
+            Phase::Closing
+        } else if self.ends.iter().any(|e| e.in_handshake()) {
+            Phase::Handshake
+        } else {
+            Phase::Established
+        }
+    }
+
+    pub fn on_segment(&mut self, seg: &Seg, out: &mut Vec<Happening>) {
+        let (s, r) = (seg.from, seg.from ^ 1);
+        let f = seg.flags;
+        self.last_ns = seg.ts_ns;
+        // Totals are cumulative in the kernel: keep the highest seen.
+        self.bytes[s] = self.bytes[s].max(seg.bytes_sent);
+        self.bytes[r] = self.bytes[r].max(seg.bytes_recv);
+        self.segs[s] = self.segs[s].max(seg.segs_sent);
+        self.segs[r] = self.segs[r].max(seg.segs_recv);
+        if seg.len > 0 || self.bytes[0] + self.bytes[1] > 0 {
+            self.completeness |= cpl::DATA;
+        }
+        if f & RST != 0 {
+            self.on_rst(seg, out);
+            return;
+        }
+        if f & SYN != 0 {
+            if f & ACK == 0 {
+                self.completeness |= cpl::SYN;
+                self.client = Some(s);
+                self.syns += 1;
+                self.isn[s] = Some(seg.seq);
+                self.syn_ns.get_or_insert(seg.ts_ns);
+                self.ends[s] = TcpState::SynSent;
+            } else {
+                self.completeness |= cpl::SYN_ACK;
+                if self.client.is_none() {
+                    self.client = Some(r);
+                    self.isn[r] = Some(seg.ack.wrapping_sub(1));
+                    self.ends[r] = TcpState::SynSent;
+                }
+                self.synacks += 1;
+                self.isn[s] = Some(seg.seq);
+                self.synack_ns.get_or_insert(seg.ts_ns);
+                if self.ends[s].in_handshake() {
+                    self.ends[s] = TcpState::SynReceived;
+                }
+            }
+            return;
+        }
+        if f & ACK != 0 {
+            self.on_ack(seg, out);
+        }
+        if f & FIN != 0 {
+            self.on_fin(seg, out);
+        }
+        self.check_closed(seg.ts_ns, out);
+    }
+
+    fn on_ack(&mut self, seg: &Seg, out: &mut Vec<Happening>) {
+        let (s, r) = (seg.from, seg.from ^ 1);
+        if self.client == Some(s)
+            && self.ends[r] == TcpState::SynReceived
+            && self.isn[r].is_some_and(|isn| seg.ack == isn.wrapping_add(1))
+        {
+            self.completeness |= cpl::ACK;
+            self.ack_ns = Some(seg.ts_ns);
+            self.ends = [TcpState::Established; 2];
+            let timing = match (self.syn_ns, self.synack_ns) {
+                (Some(syn), Some(synack)) if synack >= syn && seg.ts_ns >= synack => {
+                    Some(Handshake {
+                        syn_to_synack_ns: synack - syn,
+                        synack_to_ack_ns: seg.ts_ns - synack,
+                    })
+                }
+                _ => None,
+            };
+            out.push(Happening::Opened(timing));
+        }
+        if !self.fin_acked[r] && self.fin_seq[r].is_some_and(|fs| seg.ack == fs.wrapping_add(1)) {
+            self.fin_acked[r] = true;
+            self.ends[r] = match self.ends[r] {
+                TcpState::FinWait1 => TcpState::FinWait2,
+                TcpState::Closing => {
+                    self.time_wait_since = Some(seg.ts_ns);
+                    TcpState::TimeWait
+                }
+                TcpState::LastAck => TcpState::Closed,
+                other => other,
+            };
+        }
+    }
+
+    fn on_fin(&mut self, seg: &Seg, _out: &mut Vec<Happening>) {
+        let (s, r) = (seg.from, seg.from ^ 1);
+        self.completeness |= cpl::FIN;
+        if self.fin_seq[s].is_some() {
+            return; // retransmitted FIN
+        }
+        self.fin_seq[s] = Some(seg.seq.wrapping_add(seg.len));
+        if self.active_closer.is_none() {
+            self.active_closer = Some(s);
+        }
+        // A FIN that does not acknowledge the peer's earlier FIN was sent before the
+        // peer's FIN arrived: both sides closed at once.
+        let crossed = self.fin_seq[r].is_some() && !self.fin_acked[r];
+        self.ends[s] = match self.ends[s] {
+            TcpState::CloseWait if crossed => {
+                self.simultaneous_close = true;
+                TcpState::Closing
+            }
+            TcpState::CloseWait => TcpState::LastAck,
+            TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck => {
+                self.ends[s]
+            }
+            _ => TcpState::FinWait1,
+        };
+        // The receiver's side of the FIN.
+        self.ends[r] = match self.ends[r] {
+            TcpState::FinWait1 => TcpState::Closing,
+            TcpState::FinWait2 => {
+                self.time_wait_since = Some(seg.ts_ns);
+                TcpState::TimeWait
+            }
+            TcpState::Established | TcpState::SynReceived | TcpState::SynSent => {
+                TcpState::CloseWait
+            }
+            other => other,
+        };
+    }
+
+    fn on_rst(&mut self, seg: &Seg, out: &mut Vec<Happening>) {
+        let s = seg.from;
+        self.completeness |= cpl::RST;
+        if self.finished.is_some() {
+            // RST after the close (e.g. into TIME-WAIT): it only ends TIME-WAIT.
+            self.ends = [TcpState::Closed; 2];
+            return;
+        }
+        let phase = self.phase();
+        out.push(Happening::Reset { from: s, phase });
+        self.reset_by = Some(s);
+        let refused = self.client == Some(s ^ 1)
+            && self.ends[s ^ 1] == TcpState::SynSent
+            && self.synack_ns.is_none();
+        if refused {
+            out.push(Happening::Failed(FailReason::Refused));
+        } else if phase == Phase::Handshake && !self.mid_stream {
+            out.push(Happening::Failed(FailReason::Reset));
+        } else {
+            out.push(Happening::Closed(CloseHow::Rst));
+        }
+        self.ends = [TcpState::Closed; 2];
+        self.finished = Some(seg.ts_ns);
+    }
+
+    fn check_closed(&mut self, ts: u64, out: &mut Vec<Happening>) {
+        if self.finished.is_none() && self.ends.iter().all(|e| e.is_final()) {
+            self.finished = Some(ts);
+            out.push(Happening::Closed(CloseHow::Fin));
+        }
+    }
+
+    /// Ends the connection for lack of traffic; returns what that means.
+    pub fn expire(&mut self, now: u64) -> Option<Happening> {
+        if self.finished.is_some() {
+            return None;
+        }
+        self.finished = Some(now);
+        let h = if !self.mid_stream && self.ends.iter().any(|e| e.in_handshake()) {
+            Happening::Failed(FailReason::Timeout)
+        } else {
+            Happening::Closed(CloseHow::Timeout)
+        };
+        self.ends = [TcpState::Closed; 2];
+        Some(h)
+    }
+
+    /// Whether the connection can leave the table: finished and no end in TIME-WAIT.
+    pub fn done(&self) -> bool {
+        self.finished.is_some() && !self.ends.contains(&TcpState::TimeWait)
+    }
+}
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;

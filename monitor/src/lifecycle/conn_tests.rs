@@ -1,0 +1,216 @@
+use super::*;
+
+const C: End = 0;
+const S: End = 1;
+
+fn seg(from: End, flags: u8, seq: u32, ack: u32, ts_us: u64) -> Seg {
+    Seg {
+        ts_ns: ts_us * 1000,
+        from,
+        flags,
+        seq,
+        ack,
+        ..Seg::default()
+    }
+}
+
+/// Feeds segments, starting the connection with the first one.
+fn run(segs: &[Seg]) -> (Conn, Vec<Happening>) {
+    let mut out = Vec::new();
+    let mut c = Conn::start(&segs[0], &mut out);
+    for s in &segs[1..] {
+        c.on_segment(s, &mut out);
+    }
+    (c, out)
+}
+
+fn handshake(isn_c: u32, isn_s: u32) -> Vec<Seg> {
+    vec![
+        seg(C, SYN, isn_c, 0, 0),
+        seg(S, SYN | ACK, isn_s, isn_c.wrapping_add(1), 40),
+        seg(C, ACK, isn_c.wrapping_add(1), isn_s.wrapping_add(1), 100),
+    ]
+}
+
+#[test]
+fn handshake_timings_and_states() {
+    let (c, out) = run(&handshake(10, 20));
+    assert_eq!(c.ends, [TcpState::Established; 2]);
+    assert_eq!(
+        out,
+        [Happening::Opened(Some(Handshake {
+            syn_to_synack_ns: 40_000,
+            synack_to_ack_ns: 60_000
+        }))]
+    );
+    assert_eq!(c.completeness, cpl::SYN | cpl::SYN_ACK | cpl::ACK);
+}
+
+#[test]
+fn four_way_close_client_first() {
+    let mut s = handshake(u32::MAX, 7); // client ISN wraps
+    s.extend([
+        seg(C, FIN | ACK, 0, 8, 200),
+        seg(S, ACK, 8, 1, 210),
+        seg(S, FIN | ACK, 8, 1, 220),
+        seg(C, ACK, 1, 9, 230),
+    ]);
+    let (c, out) = run(&s);
+    assert_eq!(c.ends, [TcpState::TimeWait, TcpState::Closed]);
+    assert_eq!(c.active_closer, Some(C));
+    assert_eq!(c.time_wait_since, Some(220_000));
+    assert_eq!(out.last(), Some(&Happening::Closed(CloseHow::Fin)));
+    assert_eq!(c.finished, Some(230_000));
+    assert!(!c.done(), "TIME-WAIT keeps it in the table");
+}
+
+#[test]
+fn intermediate_states_of_a_close() {
+    let mut s = handshake(100, 500);
+    s.push(seg(S, FIN | ACK, 501, 101, 200));
+    let (mut c, mut out) = run(&s);
+    assert_eq!(c.ends, [TcpState::CloseWait, TcpState::FinWait1]);
+    c.on_segment(&seg(C, ACK, 101, 502, 210), &mut out);
+    assert_eq!(c.ends, [TcpState::CloseWait, TcpState::FinWait2]);
+    c.on_segment(&seg(C, FIN | ACK, 101, 502, 220), &mut out);
+    assert_eq!(c.ends, [TcpState::LastAck, TcpState::TimeWait]);
+    c.on_segment(&seg(S, ACK, 502, 102, 230), &mut out);
+    assert_eq!(c.ends, [TcpState::Closed, TcpState::TimeWait]);
+    assert_eq!(c.active_closer, Some(S));
+}
+
+#[test]
+fn three_segment_close() {
+    let mut s = handshake(100, 500);
+    s.extend([
+        seg(C, FIN | ACK, 101, 501, 200),
+        // The server's ACK and FIN in one segment.
+        seg(S, FIN | ACK, 501, 102, 210),
+        seg(C, ACK, 102, 502, 220),
+    ]);
+    let (c, out) = run(&s);
+    assert_eq!(c.ends, [TcpState::TimeWait, TcpState::Closed]);
+    assert!(!c.simultaneous_close);
+    assert_eq!(out.last(), Some(&Happening::Closed(CloseHow::Fin)));
+}
+
+#[test]
+fn simultaneous_close_ends_both_in_time_wait() {
+    let mut s = handshake(100, 500);
+    s.extend([
+        seg(C, FIN | ACK, 101, 501, 200),
+        // Sent before the client's FIN arrived: does not acknowledge it.
+        seg(S, FIN | ACK, 501, 101, 201),
+        seg(C, ACK, 102, 502, 210),
+        seg(S, ACK, 502, 102, 211),
+    ]);
+    let (c, out) = run(&s);
+    assert!(c.simultaneous_close);
+    assert_eq!(c.ends, [TcpState::TimeWait, TcpState::TimeWait]);
+    assert_eq!(out.last(), Some(&Happening::Closed(CloseHow::Fin)));
+}
+
+#[test]
+fn refused_connection() {
+    let (c, out) = run(&[seg(C, SYN, 1, 0, 0), seg(S, RST | ACK, 0, 2, 5)]);
+    assert_eq!(
+        out,
+        [
+            Happening::Reset {
+                from: S,
+                phase: Phase::Handshake
+            },
+            Happening::Failed(FailReason::Refused)
+        ]
+    );
+    assert!(c.done());
+    assert_eq!(c.completeness, cpl::SYN | cpl::RST);
+}
+
+#[test]
+fn reset_after_synack_is_a_handshake_failure() {
+    let (_, out) = run(&[
+        seg(C, SYN, 1, 0, 0),
+        seg(S, SYN | ACK, 9, 2, 5),
+        seg(C, RST, 2, 0, 6),
+    ]);
+    assert_eq!(out.last(), Some(&Happening::Failed(FailReason::Reset)));
+}
+
+#[test]
+fn abort_with_rst_when_established() {
+    let mut s = handshake(100, 500);
+    s.push(seg(C, RST | ACK, 111, 511, 300));
+    let (c, out) = run(&s);
+    assert_eq!(
+        out[1..],
+        [
+            Happening::Reset {
+                from: C,
+                phase: Phase::Established
+            },
+            Happening::Closed(CloseHow::Rst)
+        ]
+    );
+    assert_eq!(c.reset_by, Some(C));
+    assert!(c.done());
+}
+
+#[test]
+fn rst_into_time_wait_ends_it_without_counting_twice() {
+    let mut s = handshake(100, 500);
+    s.extend([
+        seg(C, FIN | ACK, 101, 501, 200),
+        seg(S, FIN | ACK, 501, 102, 210),
+        seg(C, ACK, 102, 502, 220),
+    ]);
+    let (mut c, mut out) = run(&s);
+    let before = out.len();
+    c.on_segment(&seg(S, RST, 502, 0, 300), &mut out);
+    assert_eq!(out.len(), before);
+    assert!(c.done());
+}
+
+#[test]
+fn syn_retries_keep_the_first_syn_time() {
+    let (c, out) = run(&[
+        seg(C, SYN, 1, 0, 0),
+        seg(C, SYN, 1, 0, 1_000_000),
+        seg(S, SYN | ACK, 9, 2, 1_000_050),
+        seg(C, ACK, 2, 10, 1_000_100),
+    ]);
+    assert_eq!(c.syns, 2);
+    let Happening::Opened(Some(h)) = out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(h.total_ns(), 1_000_100_000);
+    assert_eq!(h.syn_to_synack_ns, 1_000_050_000);
+}
+
+#[test]
+fn mid_stream_connection_invents_no_handshake() {
+    let (c, out) = run(&[
+        seg(C, FIN | ACK, 1000, 50, 0),
+        seg(S, FIN | ACK, 50, 1001, 10),
+        seg(C, ACK, 1001, 51, 20),
+    ]);
+    assert!(c.mid_stream);
+    assert_eq!(c.client, None);
+    assert_eq!(c.completeness, cpl::FIN);
+    assert_eq!(out, [Happening::Closed(CloseHow::Fin)]);
+}
+
+#[test]
+fn half_open_expires_as_timeout_failure() {
+    let (mut c, _) = run(&[seg(C, SYN, 1, 0, 0), seg(S, SYN | ACK, 9, 2, 5)]);
+    assert_eq!(c.ends[S], TcpState::SynReceived);
+    assert_eq!(c.expire(10), Some(Happening::Failed(FailReason::Timeout)));
+    assert_eq!(c.expire(11), None);
+}
+
+#[test]
+fn new_syn_replaces_but_retry_does_not() {
+    let (c, _) = run(&[seg(C, SYN, 1, 0, 0)]);
+    assert!(!c.replaced_by_syn(&seg(C, SYN, 1, 0, 5)));
+    assert!(c.replaced_by_syn(&seg(C, SYN, 77, 0, 5)));
+}
