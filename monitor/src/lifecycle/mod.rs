@@ -1,4 +1,10 @@
-//! The connection lifecycle engine: events in, connection lifecycles out.
+//! The connection lifecycle engine: events in, connection lifecycles out. The live
+//! agent and `tcpmon replay` run the same engine.
 
 pub mod conn;
+pub mod engine;
+pub mod ports;
+pub mod record;
 pub mod state;
+
+pub use engine::{ActivityProbe, Config, Direction, Engine, NoProbe, Role, Sink};

@@ -1,0 +1,418 @@
+//! The connection table: routes events to connections, decides who is local, expires
+//! what went quiet, and keeps memory bounded.
+
+use std::collections::{HashMap, VecDeque};
+
+use monitor_common::{FlowKey, TcpPacket, event::Hook};
+
+use super::{
+    conn::{CloseHow, Conn, End, FailReason, Handshake, Happening, Phase, Seg},
+    ports::PortLabels,
+    record::{ConnRecord, Endpoints},
+    state::TcpState,
+};
+use crate::event::Event;
+
+/// Role of the monitored host in a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Client,
+    Server,
+    Unknown,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Client, Role::Server, Role::Unknown];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// Whether the monitored host sent or received a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Sent,
+    Received,
+}
+
+impl Direction {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        }
+    }
+}
+
+/// Where the engine's findings go (metrics, the JSON log, a replay summary).
+pub trait Sink {
+    fn opened(&mut self, role: Role, port: &str, handshake: Option<&Handshake>);
+    fn failed(&mut self, role: Role, port: &str, reason: FailReason);
+    fn closed(&mut self, role: Role, port: &str, how: CloseHow);
+    fn reset(&mut self, direction: Direction, phase: Phase);
+    fn record(&mut self, record: &ConnRecord);
+    fn evicted(&mut self) {}
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long the active closer stays in TIME-WAIT (Linux: 60 s).
+    pub time_wait_ns: u64,
+    /// How long a handshake may stay incomplete (SYN-SENT, SYN-RECEIVED).
+    pub handshake_timeout_ns: u64,
+    /// How long a connection may go without events before it is dropped as timed out
+    /// (unless the activity probe shows traffic).
+    pub idle_timeout_ns: u64,
+    /// Hard cap on tracked connections; the oldest are evicted first.
+    pub max_connections: usize,
+    /// Local addresses for replay (live traffic knows its direction from the hook).
+    pub local_addrs: Vec<std::net::IpAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            time_wait_ns: 60_000_000_000,
+            handshake_timeout_ns: 75_000_000_000,
+            idle_timeout_ns: 7_200_000_000_000,
+            max_connections: 262_144,
+            local_addrs: Vec::new(),
+        }
+    }
+}
+
+/// Tells whether a quiet connection still moves data (the kernel flow map's segment
+/// counters), so a long transfer without control segments is not timed out.
+pub trait ActivityProbe {
+    /// A value that changes while the connection carries traffic, if it is tracked.
+    fn activity(&mut self, key: &FlowKey) -> Option<u64>;
+}
+
+/// No probe: quiet means idle.
+pub struct NoProbe;
+
+impl ActivityProbe for NoProbe {
+    fn activity(&mut self, _: &FlowKey) -> Option<u64> {
+        None
+    }
+}
+
+struct Entry {
+    conn: Conn,
+    eps: Endpoints,
+    /// The monitored host's endpoint, when known.
+    local: Option<End>,
+    /// Port label, fixed once the server is known.
+    port: Option<String>,
+    generation: u64,
+    activity: Option<u64>,
+}
+
+pub struct Engine<S: Sink> {
+    cfg: Config,
+    conns: HashMap<FlowKey, Entry>,
+    /// Insertion order for eviction; stale generations are skipped lazily.
+    order: VecDeque<(FlowKey, u64)>,
+    next_generation: u64,
+    pub ports: PortLabels,
+    pub sink: S,
+    to_unix: Box<dyn Fn(u64) -> i128 + Send>,
+    happenings: Vec<Happening>,
+    pub evicted: u64,
+}
+
+impl<S: Sink> Engine<S> {
+    pub fn new(
+        cfg: Config,
+        ports: PortLabels,
+        sink: S,
+        to_unix: impl Fn(u64) -> i128 + Send + 'static,
+    ) -> Engine<S> {
+        Engine {
+            cfg,
+            conns: HashMap::new(),
+            order: VecDeque::new(),
+            next_generation: 0,
+            ports,
+            sink,
+            to_unix: Box::new(to_unix),
+            happenings: Vec::new(),
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn on_event(&mut self, ev: &Event) {
+        let r = &ev.raw;
+        let pkt = TcpPacket {
+            saddr: r.saddr,
+            daddr: r.daddr,
+            sport: r.sport,
+            dport: r.dport,
+            family: r.family,
+            ..TcpPacket::default()
+        };
+        let (key, dir) = FlowKey::of(&pkt);
+        let from = dir as End;
+        let seg = Seg {
+            ts_ns: r.ts_ns,
+            from,
+            flags: r.tcp_flags,
+            seq: r.seq,
+            ack: r.ack,
+            len: r.payload_len,
+            bytes_sent: r.bytes_sent,
+            bytes_recv: r.bytes_recv,
+            segs_sent: r.segs_sent,
+            segs_recv: r.segs_recv,
+        };
+        let local = match ev.hook {
+            Hook::Replay => None,
+            h if h.is_ingress() => Some(from ^ 1),
+            _ => Some(from),
+        };
+        self.on_segment(key, seg, local);
+    }
+
+    fn on_segment(&mut self, key: FlowKey, seg: Seg, local: Option<End>) {
+        let is_syn = seg.flags & monitor_common::flags::SYN != 0
+            && seg.flags & (monitor_common::flags::ACK | monitor_common::flags::RST) == 0;
+        if is_syn
+            && let Some(e) = self.conns.get(&key)
+            && e.conn.replaced_by_syn(&seg)
+        {
+            // A new connection on the tuple (TIME-WAIT reuse, or a new attempt):
+            // the old one ends here.
+            let mut e = self.conns.remove(&key).expect("present");
+            if let Some(h) = e.conn.expire(seg.ts_ns) {
+                self.report(&mut e, &[h]);
+            }
+        }
+        let mut out = std::mem::take(&mut self.happenings);
+        out.clear();
+        let entry = match self.conns.get_mut(&key) {
+            Some(e) => {
+                e.conn.on_segment(&seg, &mut out);
+                e
+            }
+            None => {
+                self.make_room();
+                let conn = Conn::start(&seg, &mut out);
+                let generation = self.next_generation;
+                self.next_generation += 1;
+                self.order.push_back((key, generation));
+                let eps = Endpoints::new(
+                    key.family,
+                    &key.addr_lo,
+                    key.port_lo,
+                    &key.addr_hi,
+                    key.port_hi,
+                );
+                self.conns.entry(key).or_insert(Entry {
+                    conn,
+                    eps,
+                    local: None,
+                    port: None,
+                    generation,
+                    activity: None,
+                })
+            }
+        };
+        if entry.local.is_none() {
+            entry.local = local.or_else(|| {
+                let by_addr =
+                    (0..2).find(|i| self.cfg.local_addrs.contains(&entry.eps.addrs[*i].ip()));
+                by_addr.or(entry.conn.server())
+            });
+        }
+        let mut e = self.conns.remove(&key).expect("present");
+        self.report(&mut e, &out);
+        if !e.conn.done() {
+            self.conns.insert(key, e);
+        }
+        self.happenings = out;
+    }
+
+    fn role(e: &Entry) -> Role {
+        match (e.local, e.conn.client) {
+            (Some(l), Some(c)) if l == c => Role::Client,
+            (Some(_), Some(_)) => Role::Server,
+            _ => Role::Unknown,
+        }
+    }
+
+    fn port_label(&mut self, e: &mut Entry) -> String {
+        if let Some(p) = &e.port {
+            return p.clone();
+        }
+        let server_port = e.conn.server().map(|s| e.eps.addrs[s].port());
+        let label = self.ports.label(server_port);
+        if server_port.is_some() {
+            e.port = Some(label.clone());
+        }
+        label
+    }
+
+    fn report(&mut self, e: &mut Entry, hs: &[Happening]) {
+        for h in hs {
+            let role = Self::role(e);
+            match h {
+                Happening::Opened(t) => {
+                    if let Some(s) = e.conn.server() {
+                        if e.port.is_none() {
+                            self.ports.admit(e.eps.addrs[s].port());
+                        }
+                    }
+                    let port = self.port_label(e);
+                    self.sink.opened(role, &port, t.as_ref());
+                }
+                Happening::Failed(reason) => {
+                    let port = self.port_label(e);
+                    self.sink.failed(role, &port, *reason);
+                    self.write_record(e, reason.name(), true);
+                }
+                Happening::Closed(how) => {
+                    let port = self.port_label(e);
+                    self.sink.closed(role, &port, *how);
+                    self.write_record(e, how.name(), false);
+                }
+                Happening::Reset { from, phase } => {
+                    let dir = match e.local {
+                        Some(l) if l == *from => Direction::Sent,
+                        Some(_) => Direction::Received,
+                        None => continue,
+                    };
+                    self.sink.reset(dir, *phase);
+                }
+            }
+        }
+    }
+
+    fn write_record(&mut self, e: &Entry, how: &'static str, failed: bool) {
+        let rec = ConnRecord::new(
+            &e.conn,
+            &e.eps,
+            Self::role(e).name(),
+            how,
+            failed,
+            &self.to_unix,
+        );
+        self.sink.record(&rec);
+    }
+
+    /// Evicts the oldest connections until there is room for one more.
+    fn make_room(&mut self) {
+        while self.conns.len() >= self.cfg.max_connections {
+            let Some((key, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .conns
+                .get(&key)
+                .is_some_and(|e| e.generation == generation)
+            {
+                self.conns.remove(&key);
+                self.evicted += 1;
+                self.sink.evicted();
+            }
+        }
+        // Keep the order queue from growing without bound with stale entries.
+        if self.order.len() > 2 * self.cfg.max_connections.max(1024) {
+            let live = &self.conns;
+            self.order
+                .retain(|(k, g)| live.get(k).is_some_and(|e| e.generation == *g));
+        }
+    }
+
+    /// Expires TIME-WAIT, stale handshakes and idle connections as of `now_ns`.
+    pub fn tick(&mut self, now_ns: u64, probe: &mut dyn ActivityProbe) {
+        let mut ended = Vec::new();
+        for (key, e) in self.conns.iter_mut() {
+            let c = &e.conn;
+            if let Some(since) = c.time_wait_since
+                && c.ends.contains(&TcpState::TimeWait)
+                && now_ns.saturating_sub(since) >= self.cfg.time_wait_ns
+            {
+                ended.push(*key);
+                continue;
+            }
+            let quiet = now_ns.saturating_sub(c.last_ns);
+            let in_handshake = !c.mid_stream && c.ends.iter().any(|s| s.in_handshake());
+            let limit = if in_handshake {
+                self.cfg.handshake_timeout_ns
+            } else {
+                self.cfg.idle_timeout_ns
+            };
+            if c.finished.is_none() && quiet >= limit {
+                if !in_handshake {
+                    let mark = probe.activity(key);
+                    if mark.is_some() && mark != e.activity {
+                        e.activity = mark;
+                        e.conn.last_ns = now_ns;
+                        continue;
+                    }
+                }
+                ended.push(*key);
+            }
+        }
+        for key in ended {
+            let mut e = self.conns.remove(&key).expect("present");
+            if let Some(h) = e.conn.expire(now_ns) {
+                self.report(&mut e, &[h]);
+            }
+        }
+    }
+
+    /// Connections by the monitored host's state (the local end's, where known).
+    pub fn local_states(&self) -> HashMap<TcpState, u64> {
+        let mut m = HashMap::new();
+        for e in self.conns.values() {
+            if let Some(l) = e.local {
+                *m.entry(e.conn.ends[l]).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// Half-open connections where the monitored host is the server: SYN-ACK sent,
+    /// no ACK yet. Works with SYN cookies, where the kernel keeps no request socket.
+    pub fn half_open_by_port(&self) -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for e in self.conns.values() {
+            if let (Some(l), Some(s)) = (e.local, e.conn.server())
+                && l == s
+                && e.conn.ends[s] == TcpState::SynReceived
+            {
+                let port = self.ports.label(Some(e.eps.addrs[s].port()));
+                *m.entry(port).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// (client, server) states of every tracked connection, for replay summaries.
+    pub fn states_of_both_ends(&self) -> Vec<(TcpState, TcpState)> {
+        self.conns
+            .values()
+            .map(|e| {
+                let c = e.conn.client.unwrap_or(0);
+                (e.conn.ends[c], e.conn.ends[c ^ 1])
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,0 +1,206 @@
+use std::collections::HashMap;
+
+use monitor_common::{
+    TcpEvent,
+    event::EventKind,
+    flags::{ACK, FIN, PSH, RST, SYN},
+    flow::Emit,
+    frames::Frame,
+    parse::parse_ethernet,
+};
+
+use super::*;
+
+#[derive(Default)]
+struct Rec {
+    calls: Vec<String>,
+    records: Vec<ConnRecord>,
+    irtt: Vec<u64>,
+}
+
+impl Sink for Rec {
+    fn opened(&mut self, role: Role, port: &str, h: Option<&Handshake>) {
+        self.calls.push(format!("opened {} {port}", role.name()));
+        if let Some(h) = h {
+            self.irtt.push(h.total_ns());
+        }
+    }
+    fn failed(&mut self, role: Role, port: &str, reason: FailReason) {
+        self.calls
+            .push(format!("failed {} {port} {}", role.name(), reason.name()));
+    }
+    fn closed(&mut self, role: Role, port: &str, how: CloseHow) {
+        self.calls
+            .push(format!("closed {} {port} {}", role.name(), how.name()));
+    }
+    fn reset(&mut self, d: Direction, p: Phase) {
+        self.calls.push(format!("reset {} {}", d.name(), p.name()));
+    }
+    fn record(&mut self, r: &ConnRecord) {
+        self.records.push(r.clone());
+    }
+}
+
+const LOCAL: [u8; 4] = [10, 0, 0, 1];
+const PEER: [u8; 4] = [10, 0, 0, 2];
+
+/// An event as the monitored host (LOCAL) sees it: `out` = sent by LOCAL (tc egress).
+fn ev(out: bool, lport: u16, pport: u16, flags: u8, seq: u32, ack: u32, ts_us: u64) -> Event {
+    let f = if out {
+        Frame::v4(LOCAL, lport, PEER, pport)
+    } else {
+        Frame::v4(PEER, pport, LOCAL, lport)
+    };
+    let pkt = parse_ethernet(&f.flags(flags).seq_ack(seq, ack).build()[..]).unwrap();
+    let hook = if out {
+        Hook::TcEgress
+    } else {
+        Hook::XdpIngress
+    };
+    let emit = Emit {
+        kind: EventKind::Syn as u8,
+        ..Emit::default()
+    };
+    Event::from_raw(TcpEvent::new(&pkt, &emit, ts_us * 1000, hook, 1, 1)).unwrap()
+}
+
+fn engine(cfg: Config) -> Engine<Rec> {
+    Engine::new(cfg, PortLabels::new([], 8), Rec::default(), |t| t as i128)
+}
+
+/// A server connection on LOCAL:80 from PEER:`cport`, closed by `server_first`.
+fn served(e: &mut Engine<Rec>, cport: u16, t: u64, server_first: bool) {
+    e.on_event(&ev(false, 80, cport, SYN, 100, 0, t));
+    e.on_event(&ev(true, 80, cport, SYN | ACK, 500, 101, t + 10));
+    e.on_event(&ev(false, 80, cport, ACK, 101, 501, t + 60));
+    if server_first {
+        e.on_event(&ev(true, 80, cport, FIN | ACK, 501, 101, t + 100));
+        e.on_event(&ev(false, 80, cport, FIN | ACK, 101, 502, t + 110));
+        e.on_event(&ev(true, 80, cport, ACK, 502, 102, t + 111));
+    } else {
+        e.on_event(&ev(false, 80, cport, FIN | ACK, 101, 501, t + 100));
+        e.on_event(&ev(true, 80, cport, FIN | ACK, 501, 102, t + 110));
+        e.on_event(&ev(false, 80, cport, ACK, 102, 502, t + 111));
+    }
+}
+
+#[test]
+fn server_side_lifecycle_and_time_wait() {
+    let mut e = engine(Config::default());
+    served(&mut e, 40000, 0, true);
+    served(&mut e, 40001, 1000, false);
+    assert_eq!(
+        e.sink.calls,
+        [
+            "opened server 80",
+            "closed server 80 fin",
+            "opened server 80",
+            "closed server 80 fin"
+        ]
+    );
+    assert_eq!(e.sink.irtt, [60_000, 60_000]);
+    // The server closed first once: that connection stays, in TIME-WAIT, locally.
+    let states = e.local_states();
+    assert_eq!(states.get(&TcpState::TimeWait), Some(&1));
+    // Both stay tracked while one of their ends is in TIME-WAIT (the client's, for
+    // the second), but only the local end's state is counted.
+    assert_eq!(e.len(), 2);
+    let r = &e.sink.records[0];
+    assert_eq!(r.closed_by, Some("server"));
+    assert_eq!((r.client_state, r.server_state), ("closed", "time_wait"));
+    assert_eq!(r.irtt_ns, Some(60_000));
+    assert_eq!(r.local_role, "server");
+    assert_eq!(r.client.to_string(), "10.0.0.2:40000");
+    // TIME-WAIT ends after 60 s.
+    e.tick(1_000 + 59_000_000_000, &mut NoProbe);
+    assert_eq!(e.len(), 2);
+    e.tick(2_000_000 + 60_000_000_000, &mut NoProbe);
+    assert!(e.is_empty());
+}
+
+#[test]
+fn client_side_refused_and_reset() {
+    let mut e = engine(Config::default());
+    e.on_event(&ev(true, 50000, 9, SYN, 1, 0, 0));
+    e.on_event(&ev(false, 50000, 9, RST | ACK, 0, 2, 5));
+    assert_eq!(
+        e.sink.calls,
+        ["reset received handshake", "failed client other refused"]
+    );
+    assert!(e.is_empty());
+    e.on_event(&ev(true, 50001, 443, SYN, 1, 0, 10));
+    e.on_event(&ev(false, 50001, 443, SYN | ACK, 7, 2, 20));
+    e.on_event(&ev(true, 50001, 443, ACK, 2, 8, 30));
+    e.on_event(&ev(true, 50001, 443, RST | ACK, 2, 8, 40));
+    assert_eq!(
+        e.sink.calls[2..],
+        [
+            "opened client 443",
+            "reset sent established",
+            "closed client 443 rst"
+        ]
+    );
+}
+
+#[test]
+fn half_open_is_counted_then_times_out() {
+    let mut e = engine(Config::default());
+    e.on_event(&ev(false, 80, 1234, SYN, 1, 0, 0));
+    e.on_event(&ev(true, 80, 1234, SYN | ACK, 9, 2, 1));
+    assert_eq!(
+        e.half_open_by_port(),
+        HashMap::from([("other".to_string(), 1)])
+    );
+    e.tick(76_000_000_000, &mut NoProbe);
+    assert!(e.half_open_by_port().is_empty());
+    assert_eq!(e.sink.calls, ["failed server other timeout"]);
+}
+
+#[test]
+fn syn_on_a_time_wait_tuple_starts_a_new_connection() {
+    let mut e = engine(Config::default());
+    served(&mut e, 40000, 0, true);
+    assert_eq!(e.len(), 1);
+    e.on_event(&ev(false, 80, 40000, SYN, 9000, 0, 5000));
+    assert_eq!(e.local_states().get(&TcpState::TimeWait), None);
+    assert_eq!(e.len(), 1);
+}
+
+#[test]
+fn cap_evicts_oldest_and_counts() {
+    let cfg = Config {
+        max_connections: 3,
+        ..Config::default()
+    };
+    let mut e = engine(cfg);
+    for p in 0..10u16 {
+        e.on_event(&ev(false, 80, 1000 + p, SYN, 1, 0, p as u64));
+    }
+    assert_eq!(e.len(), 3);
+    assert_eq!(e.evicted, 7);
+}
+
+struct Busy(u64);
+impl ActivityProbe for Busy {
+    fn activity(&mut self, _: &FlowKey) -> Option<u64> {
+        self.0 += 1;
+        Some(self.0)
+    }
+}
+
+#[test]
+fn idle_connections_time_out_unless_the_probe_sees_traffic() {
+    let cfg = Config {
+        idle_timeout_ns: 1_000_000_000,
+        ..Config::default()
+    };
+    let mut e = engine(cfg);
+    e.on_event(&ev(true, 5000, 80, SYN, 1, 0, 0));
+    e.on_event(&ev(false, 5000, 80, SYN | ACK, 7, 2, 10));
+    e.on_event(&ev(true, 5000, 80, ACK | PSH, 2, 8, 20));
+    e.tick(5_000_000_000, &mut Busy(0));
+    assert_eq!(e.len(), 1, "probe saw traffic");
+    e.tick(7_000_000_000, &mut NoProbe);
+    assert!(e.is_empty());
+    assert_eq!(e.sink.calls.last().unwrap(), "closed client 80 timeout");
+}

@@ -1,0 +1,116 @@
+//! The JSON-lines record written for every connection that ends.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use super::{
+    conn::{Conn, End},
+    state::TcpState,
+};
+
+/// One ended connection. Times are Unix nanoseconds (live: kernel monotonic stamps
+/// converted with the agent's clock offset; replay: capture time).
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnRecord {
+    pub start_unix_ns: i128,
+    pub end_unix_ns: i128,
+    pub duration_ns: u64,
+    /// The SYN sender; for a connection seen mid-stream, the key's first endpoint.
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// Whether client and server are known from a SYN or SYN-ACK.
+    pub roles_known: bool,
+    /// Role of the monitored host: "client", "server" or "unknown".
+    pub local_role: &'static str,
+    pub syn_to_synack_ns: Option<u64>,
+    pub synack_to_ack_ns: Option<u64>,
+    /// Wireshark's tcp.analysis.initial_rtt: first SYN to the handshake's ACK.
+    pub irtt_ns: Option<u64>,
+    pub syns: u32,
+    pub synacks: u32,
+    /// Payload bytes and wire segments each way, as far as the kernel tracked them.
+    pub bytes_client_to_server: u64,
+    pub bytes_server_to_client: u64,
+    pub segs_client_to_server: u32,
+    pub segs_server_to_client: u32,
+    /// Who sent the first FIN: "client", "server" or null.
+    pub closed_by: Option<&'static str>,
+    pub simultaneous_close: bool,
+    /// "fin", "rst", "timeout", or the handshake failure ("refused", "reset", "timeout").
+    pub how: &'static str,
+    pub failed: bool,
+    pub reset_by: Option<&'static str>,
+    pub client_state: &'static str,
+    pub server_state: &'static str,
+    /// Wireshark's tcp.completeness: 1 SYN, 2 SYN-ACK, 4 ACK, 8 DATA, 16 FIN, 32 RST.
+    pub completeness: u8,
+    pub mid_stream: bool,
+}
+
+pub struct Endpoints {
+    pub addrs: [SocketAddr; 2],
+}
+
+impl Endpoints {
+    pub fn new(family: u8, lo: &[u32; 4], lo_port: u16, hi: &[u32; 4], hi_port: u16) -> Self {
+        let ip = |w: &[u32; 4]| -> IpAddr { crate::event::to_ip(family, w) };
+        Endpoints {
+            addrs: [
+                SocketAddr::new(ip(lo), lo_port),
+                SocketAddr::new(ip(hi), hi_port),
+            ],
+        }
+    }
+}
+
+impl ConnRecord {
+    pub fn new(
+        c: &Conn,
+        eps: &Endpoints,
+        local_role: &'static str,
+        how: &'static str,
+        failed: bool,
+        to_unix: impl Fn(u64) -> i128,
+    ) -> ConnRecord {
+        let client: End = c.client.unwrap_or(0);
+        let server = client ^ 1;
+        let who = |e: Option<End>| e.map(|e| if e == client { "client" } else { "server" });
+        let end = c.finished.unwrap_or(c.last_ns);
+        let (l1, l2) = match (c.syn_ns, c.synack_ns, c.ack_ns) {
+            (Some(s), Some(sa), Some(a)) if sa >= s && a >= sa => (Some(sa - s), Some(a - sa)),
+            _ => (None, None),
+        };
+        ConnRecord {
+            start_unix_ns: to_unix(c.first_ns),
+            end_unix_ns: to_unix(end),
+            duration_ns: end.saturating_sub(c.first_ns),
+            client: eps.addrs[client],
+            server: eps.addrs[server],
+            roles_known: c.client.is_some(),
+            local_role,
+            syn_to_synack_ns: l1,
+            synack_to_ack_ns: l2,
+            irtt_ns: l1.zip(l2).map(|(a, b)| a + b),
+            syns: c.syns,
+            synacks: c.synacks,
+            bytes_client_to_server: c.bytes[client],
+            bytes_server_to_client: c.bytes[server],
+            segs_client_to_server: c.segs[client],
+            segs_server_to_client: c.segs[server],
+            closed_by: who(c.active_closer),
+            simultaneous_close: c.simultaneous_close,
+            how,
+            failed,
+            reset_by: who(c.reset_by),
+            client_state: state_name(c.ends[client]),
+            server_state: state_name(c.ends[server]),
+            completeness: c.completeness,
+            mid_stream: c.mid_stream,
+        }
+    }
+}
+
+fn state_name(s: TcpState) -> &'static str {
+    s.name()
+}
