@@ -15,6 +15,11 @@ use crate::{
     event::{Event, EventRecord, WallClock},
     iface,
     kstats::KernelStats,
+    lifecycle::{
+        self, Engine,
+        metrics::{LifecycleMetrics, Outputs},
+        ports::PortLabels,
+    },
     loader::{self, Attachment, IngressMode, LoadOptions},
     metrics::Metrics,
     preflight, server,
@@ -29,19 +34,64 @@ pub struct AgentOptions {
     pub listen: Option<SocketAddr>,
     /// Print every event as a JSON line on stdout.
     pub json_events: bool,
+    pub lifecycle: LifecycleOptions,
+}
+
+/// How connections are followed.
+#[derive(Clone, Debug, Default)]
+pub struct LifecycleOptions {
+    pub engine: lifecycle::Config,
+    /// Service ports always kept as `port` label values.
+    pub ports: Vec<u16>,
+    /// Further server ports admitted as label values as they appear.
+    pub port_budget: usize,
+    /// JSON-lines record per ended connection: a path, or "-" for stdout.
+    pub log: Option<std::path::PathBuf>,
+}
+
+impl LifecycleOptions {
+    /// The engine with its outputs, as the agent and replay build it.
+    pub fn build(
+        &self,
+        metrics: Option<Arc<LifecycleMetrics>>,
+        clock: WallClock,
+    ) -> anyhow::Result<Engine<Outputs>> {
+        let log: Option<Box<dyn Write + Send>> = match &self.log {
+            None => None,
+            Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+            Some(p) => Some(Box::new(std::io::BufWriter::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("creating lifecycle log {}", p.display()))?,
+            ))),
+        };
+        Ok(Engine::new(
+            self.engine.clone(),
+            PortLabels::new(self.ports.iter().copied(), self.port_budget),
+            Outputs {
+                metrics,
+                log,
+                keep: None,
+            },
+            move |t| clock.unix_ns(t),
+        ))
+    }
 }
 
 /// What the HTTP handlers and the event loop share.
 pub struct Shared {
     pub metrics: Metrics,
+    lifecycle: Arc<LifecycleMetrics>,
+    engine: Mutex<Engine<Outputs>>,
     kernel: Mutex<KernelStats>,
     /// Flow-map walks are rate-limited: a scrape storm must not cost the host.
     last_flow_walk: Mutex<Option<Instant>>,
 }
 
 impl Shared {
-    /// Pulls kernel counters into the registry.
+    /// Pulls kernel counters and the engine's gauges into the registry.
     pub fn refresh(&self) {
+        self.lifecycle
+            .update_gauges(&self.engine.lock().expect("engine lock"));
         let kernel = self.kernel.lock().expect("kernel stats lock");
         match kernel.totals() {
             Ok(t) => self.metrics.apply_kernel_totals(&t),
@@ -84,8 +134,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         bpf.take_map(loader::EVENTS_MAP)
             .context("EVENTS map missing from object")?,
     )?;
+    let metrics = Metrics::new(&preflight::kernel_release());
+    let lifecycle = Arc::new(LifecycleMetrics::new(&metrics.registry));
+    let engine = opts
+        .lifecycle
+        .build(Some(lifecycle.clone()), WallClock::now())?;
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(&preflight::kernel_release()),
+        metrics,
+        lifecycle,
+        engine: Mutex::new(engine),
         kernel: Mutex::new(KernelStats::new(&mut bpf, opts.load.flow_entries)?),
         last_flow_walk: Mutex::new(None),
     });
@@ -102,6 +159,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         });
     }
 
+    let ticker = {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let now = crate::event::monotonic_ns();
+                let mut engine = s.engine.lock().expect("engine lock");
+                let mut kernel = s.kernel.lock().expect("kernel stats lock");
+                engine.tick(now, &mut *kernel);
+            }
+        })
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let reader = tokio::spawn(drain_events(
         ring,
@@ -114,6 +184,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     reader.await??;
+    ticker.abort();
     shared.refresh();
     // Dropping the object closes every link fd: programs detach here (and would on
     // any exit, SIGKILL included, since nothing is pinned).
@@ -154,6 +225,7 @@ async fn drain_events(
         match Event::decode(bytes) {
             Ok(ev) => {
                 shared.metrics.on_event(ev.kind);
+                shared.engine.lock().expect("engine lock").on_event(&ev);
                 if json {
                     let name = names
                         .get(&ev.raw.ifindex)

@@ -46,3 +46,14 @@ impl KernelStats {
         self.flows.keys().filter(|k| k.is_ok()).count()
     }
 }
+
+impl crate::lifecycle::ActivityProbe for KernelStats {
+    /// Segments both ways in the kernel's flow entry: they grow while data flows,
+    /// even though data segments produce no events.
+    fn activity(&mut self, key: &FlowKey) -> Option<u64> {
+        self.flows
+            .get(key, 0)
+            .ok()
+            .map(|s| s.segs[0] as u64 + s.segs[1] as u64)
+    }
+}

@@ -6,7 +6,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use monitor::{
     DEFAULT_PORT,
-    agent::{self, AgentOptions},
+    agent::{self, AgentOptions, LifecycleOptions},
+    lifecycle,
     loader::{IngressMode, LoadOptions},
 };
 use tracing_subscriber::EnvFilter;
@@ -16,6 +17,9 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(flatten)]
     attach: AttachArgs,
+
+    #[command(flatten)]
+    lifecycle: LifecycleArgs,
 
     /// Address to serve Prometheus metrics on (default: all interfaces, port 19393).
     #[arg(long, global = true)]
@@ -42,6 +46,58 @@ struct AttachArgs {
     /// Connections the kernel flow map tracks before evicting the least recent.
     #[arg(long, default_value_t = LoadOptions::default().flow_entries, global = true)]
     flow_entries: u32,
+}
+
+/// How connections are followed (live and replay).
+#[derive(Debug, Args)]
+struct LifecycleArgs {
+    /// Service port to always keep as a `port` label value (repeatable).
+    #[arg(long = "port", global = true)]
+    ports: Vec<u16>,
+
+    /// How many further server ports get their own label value as they first
+    /// complete a handshake; the rest are "other".
+    #[arg(long, default_value_t = 32, global = true)]
+    port_budget: usize,
+
+    /// Seconds the active closer stays in TIME-WAIT (Linux: 60).
+    #[arg(long, default_value_t = 60, global = true)]
+    time_wait_secs: u64,
+
+    /// Seconds a handshake may stay incomplete before it counts as a timeout failure.
+    #[arg(long, default_value_t = 75, global = true)]
+    handshake_timeout_secs: u64,
+
+    /// Seconds without events (and without traffic in the kernel flow map) before a
+    /// connection is dropped as timed out.
+    #[arg(long, default_value_t = 7200, global = true)]
+    idle_timeout_secs: u64,
+
+    /// Hard cap on tracked connections; the oldest are evicted (and counted) first.
+    #[arg(long, default_value_t = 262_144, global = true)]
+    max_connections: usize,
+
+    /// Write a JSON line per ended connection to this file ("-" for stdout).
+    #[arg(long, global = true)]
+    lifecycle_log: Option<std::path::PathBuf>,
+}
+
+impl LifecycleArgs {
+    fn options(&self) -> LifecycleOptions {
+        const S: u64 = 1_000_000_000;
+        LifecycleOptions {
+            engine: lifecycle::Config {
+                time_wait_ns: self.time_wait_secs * S,
+                handshake_timeout_ns: self.handshake_timeout_secs * S,
+                idle_timeout_ns: self.idle_timeout_secs * S,
+                max_connections: self.max_connections.max(1),
+                local_addrs: Vec::new(),
+            },
+            ports: self.ports.clone(),
+            port_budget: self.port_budget,
+            log: self.lifecycle_log.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         },
         listen,
         json_events,
+        lifecycle: cli.lifecycle.options(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

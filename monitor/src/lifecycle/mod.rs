@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod engine;
+pub mod metrics;
 pub mod ports;
 pub mod record;
 pub mod state;

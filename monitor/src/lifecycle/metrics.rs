@@ -1,0 +1,231 @@
+//! Prometheus metrics of the lifecycle engine. Labels: role and direction (closed
+//! enums), port (the bounded [`super::ports::PortLabels`] set), reason/how/phase/state
+//! (closed enums). Bound: 3 roles x (ports + 1) x 20 buckets per histogram.
+
+use std::{io::Write, sync::Arc};
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use super::{
+    conn::{CloseHow, FailReason, Handshake, Phase},
+    engine::{Direction, Engine, Role, Sink},
+    record::ConnRecord,
+    state::TcpState,
+};
+
+/// From tens of microseconds (loopback, same rack) to the seconds of SYN retries.
+pub const HANDSHAKE_BUCKETS: [f64; 20] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct LifecycleMetrics {
+    handshake: HistogramVec,
+    syn_to_synack: HistogramVec,
+    synack_to_ack: HistogramVec,
+    opened: IntCounterVec,
+    failures: IntCounterVec,
+    closed: IntCounterVec,
+    resets: IntCounterVec,
+    connections: IntGaugeVec,
+    half_open: IntGaugeVec,
+    tracked: IntGauge,
+    evicted: IntCounter,
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(HANDSHAKE_BUCKETS.to_vec()),
+        &["role", "port"],
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl LifecycleMetrics {
+    pub fn new(r: &Registry) -> LifecycleMetrics {
+        let m = LifecycleMetrics {
+            handshake: histogram(
+                r,
+                "tcpmon_handshake_duration_seconds",
+                "First SYN to the ACK completing the handshake (Wireshark's iRTT)",
+            ),
+            syn_to_synack: histogram(
+                r,
+                "tcpmon_handshake_syn_to_synack_seconds",
+                "First SYN to the first SYN-ACK (on a server: local stack time)",
+            ),
+            synack_to_ack: histogram(
+                r,
+                "tcpmon_handshake_synack_to_ack_seconds",
+                "First SYN-ACK to the handshake's ACK (on a server: the path to the client)",
+            ),
+            opened: counter(
+                r,
+                "tcpmon_connections_opened_total",
+                "Connections whose handshake completed",
+                &["role", "port"],
+            ),
+            failures: counter(
+                r,
+                "tcpmon_connection_failures_total",
+                "Handshakes that failed: refused (RST to SYN), reset, timeout",
+                &["role", "port", "reason"],
+            ),
+            closed: counter(
+                r,
+                "tcpmon_connections_closed_total",
+                "Established connections that ended, by how: fin, rst, timeout",
+                &["role", "port", "how"],
+            ),
+            resets: counter(
+                r,
+                "tcpmon_resets_total",
+                "RST segments that ended a connection, sent or received by this host, by phase",
+                &["direction", "phase"],
+            ),
+            connections: gauge(
+                r,
+                "tcpmon_connections",
+                "Tracked connections by this host's TCP state",
+                &["state"],
+            ),
+            half_open: gauge(
+                r,
+                "tcpmon_half_open_connections",
+                "Connections to this host with a SYN-ACK sent and no ACK yet (works with SYN cookies)",
+                &["port"],
+            ),
+            tracked: {
+                let g = IntGauge::new(
+                    "tcpmon_connections_tracked",
+                    "Connections in the engine's table",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            evicted: {
+                let c = IntCounter::new(
+                    "tcpmon_connections_evicted_total",
+                    "Connections dropped from the table because it reached --max-connections",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+        };
+        for s in TcpState::EXPORTED {
+            m.connections.with_label_values(&[s.name()]).set(0);
+        }
+        for d in [Direction::Sent, Direction::Received] {
+            for p in [Phase::Handshake, Phase::Established, Phase::Closing] {
+                m.resets.with_label_values(&[d.name(), p.name()]);
+            }
+        }
+        m
+    }
+
+    /// Sets the gauges from the engine's table (call at scrape time).
+    pub fn update_gauges<S: Sink>(&self, engine: &Engine<S>) {
+        let states = engine.local_states();
+        for s in TcpState::EXPORTED {
+            self.connections
+                .with_label_values(&[s.name()])
+                .set(states.get(&s).copied().unwrap_or(0) as i64);
+        }
+        // Ports that dropped to zero disappear; "other" is always there.
+        self.half_open.reset();
+        self.half_open.with_label_values(&["other"]).set(0);
+        for (port, n) in engine.half_open_by_port() {
+            self.half_open.with_label_values(&[&port]).set(n as i64);
+        }
+        self.tracked.set(engine.len() as i64);
+    }
+}
+
+/// Where the engine's findings go in the agent and in replay.
+#[derive(Default)]
+pub struct Outputs {
+    pub metrics: Option<Arc<LifecycleMetrics>>,
+    /// JSON-lines lifecycle log.
+    pub log: Option<Box<dyn Write + Send>>,
+    /// Every record, kept (replay summaries).
+    pub keep: Option<Vec<ConnRecord>>,
+}
+
+impl Sink for Outputs {
+    fn opened(&mut self, role: Role, port: &str, h: Option<&Handshake>) {
+        let Some(m) = &self.metrics else { return };
+        let l = [role.name(), port];
+        m.opened.with_label_values(&l).inc();
+        if let Some(h) = h {
+            let s = |ns: u64| ns as f64 / 1e9;
+            m.handshake.with_label_values(&l).observe(s(h.total_ns()));
+            m.syn_to_synack
+                .with_label_values(&l)
+                .observe(s(h.syn_to_synack_ns));
+            m.synack_to_ack
+                .with_label_values(&l)
+                .observe(s(h.synack_to_ack_ns));
+        }
+    }
+
+    fn failed(&mut self, role: Role, port: &str, reason: FailReason) {
+        if let Some(m) = &self.metrics {
+            m.failures
+                .with_label_values(&[role.name(), port, reason.name()])
+                .inc();
+        }
+    }
+
+    fn closed(&mut self, role: Role, port: &str, how: CloseHow) {
+        if let Some(m) = &self.metrics {
+            m.closed
+                .with_label_values(&[role.name(), port, how.name()])
+                .inc();
+        }
+    }
+
+    fn reset(&mut self, direction: Direction, phase: Phase) {
+        if let Some(m) = &self.metrics {
+            m.resets
+                .with_label_values(&[direction.name(), phase.name()])
+                .inc();
+        }
+    }
+
+    fn record(&mut self, record: &ConnRecord) {
+        if let Some(log) = &mut self.log {
+            let line = serde_json::to_string(record).expect("records serialize");
+            if let Err(e) = writeln!(log, "{line}").and_then(|_| log.flush()) {
+                tracing::warn!(error = %e, "writing the lifecycle log; disabling it");
+                self.log = None;
+            }
+        }
+        if let Some(keep) = &mut self.keep {
+            keep.push(record.clone());
+        }
+    }
+
+    fn evicted(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.evicted.inc();
+        }
+    }
+}
