@@ -15,3 +15,4 @@ pub mod server;
 /// whole 9100-9999 exporter range, so tcpmon stays clear of it.
 pub const DEFAULT_PORT: u16 = 19393;
 pub mod lifecycle;
+pub mod replay;

@@ -104,9 +104,43 @@ impl LifecycleArgs {
 enum Command {
     /// Print every event as a JSON line on stdout (no metrics endpoint unless --listen).
     Events,
+    /// Run a pcap/pcapng capture through the same parser and engine; print a summary.
+    Replay {
+        /// Capture file (pcap or pcapng; Ethernet, Linux cooked v1/v2, raw IP, BSD loopback).
+        file: std::path::PathBuf,
+        /// Address of the monitored host in the capture (repeatable); default: the
+        /// server of each connection.
+        #[arg(long = "local")]
+        local: Vec<std::net::IpAddr>,
+        /// Also print the final Prometheus exposition of the lifecycle metrics.
+        #[arg(long)]
+        metrics: bool,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn replay(
+    file: &std::path::Path,
+    local: Vec<std::net::IpAddr>,
+    metrics: bool,
+    mut opts: LifecycleOptions,
+) -> anyhow::Result<std::process::ExitCode> {
+    opts.engine.local_addrs = local;
+    let report = monitor::replay::replay(file, &opts)?;
+    print!("{}", monitor::replay::summary::render(&report));
+    if metrics {
+        report.metrics.update_gauges(&report.engine);
+        let mut buf = String::new();
+        prometheus::TextEncoder::new().encode_utf8(&report.registry.gather(), &mut buf)?;
+        print!("{buf}");
+    }
+    Ok(if report.error.is_some() {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -114,11 +148,19 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(Command::Replay {
+        file,
+        local,
+        metrics,
+    }) = &cli.command
+    {
+        return replay(file, local.clone(), *metrics, cli.lifecycle.options());
+    }
     let json_events = matches!(cli.command, Some(Command::Events));
     let listen = match (&cli.command, cli.listen) {
         (_, Some(addr)) => Some(addr),
         (None, None) => Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
-        (Some(Command::Events), None) => None,
+        (Some(_), None) => None,
     };
     let opts = AgentOptions {
         ifaces: cli.attach.ifaces,
@@ -136,5 +178,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(agent::run(opts))
+    rt.block_on(agent::run(opts))?;
+    Ok(std::process::ExitCode::SUCCESS)
 }

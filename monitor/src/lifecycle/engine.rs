@@ -269,10 +269,10 @@ impl<S: Sink> Engine<S> {
             let role = Self::role(e);
             match h {
                 Happening::Opened(t) => {
-                    if let Some(s) = e.conn.server() {
-                        if e.port.is_none() {
-                            self.ports.admit(e.eps.addrs[s].port());
-                        }
+                    if let Some(s) = e.conn.server()
+                        && e.port.is_none()
+                    {
+                        self.ports.admit(e.eps.addrs[s].port());
                     }
                     let port = self.port_label(e);
                     self.sink.opened(role, &port, t.as_ref());
@@ -399,6 +399,24 @@ impl<S: Sink> Engine<S> {
             }
         }
         m
+    }
+
+    /// Records for connections still open (end of a replay), with how = "open".
+    pub fn open_records(&self) -> Vec<ConnRecord> {
+        self.conns
+            .values()
+            .filter(|e| e.conn.finished.is_none())
+            .map(|e| {
+                ConnRecord::new(
+                    &e.conn,
+                    &e.eps,
+                    Self::role(e).name(),
+                    "open",
+                    false,
+                    &self.to_unix,
+                )
+            })
+            .collect()
     }
 
     /// (client, server) states of every tracked connection, for replay summaries.

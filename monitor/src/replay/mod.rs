@@ -1,0 +1,207 @@
+//! `tcpmon replay`: a pcap or pcapng file through the same parser, emit policy and
+//! lifecycle engine as live traffic.
+
+pub mod link;
+pub mod summary;
+
+use std::{collections::HashMap, fs::File, io::BufReader, path::Path, sync::Arc};
+
+use monitor_common::{
+    FlowKey, FlowState, TcpEvent,
+    event::Hook,
+    flow::{FlowTable, track},
+    parse::{OUTCOME_COUNT, OUTCOME_TCP},
+};
+use pcap_parser::{PcapBlockOwned, PcapError, pcapng::Block};
+
+use crate::{
+    agent::LifecycleOptions,
+    event::{Event, WallClock},
+    lifecycle::{ActivityProbe, Engine, metrics::LifecycleMetrics, metrics::Outputs},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("opening {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: not a pcap or pcapng file")]
+    NotCapture(String),
+}
+
+/// The flow map of replay: what the kernel's LRU map is live.
+#[derive(Default)]
+pub struct ReplayFlows(HashMap<FlowKey, FlowState>);
+
+impl FlowTable for ReplayFlows {
+    fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.0.get_mut(key)
+    }
+    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.0.insert(*key, FlowState::ZERO);
+        self.0.get_mut(key)
+    }
+    fn remove(&mut self, key: &FlowKey) {
+        self.0.remove(key);
+    }
+}
+
+impl ActivityProbe for ReplayFlows {
+    fn activity(&mut self, key: &FlowKey) -> Option<u64> {
+        self.0.get(key).map(|s| s.segs[0] as u64 + s.segs[1] as u64)
+    }
+}
+
+/// What a replay read and found.
+pub struct Report {
+    pub format: &'static str,
+    pub linktypes: Vec<i32>,
+    pub packets: u64,
+    pub bytes_read: u64,
+    /// Frames by parse outcome (index as in `OUTCOME_NAMES`), plus unsupported links.
+    pub outcomes: [u64; OUTCOME_COUNT],
+    pub unsupported_link: u64,
+    pub events: u64,
+    /// Where and why reading stopped early, if it did.
+    pub error: Option<String>,
+    pub engine: Engine<Outputs>,
+    pub metrics: Arc<LifecycleMetrics>,
+    pub registry: prometheus::Registry,
+}
+
+/// Reads `path` to the end (or to the first corrupt block) and runs the engine.
+pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayError> {
+    let file = File::open(path).map_err(|source| ReplayError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut reader = pcap_parser::create_reader(1 << 20, BufReader::new(file))
+        .map_err(|_| ReplayError::NotCapture(path.display().to_string()))?;
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(LifecycleMetrics::new(&registry));
+    let mut engine = opts
+        .build(Some(metrics.clone()), WallClock::identity())
+        .map_err(|e| ReplayError::Open {
+            path: "lifecycle log".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    engine.sink.keep = Some(Vec::new());
+    let mut r = Report {
+        format: "pcap",
+        linktypes: Vec::new(),
+        packets: 0,
+        bytes_read: 0,
+        outcomes: [0; OUTCOME_COUNT],
+        unsupported_link: 0,
+        events: 0,
+        error: None,
+        engine,
+        metrics,
+        registry,
+    };
+    let mut flows = ReplayFlows::default();
+    // Per pcapng interface: link type, units per second, offset in seconds.
+    let mut ifaces: Vec<(i32, u64, i64)> = Vec::new();
+    let mut legacy: Option<(i32, bool)> = None;
+    let mut last_tick = 0u64;
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                let packet: Option<(i32, u64, Vec<u8>)> = match block {
+                    PcapBlockOwned::LegacyHeader(h) => {
+                        legacy = Some((h.network.0, h.is_nanosecond_precision()));
+                        r.linktypes.push(h.network.0);
+                        None
+                    }
+                    PcapBlockOwned::Legacy(b) => legacy.map(|(lt, nanos)| {
+                        let frac = b.ts_usec as u64 * if nanos { 1 } else { 1000 };
+                        (lt, b.ts_sec as u64 * 1_000_000_000 + frac, b.data.to_vec())
+                    }),
+                    PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                        r.format = "pcapng";
+                        ifaces.clear();
+                        None
+                    }
+                    PcapBlockOwned::NG(Block::InterfaceDescription(i)) => {
+                        r.linktypes.push(i.linktype.0);
+                        ifaces.push((
+                            i.linktype.0,
+                            i.ts_resolution().unwrap_or(1_000_000),
+                            i.ts_offset(),
+                        ));
+                        None
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(p)) => {
+                        ifaces.get(p.if_id as usize).map(|&(lt, res, off)| {
+                            let raw = ((p.ts_high as u128) << 32) | p.ts_low as u128;
+                            let ns = raw * 1_000_000_000 / res.max(1) as u128;
+                            let ns = (ns as i128 + off as i128 * 1_000_000_000) as u64;
+                            (lt, ns, p.data.to_vec())
+                        })
+                    }
+                    PcapBlockOwned::NG(Block::SimplePacket(p)) => ifaces
+                        .first()
+                        .map(|&(lt, _, _)| (lt, last_tick, p.data.to_vec())),
+                    PcapBlockOwned::NG(_) => None,
+                };
+                r.bytes_read += offset as u64;
+                reader.consume(offset);
+                if let Some((lt, ts, data)) = packet {
+                    r.packets += 1;
+                    handle(&mut r, &mut flows, lt, ts, &data);
+                    if ts >= last_tick + 1_000_000_000 {
+                        r.engine.tick(ts, &mut flows);
+                        last_tick = ts;
+                    }
+                }
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::Incomplete(_)) => {
+                if let Err(e) = reader.refill() {
+                    r.error = Some(format!("reading at byte {}: {e:?}", r.bytes_read));
+                    break;
+                }
+            }
+            Err(PcapError::UnexpectedEof) => {
+                r.error = Some(format!(
+                    "truncated: the file ends inside a block at byte {} (after {} packets)",
+                    r.bytes_read, r.packets
+                ));
+                break;
+            }
+            Err(e) => {
+                r.error = Some(format!(
+                    "corrupt block at byte {}: {e:?} (after {} packets)",
+                    r.bytes_read, r.packets
+                ));
+                break;
+            }
+        }
+    }
+    Ok(r)
+}
+
+fn handle(r: &mut Report, flows: &mut ReplayFlows, linktype: i32, ts: u64, data: &[u8]) {
+    let pkt = match link::parse_frame(linktype, data) {
+        Ok(p) => p,
+        Err(link::FrameError::Parse(e)) => {
+            r.outcomes[e as usize] += 1;
+            return;
+        }
+        Err(link::FrameError::UnsupportedLink(_)) => {
+            r.unsupported_link += 1;
+            return;
+        }
+    };
+    r.outcomes[OUTCOME_TCP] += 1;
+    let Some(emit) = track(flows, &pkt, 1) else {
+        return;
+    };
+    let raw = TcpEvent::new(&pkt, &emit, ts, Hook::Replay, 0, 1);
+    if let Ok(ev) = Event::from_raw(raw) {
+        r.events += 1;
+        r.engine.on_event(&ev);
+    }
+}

@@ -1,0 +1,127 @@
+//! The text summary `tcpmon replay` prints.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use monitor_common::parse::OUTCOME_NAMES;
+
+use super::{Report, link};
+use crate::lifecycle::record::ConnRecord;
+
+/// Nearest-rank percentile of sorted values.
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn latency_line(out: &mut String, what: &str, mut v: Vec<u64>) {
+    v.sort_unstable();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let _ = writeln!(
+        out,
+        "  {what:<16} n={:<6} p50={:.1}us p90={:.1}us p99={:.1}us max={:.1}us",
+        v.len(),
+        us(pct(&v, 50.0)),
+        us(pct(&v, 90.0)),
+        us(pct(&v, 99.0)),
+        us(v.last().copied().unwrap_or(0)),
+    );
+}
+
+/// Records of every connection: ended ones and those still open at the end.
+pub fn all_records(r: &Report) -> Vec<ConnRecord> {
+    let mut v = r.engine.sink.keep.clone().unwrap_or_default();
+    v.extend(r.engine.open_records());
+    v
+}
+
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let links: Vec<&str> = r.linktypes.iter().map(|l| link::name(*l)).collect();
+    let _ = writeln!(
+        o,
+        "{} file, link type {}: {} packets, {} TCP, {} events",
+        r.format,
+        links.join("/"),
+        r.packets,
+        r.outcomes[0],
+        r.events
+    );
+    let other: Vec<String> = OUTCOME_NAMES
+        .iter()
+        .zip(r.outcomes.iter())
+        .skip(1)
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .chain((r.unsupported_link > 0).then(|| format!("unsupported_link={}", r.unsupported_link)))
+        .collect();
+    if !other.is_empty() {
+        let _ = writeln!(o, "not TCP: {}", other.join(" "));
+    }
+    let recs = all_records(r);
+    let ended = r.engine.sink.keep.as_ref().map_or(0, |k| k.len());
+    let mut how: BTreeMap<String, usize> = BTreeMap::new();
+    for rec in &recs[..ended] {
+        let k = if rec.failed {
+            format!("failed:{}", rec.how)
+        } else {
+            format!("closed:{}", rec.how)
+        };
+        *how.entry(k).or_default() += 1;
+    }
+    let _ = writeln!(
+        o,
+        "connections: {} ({} ended, {} open at end of capture, {} seen mid-stream)",
+        recs.len(),
+        ended,
+        recs.len() - ended,
+        recs.iter().filter(|r| r.mid_stream).count()
+    );
+    for (k, n) in &how {
+        let _ = writeln!(o, "  {k:<16} {n}");
+    }
+    let _ = writeln!(o, "handshake latency:");
+    latency_line(
+        &mut o,
+        "iRTT",
+        recs.iter().filter_map(|r| r.irtt_ns).collect(),
+    );
+    latency_line(
+        &mut o,
+        "SYN->SYN-ACK",
+        recs.iter().filter_map(|r| r.syn_to_synack_ns).collect(),
+    );
+    latency_line(
+        &mut o,
+        "SYN-ACK->ACK",
+        recs.iter().filter_map(|r| r.synack_to_ack_ns).collect(),
+    );
+    let mut states: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for rec in &recs[ended..] {
+        *states
+            .entry((rec.client_state, rec.server_state))
+            .or_default() += 1;
+    }
+    if !states.is_empty() {
+        let _ = writeln!(o, "open at end (client state / server state):");
+        for ((c, s), n) in states {
+            let _ = writeln!(o, "  {c} / {s}: {n}");
+        }
+    }
+    let resets = recs.iter().filter(|r| r.reset_by.is_some()).count();
+    let _ = writeln!(o, "connections ended by RST: {resets}");
+    let mut compl: BTreeMap<u8, usize> = BTreeMap::new();
+    for rec in &recs {
+        *compl.entry(rec.completeness).or_default() += 1;
+    }
+    let _ = writeln!(o, "completeness (Wireshark tcp.completeness: count):");
+    for (c, n) in compl {
+        let _ = writeln!(o, "  {c:>2}: {n}");
+    }
+    if let Some(e) = &r.error {
+        let _ = writeln!(o, "ERROR: {e}; the numbers above cover what was read");
+    }
+    o
+}
