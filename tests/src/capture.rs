@@ -33,14 +33,17 @@ pub struct Segment {
 impl Capture {
     /// Starts tcpdump on `iface` in `ns` and waits until it captures.
     pub fn start(lab: &Lab, ns: &str, iface: &str) -> Capture {
+        Capture::start_with(lab, ns, &["-i", iface])
+    }
+
+    /// Starts tcpdump in `ns` with `args` (interface, link type, filter last).
+    pub fn start_with(lab: &Lab, ns: &str, args: &[&str]) -> Capture {
         let dir = scratch_dir("capture");
         let file = dir.join("cap.pcap");
         let stderr = dir.join("tcpdump.err");
         let child = lab
             .cmd(ns, "tcpdump")
             .args([
-                "-i",
-                iface,
                 "-n",
                 "-U",
                 "--immediate-mode",
@@ -51,6 +54,7 @@ impl Capture {
                 "-w",
             ])
             .arg(&file)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -72,13 +76,19 @@ impl Capture {
 
     /// Stops tcpdump (SIGINT flushes the file) and decodes the TCP segments.
     pub fn finish(mut self) -> Vec<Segment> {
-        let mut child = self.child.take().unwrap();
-        // Let in-flight packets reach the tap before stopping it.
-        std::thread::sleep(Duration::from_millis(200));
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let _ = child.wait();
+        self.stop();
         read_segments(&self.file)
+    }
+
+    /// Stops tcpdump, keeping the file (removed when the capture is dropped).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Let in-flight packets reach the tap before stopping it.
+            std::thread::sleep(Duration::from_millis(200));
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
     }
 }
 
@@ -170,4 +180,57 @@ pub fn read_segments(file: &std::path::Path) -> Vec<Segment> {
             }
         })
         .collect()
+}
+
+/// Per TCP stream as tshark's two-pass analysis sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Stream {
+    pub client_port: u16,
+    pub server_port: u16,
+    /// tcp.analysis.initial_rtt in nanoseconds.
+    pub irtt_ns: Option<u64>,
+    /// tcp.completeness (final value).
+    pub completeness: u8,
+}
+
+/// Streams keyed by tcp.stream, from `tshark -2`.
+pub fn read_streams(file: &std::path::Path) -> std::collections::BTreeMap<u64, Stream> {
+    let out = run(std::process::Command::new("tshark")
+        .arg("-2")
+        .arg("-r")
+        .arg(file)
+        .args(["-Y", "tcp", "-T", "fields", "-E", "separator=;"])
+        .args([
+            "-e",
+            "tcp.stream",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "tcp.flags",
+            "-e",
+            "tcp.analysis.initial_rtt",
+            "-e",
+            "tcp.completeness",
+        ]));
+    let mut m: std::collections::BTreeMap<u64, Stream> = Default::default();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = l.split(';').collect();
+        let st = m.entry(f[0].parse().unwrap()).or_default();
+        let flags = u16::from_str_radix(f[3].trim_start_matches("0x"), 16).unwrap();
+        let (sp, dp): (u16, u16) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        if flags & 0x12 == 0x02 {
+            (st.client_port, st.server_port) = (sp, dp);
+        } else if flags & 0x12 == 0x12 && st.client_port == 0 {
+            (st.client_port, st.server_port) = (dp, sp);
+        }
+        if let Ok(v) = f[4].parse::<f64>() {
+            st.irtt_ns = Some((v * 1e9).round() as u64);
+        }
+        if let Ok(c) = f[5].parse::<u8>() {
+            st.completeness = st.completeness.max(c);
+        }
+    }
+    m
 }

@@ -208,6 +208,11 @@ impl Conn {
         if seg.len > 0 || self.bytes[0] + self.bytes[1] > 0 {
             self.completeness |= cpl::DATA;
         }
+        // Wireshark sets its ACK bit for any non-SYN segment with ACK set (a refused
+        // connection's RST|ACK included).
+        if f & ACK != 0 && f & SYN == 0 {
+            self.completeness |= cpl::ACK;
+        }
         if f & RST != 0 {
             self.on_rst(seg, out);
             return;
@@ -251,7 +256,6 @@ impl Conn {
             && self.ends[r] == TcpState::SynReceived
             && self.isn[r].is_some_and(|isn| seg.ack == isn.wrapping_add(1))
         {
-            self.completeness |= cpl::ACK;
             self.ack_ns = Some(seg.ts_ns);
             self.ends = [TcpState::Established; 2];
             let timing = match (self.syn_ns, self.synack_ns) {
