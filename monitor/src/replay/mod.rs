@@ -205,3 +205,7 @@ fn handle(r: &mut Report, flows: &mut ReplayFlows, linktype: i32, ts: u64, data:
         r.engine.on_event(&ev);
     }
 }
+
+#[cfg(test)]
+#[path = "replay_tests.rs"]
+mod tests;

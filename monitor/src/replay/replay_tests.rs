@@ -1,0 +1,174 @@
+use std::io::Write as _;
+
+use monitor_common::{
+    flags::{ACK, FIN, PSH, SYN},
+    frames::Frame,
+};
+
+use super::*;
+
+/// A classic pcap file: (timestamp ns, frame) records of `linktype`.
+fn pcap(linktype: u32, nanos: bool, frames: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let magic: u32 = if nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 };
+    let mut f = Vec::new();
+    f.extend_from_slice(&magic.to_le_bytes());
+    f.extend_from_slice(&2u16.to_le_bytes());
+    f.extend_from_slice(&4u16.to_le_bytes());
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&65535u32.to_le_bytes());
+    f.extend_from_slice(&linktype.to_le_bytes());
+    for (ts, data) in frames {
+        let frac = if nanos {
+            ts % 1_000_000_000
+        } else {
+            ts % 1_000_000_000 / 1000
+        };
+        f.extend_from_slice(&((ts / 1_000_000_000) as u32).to_le_bytes());
+        f.extend_from_slice(&(frac as u32).to_le_bytes());
+        f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        f.extend_from_slice(data);
+    }
+    f
+}
+
+const T0: u64 = 1_700_000_000_000_000_000;
+const C: [u8; 4] = [192, 0, 2, 10];
+const S: [u8; 4] = [192, 0, 2, 20];
+
+/// One connection, client-first close, `t` microseconds apart per step.
+fn conversation(raw_ip: bool) -> Vec<(u64, Vec<u8>)> {
+    let c = |f: u8, seq, ack, len| {
+        Frame::v4(C, 33000, S, 443)
+            .flags(f)
+            .seq_ack(seq, ack)
+            .payload(len)
+    };
+    let s = |f: u8, seq, ack, len| {
+        Frame::v4(S, 443, C, 33000)
+            .flags(f)
+            .seq_ack(seq, ack)
+            .payload(len)
+    };
+    let steps = [
+        (0, c(SYN, 100, 0, 0)),
+        (1_500, s(SYN | ACK, 900, 101, 0)),
+        (2_250, c(ACK, 101, 901, 0)),
+        (3_000, c(ACK | PSH, 101, 901, 50)),
+        (4_000, s(ACK | PSH, 901, 151, 70)),
+        (5_000, c(FIN | ACK, 151, 971, 0)),
+        (6_000, s(FIN | ACK, 971, 152, 0)),
+        (7_000, c(ACK, 152, 972, 0)),
+    ];
+    steps
+        .into_iter()
+        .map(|(us, f)| {
+            (
+                T0 + us * 1000 + 123,
+                if raw_ip { f.build_ip() } else { f.build() },
+            )
+        })
+        .collect()
+}
+
+fn run(bytes: &[u8]) -> Report {
+    let mut file = tempfile();
+    file.1.write_all(bytes).unwrap();
+    let r = replay(&file.0, &LifecycleOptions::default()).unwrap();
+    let _ = std::fs::remove_file(&file.0);
+    r
+}
+
+fn tempfile() -> (std::path::PathBuf, File) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let p = std::env::temp_dir().join(format!(
+        "tcpmon-replay-test-{}-{}.pcap",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let f = File::create(&p).unwrap();
+    (p, f)
+}
+
+#[test]
+fn replays_a_conversation_with_exact_timings() {
+    for (nanos, raw) in [(false, false), (true, false), (false, true)] {
+        let lt = if raw { link::RAW } else { link::ETHERNET };
+        let r = run(&pcap(lt as u32, nanos, &conversation(raw)));
+        assert!(r.error.is_none(), "{:?}", r.error);
+        assert_eq!(r.packets, 8);
+        assert_eq!(r.outcomes[OUTCOME_TCP], 8);
+        let recs = summary::all_records(&r);
+        assert_eq!(recs.len(), 1);
+        let rec = &recs[0];
+        // Microsecond files lose the 123 ns; nanosecond files keep them (it cancels).
+        assert_eq!(rec.irtt_ns, Some(2_250_000), "nanos={nanos}");
+        assert_eq!(rec.syn_to_synack_ns, Some(1_500_000));
+        assert_eq!(rec.completeness, 31);
+        assert_eq!(rec.closed_by, Some("client"));
+        assert_eq!(
+            (rec.bytes_client_to_server, rec.bytes_server_to_client),
+            (50, 70)
+        );
+        assert_eq!(
+            rec.local_role, "server",
+            "replay defaults to the server's view"
+        );
+        let text = summary::render(&r);
+        assert!(text.contains("connections: 1 (1 ended"), "{text}");
+        assert!(text.contains("31: 1"), "{text}");
+    }
+}
+
+#[test]
+fn truncated_file_reports_where_and_keeps_what_was_read() {
+    let full = pcap(1, false, &conversation(false));
+    let cut = &full[..full.len() - 20];
+    let r = run(cut);
+    let err = r.error.clone().expect("truncation reported");
+    assert!(
+        err.contains("truncated") && err.contains("after 7 packets"),
+        "{err}"
+    );
+    assert_eq!(r.packets, 7);
+    let text = summary::render(&r);
+    assert!(text.contains("ERROR: truncated"), "{text}");
+    assert!(text.contains("connections: 1"), "{text}");
+}
+
+#[test]
+fn garbage_is_not_a_capture() {
+    let (p, mut f) = tempfile();
+    f.write_all(b"this is not a capture file at all, not even close")
+        .unwrap();
+    let e = replay(&p, &LifecycleOptions::default())
+        .err()
+        .expect("rejected");
+    assert!(e.to_string().contains("not a pcap or pcapng file"), "{e}");
+    let _ = std::fs::remove_file(p);
+    let missing = replay(
+        Path::new("/nonexistent/x.pcap"),
+        &LifecycleOptions::default(),
+    );
+    assert!(
+        missing
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("opening /nonexistent/x.pcap")
+    );
+}
+
+#[test]
+fn unsupported_links_and_non_tcp_are_counted_not_fatal() {
+    let mut frames = conversation(false);
+    let mut arp = frames[0].1.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    frames.push((T0 + 9_000_000, arp));
+    let r = run(&pcap(1, false, &frames));
+    assert_eq!(r.outcomes[1], 1, "non_ip");
+    let r = run(&pcap(147, false, &frames));
+    assert_eq!(r.unsupported_link, 9);
+    assert!(summary::render(&r).contains("unsupported_link=9"));
+}
