@@ -15,8 +15,12 @@ pub const SUBMITTED_BASE: u32 = OUTCOMES_BASE + (Hook::KERNEL_COUNT * OUTCOME_CO
 pub const LOST_BASE: u32 = SUBMITTED_BASE + EventKind::COUNT as u32;
 /// `segments[hook]`: wire segments (GSO-expanded) of TCP packets by hook.
 pub const SEGMENTS_BASE: u32 = LOST_BASE + EventKind::COUNT as u32;
+/// `dup_acks[hook]`: duplicate ACKs (Wireshark's definition) by hook.
+pub const DUP_ACKS_BASE: u32 = SEGMENTS_BASE + Hook::KERNEL_COUNT as u32;
+/// `zero_windows[hook]`: segments advertising a zero window by hook.
+pub const ZERO_WINDOWS_BASE: u32 = DUP_ACKS_BASE + Hook::KERNEL_COUNT as u32;
 /// Slots in the array.
-pub const LEN: u32 = SEGMENTS_BASE + Hook::KERNEL_COUNT as u32;
+pub const LEN: u32 = ZERO_WINDOWS_BASE + Hook::KERNEL_COUNT as u32;
 
 #[inline(always)]
 pub const fn packets(hook: Hook, class: FlagClass) -> u32 {
@@ -43,6 +47,16 @@ pub const fn segments(hook: Hook) -> u32 {
     SEGMENTS_BASE + hook as u32
 }
 
+#[inline(always)]
+pub const fn dup_acks(hook: Hook) -> u32 {
+    DUP_ACKS_BASE + hook as u32
+}
+
+#[inline(always)]
+pub const fn zero_windows(hook: Hook) -> u32 {
+    ZERO_WINDOWS_BASE + hook as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +76,8 @@ mod tests {
                 mark(outcome(*h, o));
             }
             mark(segments(*h));
+            mark(dup_acks(*h));
+            mark(zero_windows(*h));
         }
         for k in EventKind::ALL {
             mark(submitted(k));

@@ -64,10 +64,13 @@ pub enum EventKind {
     Rst = 4,
     /// The first ACK of a FIN: completes a close, starts TIME-WAIT on the other side.
     FinAck = 5,
+    /// A data segment at or below what its direction already sent: a retransmission,
+    /// out-of-order segment or keep-alive, classified in userspace.
+    Rewind = 6,
 }
 
 impl EventKind {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     pub const ALL: [EventKind; Self::COUNT] = [
         EventKind::Syn,
         EventKind::SynAck,
@@ -75,6 +78,7 @@ impl EventKind {
         EventKind::Fin,
         EventKind::Rst,
         EventKind::FinAck,
+        EventKind::Rewind,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -85,6 +89,7 @@ impl EventKind {
             EventKind::Fin => "fin",
             EventKind::Rst => "rst",
             EventKind::FinAck => "fin_ack",
+            EventKind::Rewind => "rewind",
         }
     }
 
@@ -96,6 +101,7 @@ impl EventKind {
             3 => Some(EventKind::Fin),
             4 => Some(EventKind::Rst),
             5 => Some(EventKind::FinAck),
+            6 => Some(EventKind::Rewind),
             _ => None,
         }
     }
@@ -140,10 +146,28 @@ pub struct TcpEvent {
     /// Outermost VLAN ID, 0 if untagged.
     pub vlan_id: u16,
     pub vlan_depth: u8,
-    pub _pad: u8,
+    /// [`REV_ACK_VALID`] when the other direction has sent an ACK.
+    pub seq_flags: u8,
+    /// Time since this direction's highest sequence end last advanced.
+    pub since_high_ns: u64,
+    /// Time since the other direction's last duplicate ACK.
+    pub since_rev_dup_ns: u64,
+    /// This direction's highest sequence end before this packet.
+    pub high: u32,
+    /// The other direction's last ACK number.
+    pub rev_ack: u32,
+    /// The other direction's current run of duplicate ACKs.
+    pub rev_dup_acks: u16,
+    pub _pad1: u16,
+    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TcpEvent>() == 96);
+/// `seq_flags`: `rev_ack` is valid.
+pub const REV_ACK_VALID: u8 = 1;
+/// `seq_flags`: the packet rewinds its direction's sequence space.
+pub const REWIND: u8 = 2;
+
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 128);
 const _: () = assert!(core::mem::align_of::<TcpEvent>() == 8);
 
 impl TcpEvent {
@@ -179,7 +203,15 @@ impl TcpEvent {
             kind: emit.kind,
             vlan_id: pkt.vlan_id,
             vlan_depth: pkt.vlan_depth,
-            _pad: 0,
+            seq_flags: (emit.note.rev_ack_valid as u8) * REV_ACK_VALID
+                | (emit.note.rewind as u8) * REWIND,
+            since_high_ns: emit.note.since_high_ns,
+            since_rev_dup_ns: emit.note.since_rev_dup_ns,
+            high: emit.note.high,
+            rev_ack: emit.note.rev_ack,
+            rev_dup_acks: emit.note.rev_dup_acks,
+            _pad1: 0,
+            _pad2: 0,
         }
     }
 }

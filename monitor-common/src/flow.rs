@@ -8,6 +8,7 @@
 use crate::event::EventKind;
 use crate::flags::{ACK, FIN, RST, SYN};
 use crate::parse::TcpPacket;
+use crate::seq::{self, DirSeq, SeqNote};
 
 /// Both directions of a connection map to the same key: the endpoint that sorts
 /// lower (address words, then port) is `lo`.
@@ -100,9 +101,11 @@ pub struct FlowState {
     pub state: u8,
     pub _pad0: u16,
     pub _pad1: u32,
+    /// Sequence state of each direction, for retransmission analysis.
+    pub seq: [DirSeq; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<FlowState>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 112);
 
 impl FlowState {
     /// The state a new entry starts from.
@@ -116,6 +119,7 @@ impl FlowState {
         state: 0,
         _pad0: 0,
         _pad1: 0,
+        seq: [DirSeq::ZERO, DirSeq::ZERO],
     };
 
     /// Counts a packet of `segs` wire segments sent in `dir`.
@@ -138,8 +142,9 @@ pub trait FlowTable {
 }
 
 /// An event that is due, with the connection's counters after the packet (from the
-/// sender's point of view). Small on purpose: the kernel builds the full event in the
-/// ring buffer slot, not on its stack.
+/// sender's point of view) and the sequence facts retransmission analysis needs.
+/// Small on purpose: the kernel builds the full event in the ring buffer slot, not on
+/// its stack.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Emit {
     pub kind: u8,
@@ -147,11 +152,12 @@ pub struct Emit {
     pub segs_recv: u32,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
+    pub note: SeqNote,
 }
 
 impl Emit {
     #[inline(always)]
-    fn new(kind: EventKind, flow: Option<&FlowState>, dir: u8) -> Emit {
+    fn new(kind: EventKind, flow: Option<&FlowState>, dir: u8, note: SeqNote) -> Emit {
         let d = (dir & 1) as usize;
         match flow {
             Some(f) => Emit {
@@ -160,24 +166,66 @@ impl Emit {
                 segs_recv: f.segs[d ^ 1],
                 bytes_sent: f.bytes[d],
                 bytes_recv: f.bytes[d ^ 1],
+                note,
             },
             None => Emit {
                 kind: kind as u8,
+                note,
                 ..Emit::default()
             },
         }
     }
 }
 
-/// Runs the emit policy for one parsed packet, standing for `segs` wire segments,
-/// against `table`; returns the event due, if any.
+/// The outcome of one packet: the event due, if any, and what the kernel counts
+/// without an event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tracked {
+    pub emit: Option<Emit>,
+    pub dup_ack: bool,
+    pub zero_window: bool,
+}
+
+/// Updates the entry's counters and sequence state for a packet in `dir`.
+#[inline(always)]
+fn observe(s: &mut FlowState, dir: u8, pkt: &TcpPacket, segs: u16, now: u64) -> SeqNote {
+    s.account(dir, pkt.payload_len, segs);
+    let d = (dir & 1) as usize;
+    let [a, b] = &mut s.seq;
+    if d == 0 {
+        seq::observe(a, b, pkt, now)
+    } else {
+        seq::observe(b, a, pkt, now)
+    }
+}
+
+/// Runs the emit policy for one parsed packet, standing for `segs` wire segments and
+/// seen at `now`, against `table`.
 ///
 /// Emitted: every SYN, SYN-ACK, FIN and RST; the first ACK from the client that
 /// acknowledges the server's ISN (the handshake's third segment, or the first data
 /// segment if that ACK was lost before the hook); the first ACK of each FIN (it
-/// completes a close and starts TIME-WAIT). Everything else stays in the kernel.
+/// completes a close and starts TIME-WAIT); and every segment that rewinds its
+/// direction's sequence space (retransmission, out-of-order or keep-alive candidate).
+/// Everything else stays in the kernel.
 #[inline(always)]
-pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16) -> Option<Emit> {
+pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16, now: u64) -> Tracked {
+    let zero_window = seq::zero_window(pkt);
+    let (emit, dup_ack) = track_flow(table, pkt, segs, now);
+    Tracked {
+        emit,
+        dup_ack,
+        zero_window,
+    }
+}
+
+#[inline(always)]
+fn track_flow<T: FlowTable>(
+    table: &mut T,
+    pkt: &TcpPacket,
+    segs: u16,
+    now: u64,
+) -> (Option<Emit>, bool) {
     let (key, dir) = FlowKey::of(pkt);
     let f = pkt.flags;
     let d = (dir & 1) as usize;
@@ -186,15 +234,17 @@ pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16) -> Option<
         if f & ACK == 0 {
             // A (re)transmitted SYN starts the connection afresh, including reuse of
             // a tuple still in TIME-WAIT.
-            let s = table.create(&key);
-            if let Some(s) = s {
-                s.client_dir = dir;
-                s.state = STATE_SYN_SEEN;
-                s.syn_seq = pkt.seq;
-                s.account(dir, pkt.payload_len, segs);
-                return Some(Emit::new(EventKind::Syn, Some(s), dir));
-            }
-            return Some(Emit::new(EventKind::Syn, None, dir));
+            let Some(s) = table.create(&key) else {
+                return (
+                    Some(Emit::new(EventKind::Syn, None, dir, SeqNote::default())),
+                    false,
+                );
+            };
+            s.client_dir = dir;
+            s.state = STATE_SYN_SEEN;
+            s.syn_seq = pkt.seq;
+            let note = observe(s, dir, pkt, segs, now);
+            return (Some(Emit::new(EventKind::Syn, Some(s), dir, note)), false);
         }
         let known = matches!(table.lookup(&key),
             Some(s) if s.state & STATE_SYN_SEEN != 0 && s.client_dir == dir ^ 1);
@@ -204,7 +254,10 @@ pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16) -> Option<
             table.create(&key)
         };
         let Some(s) = s else {
-            return Some(Emit::new(EventKind::SynAck, None, dir));
+            return (
+                Some(Emit::new(EventKind::SynAck, None, dir, SeqNote::default())),
+                false,
+            );
         };
         if !known {
             // SYN not seen (started mid-handshake, or lost before the hook): the
@@ -214,28 +267,38 @@ pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16) -> Option<
         }
         s.synack_seq = pkt.seq;
         s.state |= STATE_SYNACK_SEEN;
-        s.account(dir, pkt.payload_len, segs);
-        return Some(Emit::new(EventKind::SynAck, Some(s), dir));
+        let note = observe(s, dir, pkt, segs, now);
+        return (
+            Some(Emit::new(EventKind::SynAck, Some(s), dir, note)),
+            false,
+        );
     }
-    let Some(s) = table.lookup(&key) else {
-        if f & RST != 0 {
-            return Some(Emit::new(EventKind::Rst, None, dir));
+    let s = match table.lookup(&key) {
+        Some(s) => s,
+        None => {
+            if f & RST != 0 {
+                return (
+                    Some(Emit::new(EventKind::Rst, None, dir, SeqNote::default())),
+                    false,
+                );
+            }
+            // Found mid-stream: track it from its first data segment or FIN, so its
+            // retransmissions and its close are seen. Pure ACKs create nothing (they
+            // also trail a close that already removed the entry).
+            if f & FIN == 0 && pkt.payload_len == 0 {
+                return (None, false);
+            }
+            let Some(s) = table.create(&key) else {
+                return (None, false);
+            };
+            s
         }
-        // Found mid-stream: only a FIN makes it worth tracking (to see its ACK).
-        if f & FIN != 0 {
-            let s = table.create(&key)?;
-            s.state = STATE_FIN_SENT[d];
-            s.fin_seq[d] = pkt.seq.wrapping_add(pkt.payload_len);
-            s.account(dir, pkt.payload_len, segs);
-            return Some(Emit::new(EventKind::Fin, Some(s), dir));
-        }
-        return None;
     };
-    s.account(dir, pkt.payload_len, segs);
+    let note = observe(s, dir, pkt, segs, now);
     if f & RST != 0 {
-        let e = Emit::new(EventKind::Rst, Some(s), dir);
+        let e = Emit::new(EventKind::Rst, Some(s), dir, note);
         table.remove(&key);
-        return Some(e);
+        return (Some(e), false);
     }
     let mut kind = None;
     if f & ACK != 0 {
@@ -262,13 +325,19 @@ pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16) -> Option<
             kind = Some(EventKind::Fin);
         }
     }
-    let e = Emit::new(kind?, Some(s), dir);
+    if kind.is_none() && note.rewind {
+        kind = Some(EventKind::Rewind);
+    }
+    let Some(kind) = kind else {
+        return (None, note.dup_ack);
+    };
+    let e = Emit::new(kind, Some(s), dir, note);
     let done = STATE_FIN_ACKED[0] | STATE_FIN_ACKED[1];
     if s.state & done == done {
         // Both FINs acknowledged: nothing more to learn from this tuple.
         table.remove(&key);
     }
-    Some(e)
+    (Some(e), note.dup_ack)
 }
 
 #[cfg(feature = "user")]

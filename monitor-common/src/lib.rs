@@ -9,6 +9,7 @@ pub mod event;
 pub mod flags;
 pub mod flow;
 pub mod parse;
+pub mod seq;
 
 #[cfg(any(test, feature = "user"))]
 pub mod frames;

@@ -125,15 +125,22 @@ fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) 
     );
     bump(c, counters::segments(hook), gso_segs as u64);
 
-    let Some(emit) = track(&mut KernelFlows, &tcp, gso_segs) else {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let tracked = track(&mut KernelFlows, &tcp, gso_segs, now);
+    if tracked.dup_ack {
+        bump(c, counters::dup_acks(hook), 1);
+    }
+    if tracked.zero_window {
+        bump(c, counters::zero_windows(hook), 1);
+    }
+    let Some(emit) = tracked.emit else {
         return;
     };
     // Kinds come from a closed enum; the fallback index is never taken.
     let kind = EventKind::from_u8(emit.kind).unwrap_or(EventKind::Syn);
     match EVENTS.reserve::<TcpEvent>(0) {
         Some(mut slot) => {
-            // SAFETY: bpf_ktime_get_ns has no preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
             slot.write(TcpEvent::new(&tcp, &emit, now, hook, ifindex, gso_segs));
             slot.submit(0);
             bump(c, counters::submitted(kind), 1);

@@ -38,7 +38,9 @@ fn events(pkts: &[TcpPacket]) -> (std::vec::Vec<Option<TcpEvent>>, Table) {
     let out = pkts
         .iter()
         .map(|p| {
-            track(&mut t, p, 1).map(|e| TcpEvent::new(p, &e, 7, crate::event::Hook::Replay, 0, 1))
+            track(&mut t, p, 1, 0)
+                .emit
+                .map(|e| TcpEvent::new(p, &e, 7, crate::event::Hook::Replay, 0, 1))
         })
         .collect();
     (out, t)

@@ -64,6 +64,9 @@ pub struct Report {
     pub outcomes: [u64; OUTCOME_COUNT],
     pub unsupported_link: u64,
     pub events: u64,
+    /// Duplicate ACKs and zero-window segments (no events in the kernel either).
+    pub dup_acks: u64,
+    pub zero_windows: u64,
     /// Where and why reading stopped early, if it did.
     pub error: Option<String>,
     pub engine: Engine<Outputs>,
@@ -96,6 +99,8 @@ pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayErro
         outcomes: [0; OUTCOME_COUNT],
         unsupported_link: 0,
         events: 0,
+        dup_acks: 0,
+        zero_windows: 0,
         error: None,
         engine,
         metrics,
@@ -196,7 +201,10 @@ fn handle(r: &mut Report, flows: &mut ReplayFlows, linktype: i32, ts: u64, data:
         }
     };
     r.outcomes[OUTCOME_TCP] += 1;
-    let Some(emit) = track(flows, &pkt, 1) else {
+    let tracked = track(flows, &pkt, 1, ts);
+    r.dup_acks += tracked.dup_ack as u64;
+    r.zero_windows += tracked.zero_window as u64;
+    let Some(emit) = tracked.emit else {
         return;
     };
     let raw = TcpEvent::new(&pkt, &emit, ts, Hook::Replay, 0, 1);

@@ -1,0 +1,324 @@
+//! Per-direction sequence state for retransmission analysis: the highest sequence
+//! end sent, the last ACK and its duplicates. Updated for every segment of a tracked
+//! flow; the classification itself (Wireshark's rules) is in [`classify`].
+
+use crate::flags::{ACK, FIN, RST, SYN};
+use crate::parse::TcpPacket;
+
+/// `high` is valid.
+pub const HIGH_VALID: u8 = 1;
+/// `last_ack` and `last_win` are valid.
+pub const ACK_VALID: u8 = 2;
+
+/// What one direction of a connection has sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirSeq {
+    /// When `high` last advanced.
+    pub high_ns: u64,
+    /// When the last duplicate ACK was sent.
+    pub last_dup_ns: u64,
+    /// Highest sequence end sent (seq + payload, + 1 for SYN and FIN).
+    pub high: u32,
+    /// Last ACK number sent.
+    pub last_ack: u32,
+    pub last_win: u16,
+    /// Duplicate ACKs sent in a row.
+    pub dup_acks: u16,
+    pub flags: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<DirSeq>() == 32);
+
+impl DirSeq {
+    pub const ZERO: DirSeq = DirSeq {
+        high_ns: 0,
+        last_dup_ns: 0,
+        high: 0,
+        last_ack: 0,
+        last_win: 0,
+        dup_acks: 0,
+        flags: 0,
+        _pad0: 0,
+        _pad1: 0,
+    };
+}
+
+/// `a < b` in sequence space (RFC 1982 arithmetic).
+#[inline(always)]
+pub fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// Sequence-space length of a segment: payload plus one for SYN and for FIN.
+#[inline(always)]
+pub fn seg_len(pkt: &TcpPacket) -> u32 {
+    pkt.payload_len + (pkt.flags & SYN != 0) as u32 + (pkt.flags & FIN != 0) as u32
+}
+
+/// What the sequence state said about one segment, with the values (from before the
+/// segment) that classification needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqNote {
+    /// Carries data, SYN or FIN at or below what was already sent in its direction:
+    /// a retransmission, out-of-order segment or keep-alive, for userspace to tell.
+    pub rewind: bool,
+    pub dup_ack: bool,
+    /// `high` of the segment's direction before it (0 if unknown).
+    pub high: u32,
+    pub since_high_ns: u64,
+    /// The other direction's last ACK and duplicate-ACK run.
+    pub rev_ack: u32,
+    pub rev_ack_valid: bool,
+    pub rev_dup_acks: u16,
+    pub since_rev_dup_ns: u64,
+}
+
+/// Updates `fwd` (the segment's direction) for `pkt` at `now`; `rev` is read only.
+#[inline(always)]
+pub fn observe(fwd: &mut DirSeq, rev: &DirSeq, pkt: &TcpPacket, now: u64) -> SeqNote {
+    let len = seg_len(pkt);
+    let end = pkt.seq.wrapping_add(len);
+    let mut note = SeqNote {
+        high: fwd.high,
+        since_high_ns: now.saturating_sub(fwd.high_ns),
+        rev_ack: rev.last_ack,
+        rev_ack_valid: rev.flags & ACK_VALID != 0,
+        rev_dup_acks: rev.dup_acks,
+        since_rev_dup_ns: now.saturating_sub(rev.last_dup_ns),
+        ..SeqNote::default()
+    };
+    let valid = fwd.flags & HIGH_VALID != 0;
+    if len > 0 && valid && seq_lt(pkt.seq, fwd.high) {
+        note.rewind = true;
+    }
+    let f = pkt.flags;
+    if f & ACK != 0 && f & (SYN | FIN | RST) == 0 {
+        // Wireshark's duplicate ACK: no payload, same non-zero window, same ACK, and
+        // nothing new sent.
+        let dup = pkt.payload_len == 0
+            && fwd.flags & ACK_VALID != 0
+            && pkt.window != 0
+            && pkt.window == fwd.last_win
+            && pkt.ack == fwd.last_ack
+            && valid
+            && pkt.seq == fwd.high;
+        if dup {
+            fwd.dup_acks = fwd.dup_acks.saturating_add(1);
+            fwd.last_dup_ns = now;
+            note.dup_ack = true;
+        } else if pkt.ack != fwd.last_ack {
+            fwd.dup_acks = 0;
+        }
+    }
+    if f & ACK != 0 {
+        fwd.last_ack = pkt.ack;
+        fwd.last_win = pkt.window;
+        fwd.flags |= ACK_VALID;
+    }
+    if len > 0 && (!valid || seq_lt(fwd.high, end)) {
+        fwd.high = end;
+        fwd.high_ns = now;
+        fwd.flags |= HIGH_VALID;
+    } else if !valid && len == 0 {
+        // A pure ACK still tells where this direction's sequence space stands.
+        fwd.high = pkt.seq;
+        fwd.high_ns = now;
+        fwd.flags |= HIGH_VALID;
+    }
+    note
+}
+
+/// Wireshark's zero window: a zero window in a segment without SYN, FIN or RST.
+#[inline(always)]
+pub fn zero_window(pkt: &TcpPacket) -> bool {
+    pkt.window == 0 && pkt.flags & (SYN | FIN | RST) == 0
+}
+
+/// How Wireshark classifies a segment that rewinds its direction's sequence space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewind {
+    /// Not a retransmission: a keep-alive probe.
+    KeepAlive,
+    /// Not a retransmission: arrived within the out-of-order threshold.
+    OutOfOrder,
+    /// After more than two duplicate ACKs, the last within 20 ms.
+    Fast,
+    /// Data the other side had already acknowledged.
+    Spurious,
+    Retransmission,
+}
+
+/// Out-of-order threshold when no handshake gave an iRTT.
+pub const DEFAULT_OOO_NS: u64 = 3_000_000;
+/// A fast retransmission follows the last duplicate ACK within this.
+pub const FAST_WINDOW_NS: u64 = 20_000_000;
+
+/// What classification needs to know about a rewinding segment (from its event).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewound {
+    pub seq: u32,
+    pub payload_len: u32,
+    pub flags: u8,
+    /// Highest sequence end of the direction before the segment.
+    pub high: u32,
+    pub since_high_ns: u64,
+    /// The other direction's last ACK, if it sent one.
+    pub rev_ack: Option<u32>,
+    pub rev_dup_acks: u16,
+    pub since_rev_dup_ns: u64,
+}
+
+/// Classifies a segment that rewinds its direction's sequence space, following
+/// Wireshark's order: keep-alive, fast retransmission, out-of-order, spurious,
+/// retransmission. `irtt_ns` is the connection's initial RTT (0 if unknown).
+pub fn classify(r: &Rewound, irtt_ns: u64) -> Rewind {
+    let flags = r.flags;
+    let len = r.payload_len + (flags & SYN != 0) as u32 + (flags & FIN != 0) as u32;
+    let end = r.seq.wrapping_add(len);
+    if r.payload_len <= 1 && flags & (SYN | FIN | RST) == 0 && r.seq == r.high.wrapping_sub(1) {
+        return Rewind::KeepAlive;
+    }
+    if r.rev_dup_acks > 2 && r.rev_ack == Some(r.seq) && r.since_rev_dup_ns < FAST_WINDOW_NS {
+        return Rewind::Fast;
+    }
+    let ooo = if irtt_ns > 0 { irtt_ns } else { DEFAULT_OOO_NS };
+    if r.since_high_ns < ooo && end != r.high {
+        return Rewind::OutOfOrder;
+    }
+    if let Some(ack) = r.rev_ack
+        && !seq_lt(ack, end)
+    {
+        return Rewind::Spurious;
+    }
+    Rewind::Retransmission
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags::PSH;
+
+    fn pkt(flags: u8, seq: u32, ack: u32, len: u32, window: u16) -> TcpPacket {
+        TcpPacket {
+            flags,
+            seq,
+            ack,
+            payload_len: len,
+            window,
+            ..TcpPacket::default()
+        }
+    }
+
+    #[test]
+    fn sequence_comparison_wraps() {
+        assert!(seq_lt(u32::MAX, 0));
+        assert!(seq_lt(5, 6));
+        assert!(!seq_lt(6, 5));
+        assert!(!seq_lt(0, u32::MAX));
+    }
+
+    #[test]
+    fn rewind_and_duplicate_acks() {
+        let (mut a, mut b) = (DirSeq::ZERO, DirSeq::ZERO);
+        // a sends 3 segments across the wrap.
+        for (i, seq) in [u32::MAX - 99, 0xffff_ffff_u32.wrapping_add(1), 100]
+            .iter()
+            .enumerate()
+        {
+            let n = observe(&mut a, &b, &pkt(ACK | PSH, *seq, 1, 100, 500), i as u64);
+            assert!(!n.rewind);
+        }
+        assert_eq!(a.high, 200);
+        // b acks the first segment, then three duplicates.
+        assert!(!observe(&mut b, &a, &pkt(ACK, 1, 0, 0, 500), 10).dup_ack);
+        for t in 11..14 {
+            assert!(observe(&mut b, &a, &pkt(ACK, 1, 0, 0, 500), t).dup_ack);
+        }
+        assert_eq!(b.dup_acks, 3);
+        // a resends the segment at 0: a rewind; b's state says fast.
+        let n = observe(&mut a, &b, &pkt(ACK | PSH, 0, 1, 100, 500), 15);
+        assert!(n.rewind);
+        assert_eq!(n.rev_dup_acks, 3);
+        let r = Rewound {
+            seq: 0,
+            payload_len: 100,
+            flags: ACK,
+            high: n.high,
+            since_high_ns: 100_000_000,
+            rev_ack: Some(0),
+            rev_dup_acks: 3,
+            since_rev_dup_ns: n.since_rev_dup_ns,
+        };
+        assert_eq!(classify(&r, 0), Rewind::Fast);
+        // A new ACK ends the run.
+        observe(&mut b, &a, &pkt(ACK, 1, 200, 0, 500), 16);
+        assert_eq!(b.dup_acks, 0);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn c(
+        seq: u32,
+        payload_len: u32,
+        high: u32,
+        since_high_ns: u64,
+        rev_ack: Option<u32>,
+        rev_dup_acks: u16,
+        since_rev_dup_ns: u64,
+        irtt: u64,
+    ) -> Rewind {
+        let r = Rewound {
+            seq,
+            payload_len,
+            flags: ACK,
+            high,
+            since_high_ns,
+            rev_ack,
+            rev_dup_acks,
+            since_rev_dup_ns,
+        };
+        classify(&r, irtt)
+    }
+
+    #[test]
+    fn classification_follows_wireshark() {
+        // Keep-alive: one byte (or none) just below the next sequence number.
+        assert_eq!(c(99, 1, 100, 10, Some(100), 0, 0, 0), Rewind::KeepAlive);
+        assert_eq!(c(99, 0, 100, 10, Some(100), 0, 0, 0), Rewind::KeepAlive);
+        // Within the iRTT of the highest segment: out of order.
+        assert_eq!(c(0, 50, 100, 1_000, None, 0, 0, 50_000), Rewind::OutOfOrder);
+        // Later, and already acknowledged: spurious.
+        assert_eq!(
+            c(0, 50, 100, 1_000_000, Some(60), 0, 0, 50_000),
+            Rewind::Spurious
+        );
+        // Later, not acknowledged: retransmission.
+        assert_eq!(
+            c(0, 50, 100, 1_000_000, Some(0), 0, 0, 50_000),
+            Rewind::Retransmission
+        );
+        // Two duplicate ACKs are not enough for fast; a stale run is not either.
+        assert_eq!(
+            c(0, 50, 100, 1_000_000, Some(0), 2, 1, 50_000),
+            Rewind::Retransmission
+        );
+        assert_eq!(
+            c(0, 50, 100, 1_000_000, Some(0), 3, 30_000_000, 50_000),
+            Rewind::Retransmission
+        );
+        // No handshake: 3 ms threshold.
+        assert_eq!(
+            c(0, 50, 100, 2_000_000, Some(0), 0, 0, 0),
+            Rewind::OutOfOrder
+        );
+    }
+
+    #[test]
+    fn zero_window_excludes_control_segments() {
+        assert!(zero_window(&pkt(ACK, 0, 0, 0, 0)));
+        assert!(!zero_window(&pkt(ACK | FIN, 0, 0, 0, 0)));
+        assert!(!zero_window(&pkt(ACK, 0, 0, 0, 1)));
+    }
+}
