@@ -203,8 +203,8 @@ impl TcpEvent {
             kind: emit.kind,
             vlan_id: pkt.vlan_id,
             vlan_depth: pkt.vlan_depth,
-            seq_flags: (emit.note.rev_ack_valid as u8) * REV_ACK_VALID
-                | (emit.note.rewind as u8) * REWIND,
+            seq_flags: ((emit.note.rev_ack_valid as u8) * REV_ACK_VALID)
+                | ((emit.note.rewind as u8) * REWIND),
             since_high_ns: emit.note.since_high_ns,
             since_rev_dup_ns: emit.note.since_rev_dup_ns,
             high: emit.note.high,

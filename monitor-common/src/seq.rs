@@ -140,11 +140,13 @@ pub fn zero_window(pkt: &TcpPacket) -> bool {
 /// How Wireshark classifies a segment that rewinds its direction's sequence space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rewind {
-    /// Not a retransmission: a keep-alive probe.
+    /// Not a retransmission: a keep-alive probe, or new data right after a
+    /// zero-window probe.
     KeepAlive,
     /// Not a retransmission: arrived within the out-of-order threshold.
     OutOfOrder,
-    /// After more than two duplicate ACKs, the last within 20 ms.
+    /// After two or more duplicate ACKs for it, the last within 20 ms (Wireshark:
+    /// "there might be duplicate ACKs missing from the trace").
     Fast,
     /// Data the other side had already acknowledged.
     Spurious,
@@ -171,27 +173,35 @@ pub struct Rewound {
     pub since_rev_dup_ns: u64,
 }
 
-/// Classifies a segment that rewinds its direction's sequence space, following
-/// Wireshark's order: keep-alive, fast retransmission, out-of-order, spurious,
-/// retransmission. `irtt_ns` is the connection's initial RTT (0 if unknown).
+/// Classifies a segment that rewinds its direction's sequence space, in Wireshark's
+/// order: keep-alive, spurious, fast retransmission, out-of-order, retransmission.
+/// `irtt_ns` is the connection's initial RTT (0 if unknown).
 pub fn classify(r: &Rewound, irtt_ns: u64) -> Rewind {
     let flags = r.flags;
-    let len = r.payload_len + (flags & SYN != 0) as u32 + (flags & FIN != 0) as u32;
-    let end = r.seq.wrapping_add(len);
+    let ctl = (flags & SYN != 0) as u32 + (flags & FIN != 0) as u32;
+    let end = r.seq.wrapping_add(r.payload_len + ctl);
     if r.payload_len <= 1 && flags & (SYN | FIN | RST) == 0 && r.seq == r.high.wrapping_sub(1) {
         return Rewind::KeepAlive;
     }
-    if r.rev_dup_acks > 2 && r.rev_ack == Some(r.seq) && r.since_rev_dup_ns < FAST_WINDOW_NS {
+    // More than one byte starting just below the next sequence number adds new data
+    // (the probe before it was a zero-window probe): not a rewind for Wireshark,
+    // except that it may still be spurious.
+    let not_advanced = !(r.payload_len > 1 && r.seq == r.high.wrapping_sub(1));
+    if r.payload_len > 0
+        && let Some(ack) = r.rev_ack
+        && !seq_lt(ack, r.seq.wrapping_add(r.payload_len))
+    {
+        return Rewind::Spurious;
+    }
+    if !not_advanced {
+        return Rewind::KeepAlive;
+    }
+    if r.rev_dup_acks >= 2 && r.rev_ack == Some(r.seq) && r.since_rev_dup_ns < FAST_WINDOW_NS {
         return Rewind::Fast;
     }
     let ooo = if irtt_ns > 0 { irtt_ns } else { DEFAULT_OOO_NS };
     if r.since_high_ns < ooo && end != r.high {
         return Rewind::OutOfOrder;
-    }
-    if let Some(ack) = r.rev_ack
-        && !seq_lt(ack, end)
-    {
-        return Rewind::Spurious;
     }
     Rewind::Retransmission
 }
@@ -299,9 +309,13 @@ mod tests {
             c(0, 50, 100, 1_000_000, Some(0), 0, 0, 50_000),
             Rewind::Retransmission
         );
-        // Two duplicate ACKs are not enough for fast; a stale run is not either.
+        // Two duplicate ACKs make it fast, one does not; a stale run does not either.
         assert_eq!(
             c(0, 50, 100, 1_000_000, Some(0), 2, 1, 50_000),
+            Rewind::Fast
+        );
+        assert_eq!(
+            c(0, 50, 100, 1_000_000, Some(0), 1, 1, 50_000),
             Rewind::Retransmission
         );
         assert_eq!(

@@ -152,6 +152,13 @@ pub struct EventRecord {
     pub bytes_recv: u64,
     pub segs_sent: u32,
     pub segs_recv: u32,
+    /// Rewinds its direction's sequence space (retransmission or out-of-order
+    /// candidate), with the facts the classification used.
+    pub rewind: bool,
+    pub high: u32,
+    pub since_high_ns: u64,
+    pub rev_ack: Option<u32>,
+    pub rev_dup_acks: u16,
 }
 
 impl EventRecord {
@@ -182,6 +189,11 @@ impl EventRecord {
             bytes_recv: r.bytes_recv,
             segs_sent: r.segs_sent,
             segs_recv: r.segs_recv,
+            rewind: r.seq_flags & monitor_common::event::REWIND != 0,
+            high: r.high,
+            since_high_ns: r.since_high_ns,
+            rev_ack: (r.seq_flags & monitor_common::event::REV_ACK_VALID != 0).then_some(r.rev_ack),
+            rev_dup_acks: r.rev_dup_acks,
         }
     }
 }

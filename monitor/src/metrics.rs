@@ -22,6 +22,8 @@ pub struct Metrics {
     emitted: IntCounterVec,
     lost: IntCounterVec,
     pub decode_errors: IntCounter,
+    dup_acks: IntCounterVec,
+    zero_windows: IntCounterVec,
     flow_entries: IntGauge,
     flow_capacity: IntGauge,
     attachments: IntGaugeVec,
@@ -90,6 +92,18 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            dup_acks: counter_vec(
+                &r,
+                "tcpmon_duplicate_acks_total",
+                "Duplicate ACKs (Wireshark's definition) sent or received by this host",
+                &["direction"],
+            ),
+            zero_windows: counter_vec(
+                &r,
+                "tcpmon_zero_window_total",
+                "Segments advertising a zero receive window, sent or received by this host",
+                &["direction"],
+            ),
             flow_entries: gauge(
                 &r,
                 "tcpmon_flow_table_entries",
@@ -176,6 +190,13 @@ impl Metrics {
             if d > 0 {
                 self.segments.with_label_values(&[h.name()]).inc_by(d);
             }
+            let direction = if h.is_ingress() { "received" } else { "sent" };
+            self.dup_acks
+                .with_label_values(&[direction])
+                .inc_by(delta(counters::dup_acks(*h)));
+            self.zero_windows
+                .with_label_values(&[direction])
+                .inc_by(delta(counters::zero_windows(*h)));
         }
         for k in EventKind::ALL {
             self.emitted

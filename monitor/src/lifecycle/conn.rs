@@ -1,7 +1,10 @@
 //! One connection followed by a passive observer: both ends' states, handshake
 //! timing, who closed, and what ended it. Pure: no clock, no I/O.
 
-use monitor_common::flags::{ACK, FIN, RST, SYN};
+use monitor_common::{
+    flags::{ACK, FIN, RST, SYN},
+    seq::{Rewind, Rewound, classify},
+};
 
 use super::state::{TcpState, completeness as cpl};
 
@@ -23,6 +26,40 @@ pub struct Seg {
     pub bytes_recv: u64,
     pub segs_sent: u32,
     pub segs_recv: u32,
+    /// Wire segments this packet stands for (GSO).
+    pub gso_segs: u16,
+    /// Set when the segment rewinds its direction's sequence space.
+    pub rewind: Option<Rewound>,
+}
+
+/// Wireshark's retransmission kinds (SYN and SYN-ACK counted apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RetransKind {
+    Retransmission,
+    Fast,
+    Spurious,
+    Syn,
+    SynAck,
+}
+
+impl RetransKind {
+    pub const ALL: [RetransKind; 5] = [
+        RetransKind::Retransmission,
+        RetransKind::Fast,
+        RetransKind::Spurious,
+        RetransKind::Syn,
+        RetransKind::SynAck,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            RetransKind::Retransmission => "retransmission",
+            RetransKind::Fast => "fast",
+            RetransKind::Spurious => "spurious",
+            RetransKind::Syn => "syn",
+            RetransKind::SynAck => "synack",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +141,17 @@ pub enum Happening {
     },
     /// The connection is over (the record is final); TIME-WAIT may go on.
     Closed(CloseHow),
+    /// Retransmitted segments (wire segments of a GSO packet) and payload bytes.
+    Retransmitted {
+        from: End,
+        kind: RetransKind,
+        segs: u16,
+        bytes: u32,
+    },
+    OutOfOrder {
+        from: End,
+        segs: u16,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -133,6 +181,9 @@ pub struct Conn {
     pub mid_stream: bool,
     /// Set once the connection reported `Closed` or `Failed`.
     pub finished: Option<u64>,
+    /// Retransmitted segments sent by each end (all kinds).
+    pub retrans: [u32; 2],
+    pub out_of_order: [u32; 2],
 }
 
 impl Conn {
@@ -159,6 +210,8 @@ impl Conn {
             time_wait_since: None,
             mid_stream: false,
             finished: None,
+            retrans: [0; 2],
+            out_of_order: [0; 2],
         }
     }
 
@@ -217,8 +270,14 @@ impl Conn {
             self.on_rst(seg, out);
             return;
         }
+        if let Some(r) = &seg.rewind {
+            self.on_rewind(seg, r, out);
+        }
         if f & SYN != 0 {
             if f & ACK == 0 {
+                if self.syns > 0 && self.isn[s] == Some(seg.seq) {
+                    self.retransmitted(s, RetransKind::Syn, seg, out);
+                }
                 self.completeness |= cpl::SYN;
                 self.client = Some(s);
                 self.syns += 1;
@@ -231,6 +290,9 @@ impl Conn {
                     self.client = Some(r);
                     self.isn[r] = Some(seg.ack.wrapping_sub(1));
                     self.ends[r] = TcpState::SynSent;
+                }
+                if self.synacks > 0 && self.isn[s] == Some(seg.seq) {
+                    self.retransmitted(s, RetransKind::SynAck, seg, out);
                 }
                 self.synacks += 1;
                 self.isn[s] = Some(seg.seq);
@@ -248,6 +310,46 @@ impl Conn {
             self.on_fin(seg, out);
         }
         self.check_closed(seg.ts_ns, out);
+    }
+
+    /// The initial RTT, for the out-of-order threshold (0 if unknown).
+    pub fn irtt_ns(&self) -> u64 {
+        match (self.syn_ns, self.ack_ns) {
+            (Some(s), Some(a)) if a >= s => a - s,
+            _ => 0,
+        }
+    }
+
+    fn retransmitted(&mut self, from: End, kind: RetransKind, seg: &Seg, out: &mut Vec<Happening>) {
+        self.retrans[from] += seg.gso_segs.max(1) as u32;
+        out.push(Happening::Retransmitted {
+            from,
+            kind,
+            segs: seg.gso_segs.max(1),
+            bytes: seg.len,
+        });
+    }
+
+    fn on_rewind(&mut self, seg: &Seg, r: &Rewound, out: &mut Vec<Happening>) {
+        // SYN and SYN-ACK retransmissions are told apart by their ISN above.
+        if seg.flags & SYN != 0 {
+            return;
+        }
+        let kind = match classify(r, self.irtt_ns()) {
+            Rewind::KeepAlive => return,
+            Rewind::OutOfOrder => {
+                self.out_of_order[seg.from] += seg.gso_segs.max(1) as u32;
+                out.push(Happening::OutOfOrder {
+                    from: seg.from,
+                    segs: seg.gso_segs.max(1),
+                });
+                return;
+            }
+            Rewind::Fast => RetransKind::Fast,
+            Rewind::Spurious => RetransKind::Spurious,
+            Rewind::Retransmission => RetransKind::Retransmission,
+        };
+        self.retransmitted(seg.from, kind, seg, out);
     }
 
     fn on_ack(&mut self, seg: &Seg, out: &mut Vec<Happening>) {

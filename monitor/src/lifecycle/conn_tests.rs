@@ -1,4 +1,5 @@
 use super::*;
+use monitor_common::seq::Rewound;
 
 const C: End = 0;
 const S: End = 1;
@@ -181,7 +182,17 @@ fn syn_retries_keep_the_first_syn_time() {
         seg(C, ACK, 2, 10, 1_000_100),
     ]);
     assert_eq!(c.syns, 2);
-    let Happening::Opened(Some(h)) = out[0] else {
+    assert_eq!(
+        out[0],
+        Happening::Retransmitted {
+            from: C,
+            kind: RetransKind::Syn,
+            segs: 1,
+            bytes: 0
+        }
+    );
+    assert_eq!(c.retrans, [1, 0]);
+    let Happening::Opened(Some(h)) = out[1] else {
         panic!("{out:?}")
     };
     assert_eq!(h.total_ns(), 1_000_100_000);
@@ -214,4 +225,59 @@ fn new_syn_replaces_but_retry_does_not() {
     let (c, _) = run(&[seg(C, SYN, 1, 0, 0)]);
     assert!(!c.replaced_by_syn(&seg(C, SYN, 1, 0, 5)));
     assert!(c.replaced_by_syn(&seg(C, SYN, 77, 0, 5)));
+}
+
+fn rewind(
+    from: End,
+    seq: u32,
+    len: u32,
+    high: u32,
+    since_high_us: u64,
+    rev_ack: u32,
+    dups: u16,
+) -> Seg {
+    Seg {
+        ts_ns: 0,
+        from,
+        flags: ACK | monitor_common::flags::PSH,
+        seq,
+        len,
+        gso_segs: 2,
+        rewind: Some(Rewound {
+            seq,
+            payload_len: len,
+            flags: ACK | monitor_common::flags::PSH,
+            high,
+            since_high_ns: since_high_us * 1000,
+            rev_ack: Some(rev_ack),
+            rev_dup_acks: dups,
+            since_rev_dup_ns: 1_000,
+        }),
+        ..Seg::default()
+    }
+}
+
+#[test]
+fn rewinds_are_classified_with_the_connection_irtt() {
+    let (mut c, mut out) = run(&handshake(100, 500)); // iRTT 100 us
+    out.clear();
+    // Within the iRTT of the highest segment: out of order.
+    c.on_segment(&rewind(C, 101, 100, 301, 50, 101, 0), &mut out);
+    // Later, not yet acknowledged: retransmission (2 GSO segments).
+    c.on_segment(&rewind(C, 101, 100, 301, 5_000, 101, 0), &mut out);
+    // After three duplicate ACKs for it: fast.
+    c.on_segment(&rewind(C, 201, 100, 301, 5_000, 201, 3), &mut out);
+    // Already acknowledged: spurious.
+    c.on_segment(&rewind(S, 501, 10, 511, 5_000, 511, 0), &mut out);
+    let kinds: Vec<_> = out
+        .iter()
+        .map(|h| match h {
+            Happening::Retransmitted { kind, .. } => kind.name(),
+            Happening::OutOfOrder { .. } => "ooo",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["ooo", "retransmission", "fast", "spurious"]);
+    assert_eq!(c.retrans, [4, 2]);
+    assert_eq!(c.out_of_order, [2, 0]);
 }

@@ -3,10 +3,14 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use monitor_common::{FlowKey, TcpPacket, event::Hook};
+use monitor_common::{
+    FlowKey, TcpPacket,
+    event::{Hook, REV_ACK_VALID, REWIND},
+    seq::Rewound,
+};
 
 use super::{
-    conn::{CloseHow, Conn, End, FailReason, Handshake, Happening, Phase, Seg},
+    conn::{CloseHow, Conn, End, FailReason, Handshake, Happening, Phase, RetransKind, Seg},
     ports::PortLabels,
     record::{ConnRecord, Endpoints},
     state::TcpState,
@@ -55,6 +59,15 @@ pub trait Sink {
     fn closed(&mut self, role: Role, port: &str, how: CloseHow);
     fn reset(&mut self, direction: Direction, phase: Phase);
     fn record(&mut self, record: &ConnRecord);
+    fn retransmitted(
+        &mut self,
+        direction: Direction,
+        kind: RetransKind,
+        port: &str,
+        segs: u16,
+        bytes: u32,
+    );
+    fn out_of_order(&mut self, direction: Direction, segs: u16);
     fn evicted(&mut self) {}
 }
 
@@ -176,6 +189,17 @@ impl<S: Sink> Engine<S> {
             bytes_recv: r.bytes_recv,
             segs_sent: r.segs_sent,
             segs_recv: r.segs_recv,
+            gso_segs: r.gso_segs,
+            rewind: (r.seq_flags & REWIND != 0).then_some(Rewound {
+                seq: r.seq,
+                payload_len: r.payload_len,
+                flags: r.tcp_flags,
+                high: r.high,
+                since_high_ns: r.since_high_ns,
+                rev_ack: (r.seq_flags & REV_ACK_VALID != 0).then_some(r.rev_ack),
+                rev_dup_acks: r.rev_dup_acks,
+                since_rev_dup_ns: r.since_rev_dup_ns,
+            }),
         };
         let local = match ev.hook {
             Hook::Replay => None,
@@ -252,6 +276,17 @@ impl<S: Sink> Engine<S> {
         }
     }
 
+    /// Sent or received by the monitored host, if it is known.
+    fn direction(e: &Entry, from: End) -> Option<Direction> {
+        e.local.map(|l| {
+            if l == from {
+                Direction::Sent
+            } else {
+                Direction::Received
+            }
+        })
+    }
+
     fn port_label(&mut self, e: &mut Entry) -> String {
         if let Some(p) = &e.port {
             return p.clone();
@@ -286,6 +321,23 @@ impl<S: Sink> Engine<S> {
                     let port = self.port_label(e);
                     self.sink.closed(role, &port, *how);
                     self.write_record(e, how.name(), false);
+                }
+                Happening::Retransmitted {
+                    from,
+                    kind,
+                    segs,
+                    bytes,
+                } => {
+                    let Some(dir) = Self::direction(e, *from) else {
+                        continue;
+                    };
+                    let port = self.port_label(e);
+                    self.sink.retransmitted(dir, *kind, &port, *segs, *bytes);
+                }
+                Happening::OutOfOrder { from, segs } => {
+                    if let Some(dir) = Self::direction(e, *from) {
+                        self.sink.out_of_order(dir, *segs);
+                    }
                 }
                 Happening::Reset { from, phase } => {
                     let dir = match e.local {

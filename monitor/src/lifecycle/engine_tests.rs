@@ -39,6 +39,16 @@ impl Sink for Rec {
     fn record(&mut self, r: &ConnRecord) {
         self.records.push(r.clone());
     }
+    fn retransmitted(&mut self, d: Direction, k: RetransKind, port: &str, segs: u16, bytes: u32) {
+        self.calls.push(format!(
+            "retrans {} {} {port} {segs} {bytes}",
+            d.name(),
+            k.name()
+        ));
+    }
+    fn out_of_order(&mut self, d: Direction, segs: u16) {
+        self.calls.push(format!("ooo {} {segs}", d.name()));
+    }
 }
 
 const LOCAL: [u8; 4] = [10, 0, 0, 1];

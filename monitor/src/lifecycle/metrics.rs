@@ -9,7 +9,7 @@ use prometheus::{
 };
 
 use super::{
-    conn::{CloseHow, FailReason, Handshake, Phase},
+    conn::{CloseHow, FailReason, Handshake, Phase, RetransKind},
     engine::{Direction, Engine, Role, Sink},
     record::ConnRecord,
     state::TcpState,
@@ -33,6 +33,9 @@ pub struct LifecycleMetrics {
     half_open: IntGaugeVec,
     tracked: IntGauge,
     evicted: IntCounter,
+    retrans_segs: IntCounterVec,
+    retrans_bytes: IntCounterVec,
+    out_of_order: IntCounterVec,
 }
 
 fn histogram(r: &Registry, name: &str, help: &str) -> HistogramVec {
@@ -129,7 +132,28 @@ impl LifecycleMetrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            retrans_segs: counter(
+                r,
+                "tcpmon_retransmitted_segments_total",
+                "Retransmitted segments (GSO packets count their segments), by Wireshark's kind",
+                &["direction", "kind", "port"],
+            ),
+            retrans_bytes: counter(
+                r,
+                "tcpmon_retransmitted_bytes_total",
+                "Payload bytes of retransmitted segments",
+                &["direction", "port"],
+            ),
+            out_of_order: counter(
+                r,
+                "tcpmon_out_of_order_segments_total",
+                "Segments below the highest sequence sent that arrived within the iRTT (not retransmissions)",
+                &["direction"],
+            ),
         };
+        for d in [Direction::Sent, Direction::Received] {
+            m.out_of_order.with_label_values(&[d.name()]);
+        }
         for s in TcpState::EXPORTED {
             m.connections.with_label_values(&[s.name()]).set(0);
         }
@@ -226,6 +250,32 @@ impl Sink for Outputs {
     fn evicted(&mut self) {
         if let Some(m) = &self.metrics {
             m.evicted.inc();
+        }
+    }
+
+    fn retransmitted(
+        &mut self,
+        direction: Direction,
+        kind: RetransKind,
+        port: &str,
+        segs: u16,
+        bytes: u32,
+    ) {
+        if let Some(m) = &self.metrics {
+            m.retrans_segs
+                .with_label_values(&[direction.name(), kind.name(), port])
+                .inc_by(segs as u64);
+            m.retrans_bytes
+                .with_label_values(&[direction.name(), port])
+                .inc_by(bytes as u64);
+        }
+    }
+
+    fn out_of_order(&mut self, direction: Direction, segs: u16) {
+        if let Some(m) = &self.metrics {
+            m.out_of_order
+                .with_label_values(&[direction.name()])
+                .inc_by(segs as u64);
         }
     }
 }

@@ -46,6 +46,11 @@ pub struct ConnRecord {
     /// Wireshark's tcp.completeness: 1 SYN, 2 SYN-ACK, 4 ACK, 8 DATA, 16 FIN, 32 RST.
     pub completeness: u8,
     pub mid_stream: bool,
+    /// Retransmitted segments (all kinds) and out-of-order segments each way.
+    pub retrans_client_to_server: u32,
+    pub retrans_server_to_client: u32,
+    pub out_of_order_client_to_server: u32,
+    pub out_of_order_server_to_client: u32,
 }
 
 pub struct Endpoints {
@@ -107,6 +112,10 @@ impl ConnRecord {
             server_state: state_name(c.ends[server]),
             completeness: c.completeness,
             mid_stream: c.mid_stream,
+            retrans_client_to_server: c.retrans[client],
+            retrans_server_to_client: c.retrans[server],
+            out_of_order_client_to_server: c.out_of_order[client],
+            out_of_order_server_to_client: c.out_of_order[server],
         }
     }
 }

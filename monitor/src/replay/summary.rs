@@ -110,6 +110,16 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(o, "  {c} / {s}: {n}");
         }
     }
+    let sum = |f: fn(&ConnRecord) -> u32| recs.iter().map(|r| f(r) as u64).sum::<u64>();
+    let _ = writeln!(
+        o,
+        "retransmitted segments: {} client->server, {} server->client; out of order: {}; duplicate ACKs: {}; zero window: {}",
+        sum(|r| r.retrans_client_to_server),
+        sum(|r| r.retrans_server_to_client),
+        sum(|r| r.out_of_order_client_to_server + r.out_of_order_server_to_client),
+        r.dup_acks,
+        r.zero_windows
+    );
     let resets = recs.iter().filter(|r| r.reset_by.is_some()).count();
     let _ = writeln!(o, "connections ended by RST: {resets}");
     let mut compl: BTreeMap<u8, usize> = BTreeMap::new();

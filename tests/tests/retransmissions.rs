@@ -1,0 +1,271 @@
+//! Retransmission analysis under injected loss, against the sender's kernel counters
+//! (nstat) and tshark's analysis of a capture of the monitored interface.
+
+use std::{collections::BTreeMap, path::Path, process::Command};
+
+use tests::{
+    capture::Capture,
+    lab::{Lab, SERVER_V4, SERVER_V6},
+    monitor::{Monitor, sample},
+};
+
+/// Packets tshark flags with each `tcp.analysis.*` field (restricted by `filter`).
+fn tshark_count(file: &Path, field: &str, filter: &str) -> u64 {
+    let f = format!("tcp.analysis.{field} && {filter}");
+    let out = tests::run(Command::new("tshark").arg("-r").arg(file).args([
+        "-Y",
+        &f,
+        "-T",
+        "fields",
+        "-e",
+        "frame.number",
+    ]));
+    String::from_utf8_lossy(&out.stdout).lines().count() as u64
+}
+
+fn sum(text: &str, prefix: &str, must: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && must.iter().all(|m| l.contains(m)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn nft(lab: &Lab, ns: &str, rules: &str) {
+    let mut child = lab
+        .cmd(ns, "nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (Debian package nftables)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "nft rules rejected:\n{rules}"
+    );
+}
+
+fn within(ours: f64, truth: f64, pct: f64, what: &str) {
+    let tol = (truth * pct / 100.0).max(1.0);
+    assert!(
+        (ours - truth).abs() <= tol,
+        "{what}: ours {ours}, truth {truth} (±{tol})"
+    );
+}
+
+/// A bulk transfer from client to server with `loss` percent of the data dropped on
+/// arrival at the server (after the monitored client interface).
+fn bulk_with_loss(v6: bool, loss: u32) {
+    let server = if v6 { SERVER_V6 } else { SERVER_V4 };
+    let lab = Lab::new();
+    let ns = lab.client.clone();
+    nft(
+        &lab,
+        &lab.server.clone(),
+        &format!(
+            "table inet loss {{\n chain in {{ type filter hook input priority 0; \
+             tcp dport 5201 numgen random mod 1000 < {} drop; }}\n}}\n",
+            loss * 10
+        ),
+    );
+    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if]);
+    let cap = Capture::start_with(&lab, &ns, &["-i", lab.client_if, "-s", "128"]);
+    let mut srv = lab
+        .cmd(&lab.server, "iperf3")
+        .args(["-s", "-1", "-B", server])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = lab.nstat(&ns);
+    tests::run(
+        lab.cmd(&ns, "timeout")
+            .args(["20", "iperf3", "-c", server, "-n", "20M"]),
+    );
+    let after = lab.nstat(&ns);
+    let _ = srv.wait();
+    let metrics = mon.metrics(&lab);
+    let file = cap.file.clone();
+    let mut cap = cap;
+    cap.stop();
+    drop(mon.stop());
+
+    let d =
+        |k: &str| (after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)) as f64;
+    let kernel_retrans = d("TcpRetransSegs");
+    assert!(kernel_retrans > 0.0, "the loss produced no retransmissions");
+    // Every segment the kernel retransmitted passed the egress hook as a rewind
+    // (GSO packets count their segments). Live classification splits them into
+    // retransmission kinds and out-of-order (see the closing note on issue 4).
+    let live_segs = sum(
+        &metrics,
+        "tcpmon_retransmitted_segments_total{",
+        &["direction=\"sent\""],
+    ) + sum(
+        &metrics,
+        "tcpmon_out_of_order_segments_total{",
+        &["direction=\"sent\""],
+    );
+    within(
+        live_segs,
+        kernel_retrans,
+        2.0,
+        "retransmitted segments vs TcpRetransSegs",
+    );
+    let fast = d("TcpExtTCPFastRetrans");
+    assert!(fast <= kernel_retrans);
+
+    // Packets: the rewind events equal tshark's retransmissions plus out-of-order
+    // segments from the client (the tap sees the same TSO packets as tc egress).
+    let client = if v6 {
+        tests::lab::CLIENT_V6
+    } else {
+        tests::lab::CLIENT_V4
+    };
+    let from_client = format!("ip{}.src == {client}", if v6 { "v6" } else { "" });
+    let t_retrans = tshark_count(&file, "retransmission", &from_client);
+    let t_ooo = tshark_count(&file, "out_of_order", &from_client);
+    let rewinds = sample(&metrics, "tcpmon_events_total{kind=\"rewind\"}").unwrap();
+    within(
+        rewinds,
+        (t_retrans + t_ooo) as f64,
+        2.0,
+        "rewind events vs tshark retransmission+out_of_order",
+    );
+    // Duplicate ACKs arrive one per wire segment at XDP, as the tap sees them.
+    let from_server = from_client.replace("src", "dst");
+    let t_dup = tshark_count(&file, "duplicate_ack", &from_server);
+    let live_dup = sample(
+        &metrics,
+        "tcpmon_duplicate_acks_total{direction=\"received\"}",
+    )
+    .unwrap();
+    within(live_dup, t_dup as f64, 2.0, "duplicate ACKs received");
+
+    // Replay of the capture: every kind equal to tshark's.
+    let out = tests::run(
+        Command::new(tests::target_bin("tcpmon"))
+            .arg("replay")
+            .arg(&file)
+            .args([
+                "--local",
+                if v6 {
+                    tests::lab::CLIENT_V6
+                } else {
+                    tests::lab::CLIENT_V4
+                },
+                "--metrics",
+            ]),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let kind = |k: &str| {
+        sum(
+            &text,
+            "tcpmon_retransmitted_segments_total{",
+            &["direction=\"sent\"", &format!("kind=\"{k}\"")],
+        )
+    };
+    let mut ours = BTreeMap::new();
+    ours.insert(
+        "retransmission",
+        kind("retransmission") + kind("fast") + kind("spurious"),
+    );
+    ours.insert("fast_retransmission", kind("fast"));
+    ours.insert("spurious_retransmission", kind("spurious"));
+    ours.insert(
+        "out_of_order",
+        sum(
+            &text,
+            "tcpmon_out_of_order_segments_total{",
+            &["direction=\"sent\""],
+        ),
+    );
+    for (field, v) in &ours {
+        assert_eq!(
+            *v as u64,
+            tshark_count(&file, field, &from_client),
+            "replay {field}"
+        );
+    }
+    let dup_line = text
+        .lines()
+        .find(|l| l.starts_with("retransmitted segments:"))
+        .unwrap();
+    let replay_dup: u64 = dup_line
+        .split("duplicate ACKs: ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        replay_dup,
+        tshark_count(&file, "duplicate_ack", "tcp"),
+        "replay duplicate ACKs"
+    );
+    eprintln!(
+        "loss {loss}% v6={v6}: TcpRetransSegs {kernel_retrans} live segs {live_segs}; \
+         tshark retrans {t_retrans} ooo {t_ooo} vs rewind events {rewinds}; dup ACKs tshark {t_dup} live {live_dup}; replay {ours:?}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test`"]
+fn bulk_transfer_with_loss_ipv4() {
+    bulk_with_loss(false, 2);
+}
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test`"]
+fn bulk_transfer_with_loss_ipv6() {
+    bulk_with_loss(true, 1);
+}
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test`"]
+fn lost_syn_is_a_syn_retransmission() {
+    let mut lab = Lab::new();
+    let ns = lab.client.clone();
+    // Drop exactly the first SYN to port 7100 at the server (the quota is one SYN).
+    nft(
+        &lab,
+        &lab.server.clone(),
+        "table inet synloss {\n chain in { type filter hook input priority 0; \
+         tcp dport 7100 tcp flags & (syn | ack) == syn quota until 70 bytes drop; }\n}\n",
+    );
+    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if]);
+    let before = lab.nstat(&ns);
+    lab.serve(&format!("{SERVER_V4}:7100"), 1, &[]);
+    lab.connect(&format!("{SERVER_V4}:7100"), 1, 10, &[]);
+    lab.wait_servers();
+    let after = lab.nstat(&ns);
+    let metrics = mon.metrics(&lab);
+    drop(mon.stop());
+    let syn_retrans =
+        after["TcpExtTCPSynRetrans"] - before.get("TcpExtTCPSynRetrans").copied().unwrap_or(0);
+    assert_eq!(syn_retrans, 1, "the kernel retransmitted the SYN once");
+    assert_eq!(
+        sum(
+            &metrics,
+            "tcpmon_retransmitted_segments_total{",
+            &["kind=\"syn\"", "direction=\"sent\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // The retry shows in the handshake time: about a second.
+    let slow = sum(
+        &metrics,
+        "tcpmon_handshake_duration_seconds_bucket{",
+        &["le=\"0.5\""],
+    );
+    let all = sum(&metrics, "tcpmon_handshake_duration_seconds_count{", &[]);
+    assert_eq!((slow, all), (0.0, 1.0));
+}
