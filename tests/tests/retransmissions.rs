@@ -9,6 +9,22 @@ use tests::{
     monitor::{Monitor, sample},
 };
 
+/// Wire segments (payload / MSS, rounded up) of the packets tshark flags with
+/// `tcp.analysis.{field}`: comparable with the GSO-expanded live counts.
+fn tshark_segments(file: &Path, field: &str, filter: &str, mss: u64) -> u64 {
+    let f = format!("tcp.analysis.{field} && {filter}");
+    let out = tests::run(
+        Command::new("tshark")
+            .arg("-r")
+            .arg(file)
+            .args(["-Y", &f, "-T", "fields", "-e", "tcp.len"]),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse::<u64>().unwrap_or(0).div_ceil(mss).max(1))
+        .sum()
+}
+
 /// Packets tshark flags with each `tcp.analysis.*` field (restricted by `filter`).
 fn tshark_count(file: &Path, field: &str, filter: &str) -> u64 {
     let f = format!("tcp.analysis.{field} && {filter}");
@@ -58,18 +74,26 @@ fn within(ours: f64, truth: f64, pct: f64, what: &str) {
     );
 }
 
-/// A bulk transfer from client to server with `loss` percent of the data dropped on
-/// arrival at the server (after the monitored client interface).
-fn bulk_with_loss(v6: bool, loss: u32) {
+/// A bulk transfer from client to server with `loss` percent dropped in the server:
+/// data segments on arrival (`acks` false), or its ACKs on leaving (`acks` true; the
+/// sender then retransmits data that had arrived). Either way the drop is beyond the
+/// monitored client interface. (Drops in the sender's own OUTPUT hook are not losses:
+/// TCP sees the error and sends again without counting a retransmission.)
+fn bulk_with_loss(v6: bool, loss: u32, acks: bool) {
     let server = if v6 { SERVER_V6 } else { SERVER_V4 };
     let lab = Lab::new();
     let ns = lab.client.clone();
+    let (hook, port) = if acks {
+        ("output", "sport")
+    } else {
+        ("input", "dport")
+    };
     nft(
         &lab,
         &lab.server.clone(),
         &format!(
-            "table inet loss {{\n chain in {{ type filter hook input priority 0; \
-             tcp dport 5201 numgen random mod 1000 < {} drop; }}\n}}\n",
+            "table inet loss {{\n chain c {{ type filter hook {hook} priority 0; \
+             tcp {port} 5201 tcp flags & (syn | fin | rst) == 0 numgen random mod 1000 < {} drop; }}\n}}\n",
             loss * 10
         ),
     );
@@ -210,8 +234,31 @@ fn bulk_with_loss(v6: bool, loss: u32) {
         tshark_count(&file, "duplicate_ack", "tcp"),
         "replay duplicate ACKs"
     );
+    let live_kind = |k: &str| {
+        sum(
+            &metrics,
+            "tcpmon_retransmitted_segments_total{",
+            &["direction=\"sent\"", &format!("kind=\"{k}\"")],
+        )
+    };
+    let mss = if v6 { 1428 } else { 1448 };
     eprintln!(
-        "loss {loss}% v6={v6}: TcpRetransSegs {kernel_retrans} live segs {live_segs}; \
+        "live segments by kind: retransmission {} fast {} spurious {} ooo {}; tshark segments: retransmission {} fast {} spurious {} ooo {}",
+        live_kind("retransmission"),
+        live_kind("fast"),
+        live_kind("spurious"),
+        sum(
+            &metrics,
+            "tcpmon_out_of_order_segments_total{",
+            &["direction=\"sent\""]
+        ),
+        tshark_segments(&file, "retransmission", &from_client, mss),
+        tshark_segments(&file, "fast_retransmission", &from_client, mss),
+        tshark_segments(&file, "spurious_retransmission", &from_client, mss),
+        tshark_segments(&file, "out_of_order", &from_client, mss),
+    );
+    eprintln!(
+        "loss {loss}% v6={v6} acks={acks}: TcpRetransSegs {kernel_retrans} live segs {live_segs}; \
          tshark retrans {t_retrans} ooo {t_ooo} vs rewind events {rewinds}; dup ACKs tshark {t_dup} live {live_dup}; replay {ours:?}"
     );
 }
@@ -219,13 +266,19 @@ fn bulk_with_loss(v6: bool, loss: u32) {
 #[test]
 #[ignore = "privileged: run with `cargo xtask test`"]
 fn bulk_transfer_with_loss_ipv4() {
-    bulk_with_loss(false, 2);
+    bulk_with_loss(false, 2, false);
+}
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test`"]
+fn bulk_transfer_with_ack_loss() {
+    bulk_with_loss(false, 30, true);
 }
 
 #[test]
 #[ignore = "privileged: run with `cargo xtask test`"]
 fn bulk_transfer_with_loss_ipv6() {
-    bulk_with_loss(true, 1);
+    bulk_with_loss(true, 1, false);
 }
 
 #[test]
@@ -268,4 +321,61 @@ fn lost_syn_is_a_syn_retransmission() {
     );
     let all = sum(&metrics, "tcpmon_handshake_duration_seconds_count{", &[]);
     assert_eq!((slow, all), (0.0, 1.0));
+}
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test`"]
+fn lost_synack_is_retransmitted_by_both_ends() {
+    let mut lab = Lab::new();
+    let ns = lab.client.clone();
+    // Drop exactly the first SYN-ACK from port 7200, leaving the server.
+    nft(
+        &lab,
+        &lab.server.clone(),
+        "table inet synackloss {\n chain out { type filter hook output priority 0; \
+         tcp sport 7200 tcp flags & (syn | ack) == syn | ack quota until 70 bytes drop; }\n}\n",
+    );
+    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if]);
+    let cap = Capture::start(&lab, &ns, lab.client_if);
+    lab.serve(&format!("{SERVER_V4}:7200"), 1, &[]);
+    lab.connect(&format!("{SERVER_V4}:7200"), 1, 10, &[]);
+    lab.wait_servers();
+    let file = cap.file.clone();
+    let mut cap = cap;
+    cap.stop();
+    let metrics = mon.metrics(&lab);
+    drop(mon.stop());
+    // The monitored client saw one SYN-ACK (the retransmitted one: the first never
+    // reached it) and, depending on timers, its own SYN retransmitted.
+    let t_syn = tshark_count(
+        &file,
+        "retransmission",
+        "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+    );
+    let t_synack = tshark_count(
+        &file,
+        "retransmission",
+        "tcp.flags.syn == 1 && tcp.flags.ack == 1",
+    );
+    let ours = |k: &str| {
+        sum(
+            &metrics,
+            "tcpmon_retransmitted_segments_total{",
+            &[&format!("kind=\"{k}\"")],
+        ) as u64
+    };
+    assert_eq!(
+        (ours("syn"), ours("synack")),
+        (t_syn, t_synack),
+        "{metrics}"
+    );
+    assert!(
+        t_syn + t_synack >= 1,
+        "the lost SYN-ACK caused a retransmission"
+    );
+    assert_eq!(
+        sum(&metrics, "tcpmon_connections_opened_total{", &[]),
+        1.0,
+        "the connection still opened"
+    );
 }
