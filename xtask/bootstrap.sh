@@ -5,6 +5,7 @@
 #
 #   bash xtask/bootstrap.sh run  [-- tcpmon args]   build and run the monitor
 #   bash xtask/bootstrap.sh test                     install test deps, run every test
+#   bash xtask/bootstrap.sh bench                    run the benchmarks
 #   bash xtask/bootstrap.sh setup                    only install toolchains
 set -euo pipefail
 
@@ -111,5 +112,10 @@ case "$cmd" in
         install_test_deps
         exec cargo xtask test "$@"
         ;;
-    *) log "unknown command '$cmd' (run | test | setup)"; exit 2 ;;
+    bench)
+        setup
+        install_test_deps
+        exec cargo xtask bench "$@"
+        ;;
+    *) log "unknown command '$cmd' (run | test | bench | setup)"; exit 2 ;;
 esac

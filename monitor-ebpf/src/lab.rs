@@ -9,10 +9,10 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action},
     helpers::generated::{bpf_skb_vlan_pop, bpf_skb_vlan_push},
-    macros::classifier,
-    programs::TcContext,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 
 /// Inner (802.1Q) VLAN ID to push; 0 pushes nothing.
@@ -56,6 +56,12 @@ pub fn lab_vlan_pop(ctx: TcContext) -> i32 {
         bpf_skb_vlan_pop(skb);
     }
     TC_ACT_UNSPEC
+}
+
+/// The benchmark baseline: an XDP program that does nothing but pass.
+#[xdp]
+pub fn lab_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -23,6 +23,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (needs root): kernel cost per packet, agent and replay throughput.
+    Bench,
     /// Lints, unit tests, then the privileged integration tests (needs root).
     Test {
         /// Skip fmt/clippy.
@@ -201,6 +203,29 @@ fn run_tests(tally: &mut Tally) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bench() -> anyhow::Result<()> {
+    step(
+        "build tcpmon and the bench (release)",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "monitor",
+            "-p",
+            "tests",
+            "--bins",
+        ]),
+    )?;
+    if !is_root() {
+        bail!("the benchmarks run BPF_PROG_TEST_RUN: run `cargo xtask bench` as root");
+    }
+    let release = root().join("target/release");
+    step(
+        "benchmarks",
+        Command::new(release.join("tcpmon-bench")).env("TCPMON_BIN", release.join("tcpmon")),
+    )
+}
+
 fn run(args: &[String]) -> anyhow::Result<()> {
     step(
         "build tcpmon (release)",
@@ -217,6 +242,7 @@ fn main() {
     let result = match Cli::parse().cmd {
         Task::Run { args } => run(&args),
         Task::Test { no_lint } => test(no_lint),
+        Task::Bench => bench(),
     };
     if let Err(e) = result {
         // A short reason, not a backtrace: the failing step printed its own output.

@@ -1,0 +1,487 @@
+//! `cargo xtask bench`: what a skeptical kernel engineer asks, as ratios taken in one
+//! run against baselines measured alongside (these machines are shared and noisy).
+//! Needs root (BPF_PROG_TEST_RUN). Bounded: every loop has a fixed count.
+
+use std::{
+    io::Write as _,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    EbpfLoader,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use monitor::{
+    agent::LifecycleOptions,
+    event::{Event, WallClock},
+    lifecycle::metrics::LifecycleMetrics,
+};
+use monitor_common::{
+    TcpEvent,
+    event::Hook,
+    flags::{ACK, FIN, PSH, SYN},
+    flow::track,
+    frames::{Frame, Ip},
+    parse::{ETH_P_8021Q, parse_ethernet},
+};
+use tests::testrun::{Loaded, Prog};
+
+const ROUNDS: usize = 7;
+const REPEAT: u32 = 20_000;
+/// Event-emitting cases fill the ring buffer; keep each round well below its size.
+const EMIT_REPEAT: u32 = 4_000;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+const A: [u8; 4] = [10, 9, 0, 1];
+const B: [u8; 4] = [10, 9, 0, 2];
+
+struct Kernel {
+    l: Loaded,
+    base: aya::Ebpf,
+}
+
+impl Kernel {
+    fn baseline(&mut self, frame: &[u8], repeat: u32) -> f64 {
+        let p: &mut Xdp = self
+            .base
+            .program_mut("lab_xdp_pass")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; frame.len() + 64];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .expect("baseline test_run");
+        r.duration.as_nanos() as f64
+    }
+
+    /// Median ns per packet over rounds of `repeat` runs of the same frame.
+    fn repeated(&mut self, prog: Prog, frame: &[u8], repeat: u32) -> f64 {
+        median(
+            (0..ROUNDS)
+                .map(|_| {
+                    let d = self.l.run(prog, frame, repeat).duration.as_nanos() as f64;
+                    self.l.drain();
+                    d
+                })
+                .collect(),
+        )
+    }
+}
+
+fn kernel_table(out: &mut String) {
+    let mut base = EbpfLoader::new()
+        .load(monitor::ebpf::LAB_OBJECT)
+        .expect("lab object");
+    let p: &mut Xdp = base
+        .program_mut("lab_xdp_pass")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    p.load().expect("baseline loads");
+    let mut k = Kernel {
+        l: Loaded::new(),
+        base,
+    };
+    let ack = Frame::v4(A, 1000, B, 80)
+        .flags(ACK)
+        .seq_ack(5000, 7000)
+        .build();
+    let baseline = median((0..ROUNDS).map(|_| k.baseline(&ack, REPEAT)).collect());
+
+    // An established flow for the data, ACK and retransmission cases.
+    let c = |f: u8, seq: u32, ack: u32, len: usize| {
+        Frame::v4(A, 1000, B, 80)
+            .flags(f)
+            .seq_ack(seq, ack)
+            .payload(len)
+            .build()
+    };
+    let s =
+        |f: u8, seq: u32, ack: u32| Frame::v4(B, 80, A, 1000).flags(f).seq_ack(seq, ack).build();
+    k.l.run(Prog::TcEgress, &c(SYN, 999, 0, 0), 1);
+    k.l.run(Prog::Xdp, &s(SYN | ACK, 6999, 1000), 1);
+    k.l.run(Prog::TcEgress, &c(ACK, 1000, 7000, 0), 1);
+    k.l.run(Prog::TcEgress, &c(ACK | PSH, 1000, 7000, 1400), 1);
+    k.l.drain();
+
+    // In-order data advances the sequence every packet, so it cannot be repeated
+    // in place: one run per call, against the baseline measured the same way.
+    let per_call = |k: &mut Kernel, prog: Option<Prog>, frames: &[Vec<u8>]| -> f64 {
+        median(
+            frames
+                .iter()
+                .map(|f| match prog {
+                    Some(p) => k.l.run(p, f, 1).duration.as_nanos() as f64,
+                    None => k.baseline(f, 1),
+                })
+                .collect(),
+        )
+    };
+    let data: Vec<Vec<u8>> = (0..3000u32)
+        .map(|i| c(ACK | PSH, 2400 + i * 1400, 7000, 1400))
+        .collect();
+    let acks: Vec<Vec<u8>> = (0..3000u32)
+        .map(|i| s(ACK, 7000, 3800 + i * 1400))
+        .collect();
+    let base_call = per_call(&mut k, None, &data);
+    let data_tc = per_call(&mut k, Some(Prog::TcEgress), &data);
+    let ack_xdp = per_call(&mut k, Some(Prog::Xdp), &acks);
+
+    let syn = Frame::v4(A, 2000, B, 443)
+        .flags(SYN)
+        .tcp_options(20)
+        .build();
+    let retrans = c(ACK | PSH, 1000, 7000, 1400);
+    let mut udp = Frame::v4(A, 53, B, 53);
+    if let Ip::V4 { proto, .. } = &mut udp.ip {
+        *proto = 17;
+    }
+    let udp = udp.build();
+    let mut v6 = Frame::v6(
+        [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        1,
+        [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        2,
+    )
+    .flags(ACK);
+    if let Ip::V6 { ext, .. } = &mut v6.ip {
+        ext.extend([(0, 8), (43, 24), (60, 16)]);
+    }
+    let v6 = v6.build();
+    let vlan = Frame::v4(A, 1000, B, 80)
+        .flags(ACK)
+        .seq_ack(5000, 7000)
+        .vlan(ETH_P_8021Q, 10)
+        .build();
+
+    let mut rows: Vec<(String, f64, f64)> = vec![
+        (
+            "in-order data, tracked flow (tc egress, per call)".into(),
+            data_tc,
+            base_call,
+        ),
+        (
+            "pure ACK, tracked flow (XDP, per call)".into(),
+            ack_xdp,
+            base_call,
+        ),
+    ];
+    for (name, prog, frame, repeat) in [
+        ("SYN, event emitted", Prog::Xdp, &syn, EMIT_REPEAT),
+        ("SYN, event emitted", Prog::TcEgress, &syn, EMIT_REPEAT),
+        (
+            "retransmitted segment, event emitted",
+            Prog::TcEgress,
+            &retrans,
+            EMIT_REPEAT,
+        ),
+        (
+            "duplicate ACK, tracked flow",
+            Prog::Xdp,
+            &s(ACK, 7000, 2400),
+            REPEAT,
+        ),
+        ("non-TCP (UDP)", Prog::Xdp, &udp, REPEAT),
+        ("non-TCP (UDP)", Prog::TcEgress, &udp, REPEAT),
+        ("IPv6 + 3 extension headers", Prog::Xdp, &v6, REPEAT),
+        ("802.1Q-tagged ACK", Prog::Xdp, &vlan, REPEAT),
+    ] {
+        let ns = k.repeated(prog, frame, repeat);
+        rows.push((format!("{name} ({prog:?})"), ns, baseline));
+    }
+    out.push_str(&format!(
+        "\n## Kernel cost per packet (BPF_PROG_TEST_RUN, median of {ROUNDS} rounds)\n\n\
+         baseline XDP_PASS: {baseline:.1} ns repeated x{REPEAT}, {base_call:.1} ns one run per call\n\n\
+         | path | ns/packet | x baseline |\n|---|---:|---:|\n"
+    ));
+    for (name, ns, base) in rows {
+        out.push_str(&format!("| {name} | {ns:.1} | {:.2} |\n", ns / base));
+    }
+}
+
+/// A realistic event stream: handshakes and closes, some retransmissions, and a
+/// SYN flood from many sources; built with the same policy the kernel runs.
+fn event_stream(conns: u32, flood: u32) -> Vec<Vec<u8>> {
+    let mut flows = monitor::replay::ReplayFlows::default();
+    let mut out = Vec::new();
+    let mut ts = 1_000_000_000u64;
+    let mut emit = |f: Vec<u8>, ts: u64, out: &mut Vec<Vec<u8>>| {
+        let pkt = parse_ethernet(&f[..]).unwrap();
+        if let Some(e) = track(&mut flows, &pkt, 1, ts).emit {
+            let ev = TcpEvent::new(&pkt, &e, ts, Hook::XdpIngress, 1, 1);
+            // SAFETY: TcpEvent is Pod.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&ev as *const TcpEvent).cast::<u8>(),
+                    size_of::<TcpEvent>(),
+                )
+            };
+            out.push(bytes.to_vec());
+        }
+    };
+    for i in 0..conns {
+        let cip = [10, 1, (i >> 8) as u8, i as u8];
+        let port = 10_000 + (i % 50_000) as u16;
+        let c = |f: u8, seq, ack, len| {
+            Frame::v4(cip, port, B, 443)
+                .flags(f)
+                .seq_ack(seq, ack)
+                .payload(len)
+                .build()
+        };
+        let s = |f: u8, seq, ack| {
+            Frame::v4(B, 443, cip, port)
+                .flags(f)
+                .seq_ack(seq, ack)
+                .build()
+        };
+        for f in [
+            c(SYN, 100, 0, 0),
+            s(SYN | ACK, 500, 101),
+            c(ACK, 101, 501, 0),
+            c(ACK | PSH, 101, 501, 100),
+        ] {
+            ts += 1000;
+            emit(f, ts, &mut out);
+        }
+        if i % 10 == 0 {
+            ts += 1000;
+            emit(c(ACK | PSH, 101, 501, 100), ts, &mut out);
+        }
+        for f in [
+            c(FIN | ACK, 201, 501, 0),
+            s(FIN | ACK, 501, 202),
+            c(ACK, 202, 502, 0),
+        ] {
+            ts += 1000;
+            emit(f, ts, &mut out);
+        }
+    }
+    for i in 0..flood {
+        let src = [172, 16 + (i >> 16) as u8 % 16, (i >> 8) as u8, i as u8];
+        ts += 100;
+        emit(
+            Frame::v4(src, 1024 + (i % 60_000) as u16, B, 80)
+                .flags(SYN)
+                .build(),
+            ts,
+            &mut out,
+        );
+    }
+    out
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn agent_table(out: &mut String) {
+    let stream = event_stream(100_000, 200_000);
+    let registry = prometheus::Registry::new();
+    let lm = std::sync::Arc::new(LifecycleMetrics::new(&registry));
+    let run = || {
+        let mut engine = LifecycleOptions::default()
+            .build(Some(lm.clone()), WallClock::identity())
+            .unwrap();
+        let t = Instant::now();
+        for rec in &stream {
+            let ev = Event::decode(rec).unwrap();
+            engine.on_event(&ev);
+        }
+        engine.tick(u64::MAX / 2, &mut monitor::lifecycle::NoProbe);
+        t.elapsed()
+    };
+    let best: Duration = (0..3).map(|_| run()).min().unwrap();
+    let eps = stream.len() as f64 / best.as_secs_f64();
+
+    // Memory per tracked connection: 1M open connections in the engine.
+    let before = rss_kib();
+    let mut engine = LifecycleOptions {
+        engine: monitor::lifecycle::Config {
+            max_connections: 2_000_000,
+            ..Default::default()
+        },
+        ..LifecycleOptions::default()
+    }
+    .build(None, WallClock::identity())
+    .unwrap();
+    let mut flows = monitor::replay::ReplayFlows::default();
+    for i in 0..1_000_000u32 {
+        let cip = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        for f in [
+            Frame::v4(cip, 40000, B, 443)
+                .flags(SYN)
+                .seq_ack(1, 0)
+                .build(),
+            Frame::v4(B, 443, cip, 40000)
+                .flags(SYN | ACK)
+                .seq_ack(9, 2)
+                .build(),
+            Frame::v4(cip, 40000, B, 443)
+                .flags(ACK)
+                .seq_ack(2, 10)
+                .build(),
+        ] {
+            let pkt = parse_ethernet(&f[..]).unwrap();
+            if let Some(e) = track(&mut flows, &pkt, 1, 1).emit {
+                engine.on_event(
+                    &Event::from_raw(TcpEvent::new(&pkt, &e, 1, Hook::XdpIngress, 1, 1)).unwrap(),
+                );
+            }
+        }
+    }
+    drop(flows);
+    let per_conn = (rss_kib().saturating_sub(before)) as f64 * 1024.0 / engine.len() as f64;
+    out.push_str(&format!(
+        "\n## Agent (one core): decode + lifecycle engine + metrics\n\n\
+         | measure | value |\n|---|---:|\n\
+         | events in the generated stream (100k connections, 10% retransmitting, 200k flood SYNs) | {} |\n\
+         | events/s (best of 3) | {:.2} M |\n\
+         | tracked connections after 1M handshakes | {} |\n\
+         | agent memory per tracked connection (RSS delta; the kernel flow map is separate: 112 B + key per entry) | {:.0} B |\n",
+        stream.len(),
+        eps / 1e6,
+        engine.len(),
+        per_conn
+    ));
+}
+
+/// A large capture: `conns` connections of 12 packets each (handshake, data both
+/// ways, a retransmission every tenth, close).
+fn write_pcap(path: &std::path::Path, conns: u32) -> u64 {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(&0xa1b2_c3d4u32.to_le_bytes()).unwrap();
+    f.write_all(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    f.write_all(&65535u32.to_le_bytes()).unwrap();
+    f.write_all(&1u32.to_le_bytes()).unwrap();
+    let mut n = 0u64;
+    let mut us = 0u64;
+    for i in 0..conns {
+        let cip = [10, 2, (i >> 8) as u8, i as u8];
+        let port = 20_000 + (i % 40_000) as u16;
+        let c = |fl: u8, seq, ack, len| {
+            Frame::v4(cip, port, B, 443)
+                .flags(fl)
+                .seq_ack(seq, ack)
+                .payload(len)
+                .build()
+        };
+        let s = |fl: u8, seq, ack, len| {
+            Frame::v4(B, 443, cip, port)
+                .flags(fl)
+                .seq_ack(seq, ack)
+                .payload(len)
+                .build()
+        };
+        let mut pkts = vec![
+            c(SYN, 100, 0, 0),
+            s(SYN | ACK, 500, 101, 0),
+            c(ACK, 101, 501, 0),
+            c(ACK | PSH, 101, 501, 200),
+            s(ACK, 501, 301, 0),
+            s(ACK | PSH, 501, 301, 1000),
+            c(ACK, 301, 1501, 0),
+            s(ACK | PSH, 1501, 301, 1000),
+            c(ACK, 301, 2501, 0),
+        ];
+        if i % 10 == 0 {
+            pkts.push(s(ACK | PSH, 1501, 301, 1000));
+        }
+        pkts.extend([
+            c(FIN | ACK, 301, 2501, 0),
+            s(FIN | ACK, 2501, 302, 0),
+            c(ACK, 302, 2502, 0),
+        ]);
+        for p in pkts {
+            us += 37;
+            f.write_all(&((us / 1_000_000) as u32).to_le_bytes())
+                .unwrap();
+            f.write_all(&((us % 1_000_000) as u32).to_le_bytes())
+                .unwrap();
+            f.write_all(&(p.len() as u32).to_le_bytes()).unwrap();
+            f.write_all(&(p.len() as u32).to_le_bytes()).unwrap();
+            f.write_all(&p).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+fn timed(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success() || out.status.code() == Some(2),
+        "{cmd:?} failed"
+    );
+    t.elapsed()
+}
+
+fn replay_table(out: &mut String) {
+    let dir = tests::monitor::scratch_dir("bench");
+    let file = dir.join("large.pcap");
+    let packets = write_pcap(&file, 200_000);
+    let ours = timed(
+        Command::new(tests::target_bin("tcpmon"))
+            .arg("replay")
+            .arg(&file),
+    );
+    let conv = timed(
+        Command::new("tshark")
+            .arg("-r")
+            .arg(&file)
+            .args(["-q", "-z", "conv,tcp"]),
+    );
+    let analysis = timed(Command::new("tshark").arg("-r").arg(&file).args([
+        "-q",
+        "-z",
+        "io,stat,0,tcp.analysis.retransmission,tcp.analysis.initial_rtt",
+    ]));
+    let pps = |d: Duration| packets as f64 / d.as_secs_f64();
+    out.push_str(&format!(
+        "\n## Replay of a generated capture ({packets} packets, 200k connections)\n\n\
+         | tool | seconds | packets/s | tcpmon's speed-up |\n|---|---:|---:|---:|\n\
+         | tcpmon replay | {:.2} | {:.0} | 1.0 |\n\
+         | tshark -q -z conv,tcp | {:.2} | {:.0} | {:.1} |\n\
+         | tshark with TCP analysis fields (io,stat) | {:.2} | {:.0} | {:.1} |\n",
+        ours.as_secs_f64(),
+        pps(ours),
+        conv.as_secs_f64(),
+        pps(conv),
+        conv.as_secs_f64() / ours.as_secs_f64(),
+        analysis.as_secs_f64(),
+        pps(analysis),
+        analysis.as_secs_f64() / ours.as_secs_f64(),
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn main() {
+    tests::require_root();
+    let mut out = String::from("# tcpmon benchmarks\n");
+    let started = Instant::now();
+    kernel_table(&mut out);
+    agent_table(&mut out);
+    replay_table(&mut out);
+    out.push_str(&format!(
+        "\n(total bench time {:.0} s)\n",
+        started.elapsed().as_secs_f64()
+    ));
+    print!("{out}");
+}
