@@ -125,15 +125,25 @@ struct Entry {
     activity: Option<u64>,
 }
 
-pub struct Engine<S: Sink> {
-    cfg: Config,
-    conns: HashMap<FlowKey, Entry>,
-    /// Insertion order for eviction; stale generations are skipped lazily.
-    order: VecDeque<(FlowKey, u64)>,
-    next_generation: u64,
+/// Where happenings are turned into sink calls; apart from the table so both can be
+/// borrowed at once.
+pub struct Reporter<S: Sink> {
     pub ports: PortLabels,
     pub sink: S,
     to_unix: Box<dyn Fn(u64) -> i128 + Send>,
+}
+
+/// The table's hasher: fast, and seeded per process (the keys are chosen by whoever
+/// sends packets, a SYN flood included).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+pub struct Engine<S: Sink> {
+    cfg: Config,
+    conns: FastMap<FlowKey, Entry>,
+    /// Insertion order for eviction; stale generations are skipped lazily.
+    order: VecDeque<(FlowKey, u64)>,
+    next_generation: u64,
+    pub out: Reporter<S>,
     happenings: Vec<Happening>,
     pub evicted: u64,
 }
@@ -147,12 +157,14 @@ impl<S: Sink> Engine<S> {
     ) -> Engine<S> {
         Engine {
             cfg,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             order: VecDeque::new(),
             next_generation: 0,
-            ports,
-            sink,
-            to_unix: Box::new(to_unix),
+            out: Reporter {
+                ports,
+                sink,
+                to_unix: Box::new(to_unix),
+            },
             happenings: Vec::new(),
             evicted: 0,
         }
@@ -220,7 +232,7 @@ impl<S: Sink> Engine<S> {
             // the old one ends here.
             let mut e = self.conns.remove(&key).expect("present");
             if let Some(h) = e.conn.expire(seg.ts_ns) {
-                self.report(&mut e, &[h]);
+                self.out.report(&mut e, &[h]);
             }
         }
         let mut out = std::mem::take(&mut self.happenings);
@@ -260,107 +272,11 @@ impl<S: Sink> Engine<S> {
                 by_addr.or(entry.conn.server())
             });
         }
-        let mut e = self.conns.remove(&key).expect("present");
-        self.report(&mut e, &out);
-        if !e.conn.done() {
-            self.conns.insert(key, e);
+        self.out.report(entry, &out);
+        if entry.conn.done() {
+            self.conns.remove(&key);
         }
         self.happenings = out;
-    }
-
-    fn role(e: &Entry) -> Role {
-        match (e.local, e.conn.client) {
-            (Some(l), Some(c)) if l == c => Role::Client,
-            (Some(_), Some(_)) => Role::Server,
-            _ => Role::Unknown,
-        }
-    }
-
-    /// Sent or received by the monitored host, if it is known.
-    fn direction(e: &Entry, from: End) -> Option<Direction> {
-        e.local.map(|l| {
-            if l == from {
-                Direction::Sent
-            } else {
-                Direction::Received
-            }
-        })
-    }
-
-    fn port_label(&mut self, e: &mut Entry) -> String {
-        if let Some(p) = &e.port {
-            return p.clone();
-        }
-        let server_port = e.conn.server().map(|s| e.eps.addrs[s].port());
-        let label = self.ports.label(server_port);
-        if server_port.is_some() {
-            e.port = Some(label.clone());
-        }
-        label
-    }
-
-    fn report(&mut self, e: &mut Entry, hs: &[Happening]) {
-        for h in hs {
-            let role = Self::role(e);
-            match h {
-                Happening::Opened(t) => {
-                    if let Some(s) = e.conn.server()
-                        && e.port.is_none()
-                    {
-                        self.ports.admit(e.eps.addrs[s].port());
-                    }
-                    let port = self.port_label(e);
-                    self.sink.opened(role, &port, t.as_ref());
-                }
-                Happening::Failed(reason) => {
-                    let port = self.port_label(e);
-                    self.sink.failed(role, &port, *reason);
-                    self.write_record(e, reason.name(), true);
-                }
-                Happening::Closed(how) => {
-                    let port = self.port_label(e);
-                    self.sink.closed(role, &port, *how);
-                    self.write_record(e, how.name(), false);
-                }
-                Happening::Retransmitted {
-                    from,
-                    kind,
-                    segs,
-                    bytes,
-                } => {
-                    let Some(dir) = Self::direction(e, *from) else {
-                        continue;
-                    };
-                    let port = self.port_label(e);
-                    self.sink.retransmitted(dir, *kind, &port, *segs, *bytes);
-                }
-                Happening::OutOfOrder { from, segs } => {
-                    if let Some(dir) = Self::direction(e, *from) {
-                        self.sink.out_of_order(dir, *segs);
-                    }
-                }
-                Happening::Reset { from, phase } => {
-                    let dir = match e.local {
-                        Some(l) if l == *from => Direction::Sent,
-                        Some(_) => Direction::Received,
-                        None => continue,
-                    };
-                    self.sink.reset(dir, *phase);
-                }
-            }
-        }
-    }
-
-    fn write_record(&mut self, e: &Entry, how: &'static str, failed: bool) {
-        let rec = ConnRecord::new(
-            &e.conn,
-            &e.eps,
-            Self::role(e).name(),
-            how,
-            failed,
-            &self.to_unix,
-        );
-        self.sink.record(&rec);
     }
 
     /// Evicts the oldest connections until there is room for one more.
@@ -376,7 +292,7 @@ impl<S: Sink> Engine<S> {
             {
                 self.conns.remove(&key);
                 self.evicted += 1;
-                self.sink.evicted();
+                self.out.sink.evicted();
             }
         }
         // Keep the order queue from growing without bound with stale entries.
@@ -421,7 +337,7 @@ impl<S: Sink> Engine<S> {
         for key in ended {
             let mut e = self.conns.remove(&key).expect("present");
             if let Some(h) = e.conn.expire(now_ns) {
-                self.report(&mut e, &[h]);
+                self.out.report(&mut e, &[h]);
             }
         }
     }
@@ -446,7 +362,7 @@ impl<S: Sink> Engine<S> {
                 && l == s
                 && e.conn.ends[s] == TcpState::SynReceived
             {
-                let port = self.ports.label(Some(e.eps.addrs[s].port()));
+                let port = self.out.ports.label(Some(e.eps.addrs[s].port()));
                 *m.entry(port).or_default() += 1;
             }
         }
@@ -462,10 +378,10 @@ impl<S: Sink> Engine<S> {
                 ConnRecord::new(
                     &e.conn,
                     &e.eps,
-                    Self::role(e).name(),
+                    role(e).name(),
                     "open",
                     false,
-                    &self.to_unix,
+                    &self.out.to_unix,
                 )
             })
             .collect()
@@ -482,6 +398,105 @@ impl<S: Sink> Engine<S> {
             .collect()
     }
 }
+
+impl<S: Sink> Reporter<S> {
+    fn port_label(&mut self, e: &mut Entry) -> String {
+        if let Some(p) = &e.port {
+            return p.clone();
+        }
+        let server_port = e.conn.server().map(|s| e.eps.addrs[s].port());
+        let label = self.ports.label(server_port);
+        if server_port.is_some() {
+            e.port = Some(label.clone());
+        }
+        label
+    }
+
+    fn report(&mut self, e: &mut Entry, hs: &[Happening]) {
+        for h in hs {
+            let role = role(e);
+            match h {
+                Happening::Opened(t) => {
+                    if let Some(s) = e.conn.server()
+                        && e.port.is_none()
+                    {
+                        self.ports.admit(e.eps.addrs[s].port());
+                    }
+                    let port = self.port_label(e);
+                    self.sink.opened(role, &port, t.as_ref());
+                }
+                Happening::Failed(reason) => {
+                    let port = self.port_label(e);
+                    self.sink.failed(role, &port, *reason);
+                    self.write_record(e, reason.name(), true);
+                }
+                Happening::Closed(how) => {
+                    let port = self.port_label(e);
+                    self.sink.closed(role, &port, *how);
+                    self.write_record(e, how.name(), false);
+                }
+                Happening::Retransmitted {
+                    from,
+                    kind,
+                    segs,
+                    bytes,
+                } => {
+                    let Some(dir) = direction(e, *from) else {
+                        continue;
+                    };
+                    let port = self.port_label(e);
+                    self.sink.retransmitted(dir, *kind, &port, *segs, *bytes);
+                }
+                Happening::OutOfOrder { from, segs } => {
+                    if let Some(dir) = direction(e, *from) {
+                        self.sink.out_of_order(dir, *segs);
+                    }
+                }
+                Happening::Reset { from, phase } => {
+                    let dir = match e.local {
+                        Some(l) if l == *from => Direction::Sent,
+                        Some(_) => Direction::Received,
+                        None => continue,
+                    };
+                    self.sink.reset(dir, *phase);
+                }
+            }
+        }
+    }
+
+    fn write_record(&mut self, e: &Entry, how: &'static str, failed: bool) {
+        let rec = ConnRecord::new(
+            &e.conn,
+            &e.eps,
+            role(e).name(),
+            how,
+            failed,
+            &self.to_unix,
+        );
+        self.sink.record(&rec);
+    }
+
+}
+
+fn role(e: &Entry) -> Role {
+    match (e.local, e.conn.client) {
+        (Some(l), Some(c)) if l == c => Role::Client,
+        (Some(_), Some(_)) => Role::Server,
+        _ => Role::Unknown,
+    }
+}
+
+/// Sent or received by the monitored host, if it is known.
+fn direction(e: &Entry, from: End) -> Option<Direction> {
+    e.local.map(|l| {
+        if l == from {
+            Direction::Sent
+        } else {
+            Direction::Received
+        }
+    })
+}
+
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

@@ -100,7 +100,7 @@ fn server_side_lifecycle_and_time_wait() {
     served(&mut e, 40000, 0, true);
     served(&mut e, 40001, 1000, false);
     assert_eq!(
-        e.sink.calls,
+        e.out.sink.calls,
         [
             "opened server 80",
             "closed server 80 fin",
@@ -108,14 +108,14 @@ fn server_side_lifecycle_and_time_wait() {
             "closed server 80 fin"
         ]
     );
-    assert_eq!(e.sink.irtt, [60_000, 60_000]);
+    assert_eq!(e.out.sink.irtt, [60_000, 60_000]);
     // The server closed first once: that connection stays, in TIME-WAIT, locally.
     let states = e.local_states();
     assert_eq!(states.get(&TcpState::TimeWait), Some(&1));
     // Both stay tracked while one of their ends is in TIME-WAIT (the client's, for
     // the second), but only the local end's state is counted.
     assert_eq!(e.len(), 2);
-    let r = &e.sink.records[0];
+    let r = &e.out.sink.records[0];
     assert_eq!(r.closed_by, Some("server"));
     assert_eq!((r.client_state, r.server_state), ("closed", "time_wait"));
     assert_eq!(r.irtt_ns, Some(60_000));
@@ -134,7 +134,7 @@ fn client_side_refused_and_reset() {
     e.on_event(&ev(true, 50000, 9, SYN, 1, 0, 0));
     e.on_event(&ev(false, 50000, 9, RST | ACK, 0, 2, 5));
     assert_eq!(
-        e.sink.calls,
+        e.out.sink.calls,
         ["reset received handshake", "failed client other refused"]
     );
     assert!(e.is_empty());
@@ -143,7 +143,7 @@ fn client_side_refused_and_reset() {
     e.on_event(&ev(true, 50001, 443, ACK, 2, 8, 30));
     e.on_event(&ev(true, 50001, 443, RST | ACK, 2, 8, 40));
     assert_eq!(
-        e.sink.calls[2..],
+        e.out.sink.calls[2..],
         [
             "opened client 443",
             "reset sent established",
@@ -163,7 +163,7 @@ fn half_open_is_counted_then_times_out() {
     );
     e.tick(76_000_000_000, &mut NoProbe);
     assert!(e.half_open_by_port().is_empty());
-    assert_eq!(e.sink.calls, ["failed server other timeout"]);
+    assert_eq!(e.out.sink.calls, ["failed server other timeout"]);
 }
 
 #[test]
@@ -212,5 +212,5 @@ fn idle_connections_time_out_unless_the_probe_sees_traffic() {
     assert_eq!(e.len(), 1, "probe saw traffic");
     e.tick(7_000_000_000, &mut NoProbe);
     assert!(e.is_empty());
-    assert_eq!(e.sink.calls.last().unwrap(), "closed client 80 timeout");
+    assert_eq!(e.out.sink.calls.last().unwrap(), "closed client 80 timeout");
 }

@@ -33,7 +33,7 @@ pub enum ReplayError {
 
 /// The flow map of replay: what the kernel's LRU map is live.
 #[derive(Default)]
-pub struct ReplayFlows(HashMap<FlowKey, FlowState>);
+pub struct ReplayFlows(HashMap<FlowKey, FlowState, foldhash::fast::RandomState>);
 
 impl FlowTable for ReplayFlows {
     fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
@@ -90,7 +90,7 @@ pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayErro
             path: "lifecycle log".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    engine.sink.keep = Some(Vec::new());
+    engine.out.sink.keep = Some(Vec::new());
     let mut r = Report {
         format: "pcap",
         linktypes: Vec::new(),
@@ -114,7 +114,7 @@ pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayErro
     loop {
         match reader.next() {
             Ok((offset, block)) => {
-                let packet: Option<(i32, u64, Vec<u8>)> = match block {
+                let packet: Option<(i32, u64, &[u8])> = match block {
                     PcapBlockOwned::LegacyHeader(h) => {
                         legacy = Some((h.network.0, h.is_nanosecond_precision()));
                         r.linktypes.push(h.network.0);
@@ -122,7 +122,7 @@ pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayErro
                     }
                     PcapBlockOwned::Legacy(b) => legacy.map(|(lt, nanos)| {
                         let frac = b.ts_usec as u64 * if nanos { 1 } else { 1000 };
-                        (lt, b.ts_sec as u64 * 1_000_000_000 + frac, b.data.to_vec())
+                        (lt, b.ts_sec as u64 * 1_000_000_000 + frac, b.data)
                     }),
                     PcapBlockOwned::NG(Block::SectionHeader(_)) => {
                         r.format = "pcapng";
@@ -143,24 +143,24 @@ pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayErro
                             let raw = ((p.ts_high as u128) << 32) | p.ts_low as u128;
                             let ns = raw * 1_000_000_000 / res.max(1) as u128;
                             let ns = (ns as i128 + off as i128 * 1_000_000_000) as u64;
-                            (lt, ns, p.data.to_vec())
+                            (lt, ns, p.data)
                         })
                     }
                     PcapBlockOwned::NG(Block::SimplePacket(p)) => ifaces
                         .first()
-                        .map(|&(lt, _, _)| (lt, last_tick, p.data.to_vec())),
+                        .map(|&(lt, _, _)| (lt, last_tick, p.data)),
                     PcapBlockOwned::NG(_) => None,
                 };
-                r.bytes_read += offset as u64;
-                reader.consume(offset);
                 if let Some((lt, ts, data)) = packet {
                     r.packets += 1;
-                    handle(&mut r, &mut flows, lt, ts, &data);
+                    handle(&mut r, &mut flows, lt, ts, data);
                     if ts >= last_tick + 1_000_000_000 {
                         r.engine.tick(ts, &mut flows);
                         last_tick = ts;
                     }
                 }
+                r.bytes_read += offset as u64;
+                reader.consume(offset);
             }
             Err(PcapError::Eof) => break,
             Err(PcapError::Incomplete(_)) => {

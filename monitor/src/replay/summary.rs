@@ -32,7 +32,7 @@ fn latency_line(out: &mut String, what: &str, mut v: Vec<u64>) {
 
 /// Records of every connection: ended ones and those still open at the end.
 pub fn all_records(r: &Report) -> Vec<ConnRecord> {
-    let mut v = r.engine.sink.keep.clone().unwrap_or_default();
+    let mut v = r.engine.out.sink.keep.clone().unwrap_or_default();
     v.extend(r.engine.open_records());
     v
 }
@@ -61,7 +61,7 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(o, "not TCP: {}", other.join(" "));
     }
     let recs = all_records(r);
-    let ended = r.engine.sink.keep.as_ref().map_or(0, |k| k.len());
+    let ended = r.engine.out.sink.keep.as_ref().map_or(0, |k| k.len());
     let mut how: BTreeMap<String, usize> = BTreeMap::new();
     for rec in &recs[..ended] {
         let k = if rec.failed {
