@@ -465,17 +465,9 @@ impl<S: Sink> Reporter<S> {
     }
 
     fn write_record(&mut self, e: &Entry, how: &'static str, failed: bool) {
-        let rec = ConnRecord::new(
-            &e.conn,
-            &e.eps,
-            role(e).name(),
-            how,
-            failed,
-            &self.to_unix,
-        );
+        let rec = ConnRecord::new(&e.conn, &e.eps, role(e).name(), how, failed, &self.to_unix);
         self.sink.record(&rec);
     }
-
 }
 
 fn role(e: &Entry) -> Role {
@@ -496,7 +488,6 @@ fn direction(e: &Entry, from: End) -> Option<Direction> {
         }
     })
 }
-
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

@@ -146,9 +146,9 @@ pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayErro
                             (lt, ns, p.data)
                         })
                     }
-                    PcapBlockOwned::NG(Block::SimplePacket(p)) => ifaces
-                        .first()
-                        .map(|&(lt, _, _)| (lt, last_tick, p.data)),
+                    PcapBlockOwned::NG(Block::SimplePacket(p)) => {
+                        ifaces.first().map(|&(lt, _, _)| (lt, last_tick, p.data))
+                    }
                     PcapBlockOwned::NG(_) => None,
                 };
                 if let Some((lt, ts, data)) = packet {

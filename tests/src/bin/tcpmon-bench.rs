@@ -319,13 +319,25 @@ fn agent_table(out: &mut String) {
         for i in 0..1_000_000u32 {
             let cip = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
             for f in [
-                Frame::v4(cip, 40000, B, 443).flags(SYN).seq_ack(1, 0).build(),
-                Frame::v4(B, 443, cip, 40000).flags(SYN | ACK).seq_ack(9, 2).build(),
-                Frame::v4(cip, 40000, B, 443).flags(ACK).seq_ack(2, 10).build(),
+                Frame::v4(cip, 40000, B, 443)
+                    .flags(SYN)
+                    .seq_ack(1, 0)
+                    .build(),
+                Frame::v4(B, 443, cip, 40000)
+                    .flags(SYN | ACK)
+                    .seq_ack(9, 2)
+                    .build(),
+                Frame::v4(cip, 40000, B, 443)
+                    .flags(ACK)
+                    .seq_ack(2, 10)
+                    .build(),
             ] {
                 let pkt = parse_ethernet(&f[..]).unwrap();
                 if let Some(e) = track(&mut flows, &pkt, 1, 1).emit {
-                    events.push(Event::from_raw(TcpEvent::new(&pkt, &e, 1, Hook::XdpIngress, 1, 1)).unwrap());
+                    events.push(
+                        Event::from_raw(TcpEvent::new(&pkt, &e, 1, Hook::XdpIngress, 1, 1))
+                            .unwrap(),
+                    );
                 }
             }
         }
