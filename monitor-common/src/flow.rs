@@ -141,6 +141,21 @@ pub trait FlowTable {
     fn remove(&mut self, key: &FlowKey);
 }
 
+/// A hash map is the flow table of pcap replay and of host-side tests.
+#[cfg(any(test, feature = "user"))]
+impl<S: core::hash::BuildHasher> FlowTable for std::collections::HashMap<FlowKey, FlowState, S> {
+    fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.get_mut(key)
+    }
+    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.insert(*key, FlowState::ZERO);
+        self.get_mut(key)
+    }
+    fn remove(&mut self, key: &FlowKey) {
+        std::collections::HashMap::remove(self, key);
+    }
+}
+
 /// An event that is due, with the connection's counters after the packet (from the
 /// sender's point of view) and the sequence facts retransmission analysis needs.
 /// Small on purpose: the kernel builds the full event in the ring buffer slot, not on

@@ -18,5 +18,5 @@ pub use event::TcpEvent;
 pub use flow::{FlowKey, FlowState};
 pub use parse::{ParseError, TcpPacket};
 
-#[cfg(test)]
+#[cfg(any(test, feature = "user"))]
 extern crate std;

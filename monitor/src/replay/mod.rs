@@ -9,7 +9,7 @@ use std::{collections::HashMap, fs::File, io::BufReader, path::Path, sync::Arc};
 use monitor_common::{
     FlowKey, FlowState, TcpEvent,
     event::Hook,
-    flow::{FlowTable, track},
+    flow::track,
     parse::{OUTCOME_COUNT, OUTCOME_TCP},
 };
 use pcap_parser::{PcapBlockOwned, PcapError, pcapng::Block};
@@ -31,26 +31,13 @@ pub enum ReplayError {
     NotCapture(String),
 }
 
-/// The flow map of replay: what the kernel's LRU map is live.
-#[derive(Default)]
-pub struct ReplayFlows(HashMap<FlowKey, FlowState, foldhash::fast::RandomState>);
-
-impl FlowTable for ReplayFlows {
-    fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
-        self.0.get_mut(key)
-    }
-    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
-        self.0.insert(*key, FlowState::ZERO);
-        self.0.get_mut(key)
-    }
-    fn remove(&mut self, key: &FlowKey) {
-        self.0.remove(key);
-    }
-}
+/// The flow map of replay: what the kernel's LRU map is live (a hash map is a
+/// [`monitor_common::flow::FlowTable`]).
+pub type ReplayFlows = HashMap<FlowKey, FlowState, foldhash::fast::RandomState>;
 
 impl ActivityProbe for ReplayFlows {
     fn activity(&mut self, key: &FlowKey) -> Option<u64> {
-        self.0.get(key).map(|s| s.segs[0] as u64 + s.segs[1] as u64)
+        self.get(key).map(|s| s.segs[0] as u64 + s.segs[1] as u64)
     }
 }
 
