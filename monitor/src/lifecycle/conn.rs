@@ -116,7 +116,8 @@ impl Phase {
     }
 }
 
-/// Handshake legs in nanoseconds (Wireshark's iRTT is their sum).
+/// Handshake timing in nanoseconds, from the most recent SYN (as Wireshark's iRTT:
+/// a retransmitted SYN restarts the clock).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Handshake {
     pub syn_to_synack_ns: u64,
@@ -124,6 +125,7 @@ pub struct Handshake {
 }
 
 impl Handshake {
+    /// Wireshark's `tcp.analysis.initial_rtt`.
     pub fn total_ns(&self) -> u64 {
         self.syn_to_synack_ns + self.synack_to_ack_ns
     }
@@ -161,9 +163,15 @@ pub struct Conn {
     pub ends: [TcpState; 2],
     pub first_ns: u64,
     pub last_ns: u64,
+    /// The most recent SYN (Wireshark's `ts_mru_syn`).
     pub syn_ns: Option<u64>,
+    /// The first SYN-ACK after it.
     pub synack_ns: Option<u64>,
+    /// The handshake-completing ACK.
     pub ack_ns: Option<u64>,
+    /// The first segment with ACK and without SYN after a SYN, whatever it is (a
+    /// refused connection's RST|ACK included): Wireshark's iRTT ends there.
+    pub irtt_end_ns: Option<u64>,
     pub syns: u32,
     pub synacks: u32,
     isn: [Option<u32>; 2],
@@ -196,6 +204,7 @@ impl Conn {
             syn_ns: None,
             synack_ns: None,
             ack_ns: None,
+            irtt_end_ns: None,
             syns: 0,
             synacks: 0,
             isn: [None; 2],
@@ -262,9 +271,12 @@ impl Conn {
             self.completeness |= cpl::DATA;
         }
         // Wireshark sets its ACK bit for any non-SYN segment with ACK set (a refused
-        // connection's RST|ACK included).
+        // connection's RST|ACK included), and ends its iRTT at the first one.
         if f & ACK != 0 && f & SYN == 0 {
             self.completeness |= cpl::ACK;
+            if self.syn_ns.is_some() && self.irtt_end_ns.is_none() {
+                self.irtt_end_ns = Some(seg.ts_ns);
+            }
         }
         if f & RST != 0 {
             self.on_rst(seg, out);
@@ -282,7 +294,10 @@ impl Conn {
                 self.client = Some(s);
                 self.syns += 1;
                 self.isn[s] = Some(seg.seq);
-                self.syn_ns.get_or_insert(seg.ts_ns);
+                if self.irtt_end_ns.is_none() {
+                    self.syn_ns = Some(seg.ts_ns);
+                    self.synack_ns = None;
+                }
                 self.ends[s] = TcpState::SynSent;
             } else {
                 self.completeness |= cpl::SYN_ACK;
@@ -312,12 +327,17 @@ impl Conn {
         self.check_closed(seg.ts_ns, out);
     }
 
+    /// Wireshark's initial RTT: most recent SYN to the first non-SYN ACK.
+    pub fn irtt(&self) -> Option<u64> {
+        match (self.syn_ns, self.irtt_end_ns) {
+            (Some(s), Some(a)) if a >= s => Some(a - s),
+            _ => None,
+        }
+    }
+
     /// The initial RTT, for the out-of-order threshold (0 if unknown).
     pub fn irtt_ns(&self) -> u64 {
-        match (self.syn_ns, self.ack_ns) {
-            (Some(s), Some(a)) if a >= s => a - s,
-            _ => 0,
-        }
+        self.irtt().unwrap_or(0)
     }
 
     fn retransmitted(&mut self, from: End, kind: RetransKind, seg: &Seg, out: &mut Vec<Happening>) {
@@ -436,7 +456,7 @@ impl Conn {
         self.reset_by = Some(s);
         let refused = self.client == Some(s ^ 1)
             && self.ends[s ^ 1] == TcpState::SynSent
-            && self.synack_ns.is_none();
+            && self.synacks == 0;
         if refused {
             out.push(Happening::Failed(FailReason::Refused));
         } else if phase == Phase::Handshake && !self.mid_stream {

@@ -125,6 +125,8 @@ fn refused_connection() {
         ]
     );
     assert!(c.done());
+    // As tshark: the RST|ACK ends the iRTT too.
+    assert_eq!(c.irtt(), Some(5_000));
     // As tshark reports it: the RST carries ACK.
     assert_eq!(c.completeness, cpl::SYN | cpl::ACK | cpl::RST);
 }
@@ -174,7 +176,7 @@ fn rst_into_time_wait_ends_it_without_counting_twice() {
 }
 
 #[test]
-fn syn_retries_keep_the_first_syn_time() {
+fn syn_retries_restart_the_handshake_clock_as_wireshark_does() {
     let (c, out) = run(&[
         seg(C, SYN, 1, 0, 0),
         seg(C, SYN, 1, 0, 1_000_000),
@@ -195,8 +197,10 @@ fn syn_retries_keep_the_first_syn_time() {
     let Happening::Opened(Some(h)) = out[1] else {
         panic!("{out:?}")
     };
-    assert_eq!(h.total_ns(), 1_000_100_000);
-    assert_eq!(h.syn_to_synack_ns, 1_000_050_000);
+    // Wireshark's iRTT runs from the most recent SYN (ts_mru_syn).
+    assert_eq!(h.total_ns(), 100_000);
+    assert_eq!(h.syn_to_synack_ns, 50_000);
+    assert_eq!(c.irtt(), Some(100_000));
 }
 
 #[test]

@@ -66,17 +66,17 @@ impl LifecycleMetrics {
             handshake: histogram(
                 r,
                 "tcpmon_handshake_duration_seconds",
-                "First SYN to the ACK completing the handshake (Wireshark's iRTT)",
+                "Most recent SYN to the ACK completing the handshake (Wireshark's iRTT)",
             ),
             syn_to_synack: histogram(
                 r,
                 "tcpmon_handshake_syn_to_synack_seconds",
-                "First SYN to the first SYN-ACK (on a server: local stack time)",
+                "Most recent SYN to the first SYN-ACK after it (on a server: local stack time)",
             ),
             synack_to_ack: histogram(
                 r,
                 "tcpmon_handshake_synack_to_ack_seconds",
-                "First SYN-ACK to the handshake's ACK (on a server: the path to the client)",
+                "SYN-ACK to the handshake's ACK (on a server: the path to the client)",
             ),
             opened: counter(
                 r,

@@ -25,7 +25,8 @@ pub struct ConnRecord {
     pub local_role: &'static str,
     pub syn_to_synack_ns: Option<u64>,
     pub synack_to_ack_ns: Option<u64>,
-    /// Wireshark's tcp.analysis.initial_rtt: first SYN to the handshake's ACK.
+    /// Wireshark's tcp.analysis.initial_rtt: most recent SYN to the first segment
+    /// with ACK and without SYN.
     pub irtt_ns: Option<u64>,
     pub syns: u32,
     pub synacks: u32,
@@ -96,7 +97,7 @@ impl ConnRecord {
             local_role,
             syn_to_synack_ns: l1,
             synack_to_ack_ns: l2,
-            irtt_ns: l1.zip(l2).map(|(a, b)| a + b),
+            irtt_ns: c.irtt(),
             syns: c.syns,
             synacks: c.synacks,
             bytes_client_to_server: c.bytes[client],
