@@ -29,8 +29,10 @@ need_root_for_apt() {
 
 apt_install() {
     local missing=()
+    local status
     for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        [[ $status == "install ok installed" ]] || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     need_root_for_apt
@@ -51,13 +53,21 @@ install_rustup() {
     rustup set auto-self-update disable >/dev/null 2>&1 || true
 }
 
+# Checks read whole outputs into variables: with pipefail, `cmd | grep -q` fails
+# whenever grep exits before cmd has written everything (SIGPIPE).
+installed_components() {
+    rustup component list --toolchain "$1" --installed 2>/dev/null || true
+}
+
 install_toolchains() {
-    if ! rustup run "$STABLE" rustc --version >/dev/null 2>&1 \
-        || ! rustup component list --toolchain "$STABLE" --installed 2>/dev/null | grep -q clippy; then
+    local comps
+    comps=$(installed_components "$STABLE")
+    if [[ $comps != *clippy* || $comps != *rustfmt* ]]; then
         log "installing Rust $STABLE (userspace)"
         rustup toolchain install "$STABLE" --profile minimal --component clippy,rustfmt
     fi
-    if ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q rust-src; then
+    comps=$(installed_components "$NIGHTLY")
+    if [[ $comps != *rust-src* || $comps != *clippy* ]]; then
         log "installing $NIGHTLY with rust-src (eBPF)"
         rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src,clippy
     fi
@@ -69,10 +79,13 @@ install_bpf_linker() {
     local sys lib
     sys=$(rustup run "$NIGHTLY" rustc --print sysroot)
     lib=$(cd "$sys/lib" && ls libLLVM.so.* | head -1)
-    if command -v bpf-linker >/dev/null 2>&1 \
-        && bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION" \
-        && ldd "$(command -v bpf-linker)" | grep -q "$sys/lib/$lib"; then
-        return 0
+    if command -v bpf-linker >/dev/null 2>&1; then
+        local version libs
+        version=$(bpf-linker --version 2>/dev/null || true)
+        libs=$(ldd "$(command -v bpf-linker)" 2>/dev/null || true)
+        if [[ $version == *"$BPF_LINKER_VERSION"* && $libs == *"$sys/lib/$lib"* ]]; then
+            return 0
+        fi
     fi
     apt_install build-essential
     local major tmp
