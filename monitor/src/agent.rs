@@ -67,11 +67,7 @@ impl LifecycleOptions {
         Ok(Engine::new(
             self.engine.clone(),
             PortLabels::new(self.ports.iter().copied(), self.port_budget),
-            Outputs {
-                metrics,
-                log,
-                keep: None,
-            },
+            Outputs::new(metrics, log),
             move |t| clock.unix_ns(t),
         ))
     }

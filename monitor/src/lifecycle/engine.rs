@@ -54,9 +54,9 @@ impl Direction {
 
 /// Where the engine's findings go (metrics, the JSON log, a replay summary).
 pub trait Sink {
-    fn opened(&mut self, role: Role, port: &str, handshake: Option<&Handshake>);
-    fn failed(&mut self, role: Role, port: &str, reason: FailReason);
-    fn closed(&mut self, role: Role, port: &str, how: CloseHow);
+    fn opened(&mut self, role: Role, port: &'static str, handshake: Option<&Handshake>);
+    fn failed(&mut self, role: Role, port: &'static str, reason: FailReason);
+    fn closed(&mut self, role: Role, port: &'static str, how: CloseHow);
     fn reset(&mut self, direction: Direction, phase: Phase);
     fn record(&mut self, record: &ConnRecord);
     fn retransmitted(
@@ -120,7 +120,7 @@ struct Entry {
     /// The monitored host's endpoint, when known.
     local: Option<End>,
     /// Port label, fixed once the server is known.
-    port: Option<String>,
+    port: Option<&'static str>,
     generation: u64,
     activity: Option<u64>,
 }
@@ -355,7 +355,7 @@ impl<S: Sink> Engine<S> {
 
     /// Half-open connections where the monitored host is the server: SYN-ACK sent,
     /// no ACK yet. Works with SYN cookies, where the kernel keeps no request socket.
-    pub fn half_open_by_port(&self) -> HashMap<String, u64> {
+    pub fn half_open_by_port(&self) -> HashMap<&'static str, u64> {
         let mut m = HashMap::new();
         for e in self.conns.values() {
             if let (Some(l), Some(s)) = (e.local, e.conn.server())
@@ -400,14 +400,14 @@ impl<S: Sink> Engine<S> {
 }
 
 impl<S: Sink> Reporter<S> {
-    fn port_label(&mut self, e: &mut Entry) -> String {
-        if let Some(p) = &e.port {
-            return p.clone();
+    fn port_label(&mut self, e: &mut Entry) -> &'static str {
+        if let Some(p) = e.port {
+            return p;
         }
         let server_port = e.conn.server().map(|s| e.eps.addrs[s].port());
         let label = self.ports.label(server_port);
         if server_port.is_some() {
-            e.port = Some(label.clone());
+            e.port = Some(label);
         }
         label
     }

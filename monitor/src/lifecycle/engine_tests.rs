@@ -19,17 +19,17 @@ struct Rec {
 }
 
 impl Sink for Rec {
-    fn opened(&mut self, role: Role, port: &str, h: Option<&Handshake>) {
+    fn opened(&mut self, role: Role, port: &'static str, h: Option<&Handshake>) {
         self.calls.push(format!("opened {} {port}", role.name()));
         if let Some(h) = h {
             self.irtt.push(h.total_ns());
         }
     }
-    fn failed(&mut self, role: Role, port: &str, reason: FailReason) {
+    fn failed(&mut self, role: Role, port: &'static str, reason: FailReason) {
         self.calls
             .push(format!("failed {} {port} {}", role.name(), reason.name()));
     }
-    fn closed(&mut self, role: Role, port: &str, how: CloseHow) {
+    fn closed(&mut self, role: Role, port: &'static str, how: CloseHow) {
         self.calls
             .push(format!("closed {} {port} {}", role.name(), how.name()));
     }
@@ -157,10 +157,7 @@ fn half_open_is_counted_then_times_out() {
     let mut e = engine(Config::default());
     e.on_event(&ev(false, 80, 1234, SYN, 1, 0, 0));
     e.on_event(&ev(true, 80, 1234, SYN | ACK, 9, 2, 1));
-    assert_eq!(
-        e.half_open_by_port(),
-        HashMap::from([("other".to_string(), 1)])
-    );
+    assert_eq!(e.half_open_by_port(), HashMap::from([("other", 1)]));
     e.tick(76_000_000_000, &mut NoProbe);
     assert!(e.half_open_by_port().is_empty());
     assert_eq!(e.out.sink.calls, ["failed server other timeout"]);

@@ -183,9 +183,19 @@ impl LifecycleMetrics {
     }
 }
 
+/// Metric children of one (role, port): looked up once, then used directly.
+struct PortHandles {
+    opened: prometheus::IntCounter,
+    handshake: prometheus::Histogram,
+    syn_to_synack: prometheus::Histogram,
+    synack_to_ack: prometheus::Histogram,
+}
+
 /// Where the engine's findings go in the agent and in replay.
 #[derive(Default)]
 pub struct Outputs {
+    /// Bounded like the port labels: roles x (ports + 1).
+    handles: std::collections::HashMap<(Role, &'static str), PortHandles>,
     pub metrics: Option<Arc<LifecycleMetrics>>,
     /// JSON-lines lifecycle log.
     pub log: Option<Box<dyn Write + Send>>,
@@ -193,24 +203,38 @@ pub struct Outputs {
     pub keep: Option<Vec<ConnRecord>>,
 }
 
+impl Outputs {
+    pub fn new(metrics: Option<Arc<LifecycleMetrics>>, log: Option<Box<dyn Write + Send>>) -> Self {
+        Outputs {
+            metrics,
+            log,
+            ..Outputs::default()
+        }
+    }
+}
+
 impl Sink for Outputs {
-    fn opened(&mut self, role: Role, port: &str, h: Option<&Handshake>) {
+    fn opened(&mut self, role: Role, port: &'static str, h: Option<&Handshake>) {
         let Some(m) = &self.metrics else { return };
-        let l = [role.name(), port];
-        m.opened.with_label_values(&l).inc();
+        let handles = self.handles.entry((role, port)).or_insert_with(|| {
+            let l = [role.name(), port];
+            PortHandles {
+                opened: m.opened.with_label_values(&l),
+                handshake: m.handshake.with_label_values(&l),
+                syn_to_synack: m.syn_to_synack.with_label_values(&l),
+                synack_to_ack: m.synack_to_ack.with_label_values(&l),
+            }
+        });
+        handles.opened.inc();
         if let Some(h) = h {
             let s = |ns: u64| ns as f64 / 1e9;
-            m.handshake.with_label_values(&l).observe(s(h.total_ns()));
-            m.syn_to_synack
-                .with_label_values(&l)
-                .observe(s(h.syn_to_synack_ns));
-            m.synack_to_ack
-                .with_label_values(&l)
-                .observe(s(h.synack_to_ack_ns));
+            handles.handshake.observe(s(h.total_ns()));
+            handles.syn_to_synack.observe(s(h.syn_to_synack_ns));
+            handles.synack_to_ack.observe(s(h.synack_to_ack_ns));
         }
     }
 
-    fn failed(&mut self, role: Role, port: &str, reason: FailReason) {
+    fn failed(&mut self, role: Role, port: &'static str, reason: FailReason) {
         if let Some(m) = &self.metrics {
             m.failures
                 .with_label_values(&[role.name(), port, reason.name()])
@@ -218,7 +242,7 @@ impl Sink for Outputs {
         }
     }
 
-    fn closed(&mut self, role: Role, port: &str, how: CloseHow) {
+    fn closed(&mut self, role: Role, port: &'static str, how: CloseHow) {
         if let Some(m) = &self.metrics {
             m.closed
                 .with_label_values(&[role.name(), port, how.name()])

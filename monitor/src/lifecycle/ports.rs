@@ -1,6 +1,6 @@
 //! The bounded set of service ports used as a metric label.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Label for every port outside the set.
 pub const OTHER: &str = "other";
@@ -13,29 +13,37 @@ pub struct PortLabels {
     configured: BTreeSet<u16>,
     auto: BTreeSet<u16>,
     budget: usize,
+    /// The label strings, made once per port. Leaked on purpose: at most
+    /// `configured + budget` of them exist for the life of the process, and `&'static`
+    /// labels cost nothing to hand to every connection and metric.
+    names: BTreeMap<u16, &'static str>,
 }
 
 impl PortLabels {
     pub fn new(configured: impl IntoIterator<Item = u16>, budget: usize) -> PortLabels {
+        let configured: BTreeSet<u16> = configured.into_iter().collect();
+        let names = configured.iter().map(|p| (*p, leak(*p))).collect();
         PortLabels {
-            configured: configured.into_iter().collect(),
+            configured,
             auto: BTreeSet::new(),
             budget,
+            names,
         }
     }
 
     /// Admits `port` if there is room (call when a handshake completes on it).
     pub fn admit(&mut self, port: u16) {
-        if !self.configured.contains(&port) && self.auto.len() < self.budget {
-            self.auto.insert(port);
+        if !self.configured.contains(&port)
+            && self.auto.len() < self.budget
+            && self.auto.insert(port)
+        {
+            self.names.insert(port, leak(port));
         }
     }
 
-    pub fn label(&self, port: Option<u16>) -> String {
-        match port {
-            Some(p) if self.configured.contains(&p) || self.auto.contains(&p) => p.to_string(),
-            _ => OTHER.to_string(),
-        }
+    pub fn label(&self, port: Option<u16>) -> &'static str {
+        port.and_then(|p| self.names.get(&p).copied())
+            .unwrap_or(OTHER)
     }
 
     /// Every label value this set can produce right now.
@@ -46,6 +54,10 @@ impl PortLabels {
             .map(|p| p.to_string())
             .chain(std::iter::once(OTHER.to_string()))
     }
+}
+
+fn leak(port: u16) -> &'static str {
+    Box::leak(port.to_string().into_boxed_str())
 }
 
 #[cfg(test)]

@@ -484,9 +484,18 @@ fn main() {
     tests::require_root();
     let mut out = String::from("# tcpmon benchmarks\n");
     let started = Instant::now();
-    kernel_table(&mut out);
-    agent_table(&mut out);
-    replay_table(&mut out);
+    // TCPMON_BENCH_ONLY=kernel|agent|replay runs one part (for profiling).
+    let only = std::env::var("TCPMON_BENCH_ONLY").unwrap_or_default();
+    let part = |p: &str| only.is_empty() || only == p;
+    if part("kernel") {
+        kernel_table(&mut out);
+    }
+    if part("agent") {
+        agent_table(&mut out);
+    }
+    if part("replay") {
+        replay_table(&mut out);
+    }
     out.push_str(&format!(
         "\n(total bench time {:.0} s)\n",
         started.elapsed().as_secs_f64()
