@@ -423,16 +423,16 @@ impl<S: Sink> Reporter<S> {
                         self.ports.admit(e.eps.addrs[s].port());
                     }
                     let port = self.port_label(e);
-                    self.sink.opened(role, &port, t.as_ref());
+                    self.sink.opened(role, port, t.as_ref());
                 }
                 Happening::Failed(reason) => {
                     let port = self.port_label(e);
-                    self.sink.failed(role, &port, *reason);
+                    self.sink.failed(role, port, *reason);
                     self.write_record(e, reason.name(), true);
                 }
                 Happening::Closed(how) => {
                     let port = self.port_label(e);
-                    self.sink.closed(role, &port, *how);
+                    self.sink.closed(role, port, *how);
                     self.write_record(e, how.name(), false);
                 }
                 Happening::Retransmitted {
@@ -445,7 +445,7 @@ impl<S: Sink> Reporter<S> {
                         continue;
                     };
                     let port = self.port_label(e);
-                    self.sink.retransmitted(dir, *kind, &port, *segs, *bytes);
+                    self.sink.retransmitted(dir, *kind, port, *segs, *bytes);
                 }
                 Happening::OutOfOrder { from, segs } => {
                     if let Some(dir) = direction(e, *from) {
