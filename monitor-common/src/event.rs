@@ -205,8 +205,8 @@ impl TcpEvent {
             vlan_depth: pkt.vlan_depth,
             seq_flags: ((emit.note.rev_ack_valid as u8) * REV_ACK_VALID)
                 | ((emit.note.rewind as u8) * REWIND),
-            since_high_ns: emit.note.since_high_ns,
-            since_rev_dup_ns: emit.note.since_rev_dup_ns,
+            since_high_ns: ts_ns.saturating_sub(emit.note.high_ns),
+            since_rev_dup_ns: ts_ns.saturating_sub(emit.note.rev_dup_ns),
             high: emit.note.high,
             rev_ack: emit.note.rev_ack,
             rev_dup_acks: emit.note.rev_dup_acks,

@@ -8,7 +8,7 @@
 use crate::event::EventKind;
 use crate::flags::{ACK, FIN, RST, SYN};
 use crate::parse::TcpPacket;
-use crate::seq::{self, DirSeq, SeqNote};
+use crate::seq::{self, DirSeq, LazyClock, SeqNote};
 
 /// Both directions of a connection map to the same key: the endpoint that sorts
 /// lower (address words, then port) is `lo`.
@@ -203,19 +203,25 @@ pub struct Tracked {
 
 /// Updates the entry's counters and sequence state for a packet in `dir`.
 #[inline(always)]
-fn observe(s: &mut FlowState, dir: u8, pkt: &TcpPacket, segs: u16, now: u64) -> SeqNote {
+fn observe<F: FnMut() -> u64>(
+    s: &mut FlowState,
+    dir: u8,
+    pkt: &TcpPacket,
+    segs: u16,
+    clock: &mut LazyClock<F>,
+) -> SeqNote {
     s.account(dir, pkt.payload_len, segs);
     let d = (dir & 1) as usize;
     let [a, b] = &mut s.seq;
     if d == 0 {
-        seq::observe(a, b, pkt, now)
+        seq::observe(a, b, pkt, clock)
     } else {
-        seq::observe(b, a, pkt, now)
+        seq::observe(b, a, pkt, clock)
     }
 }
 
-/// Runs the emit policy for one parsed packet, standing for `segs` wire segments and
-/// seen at `now`, against `table`.
+/// Runs the emit policy for one parsed packet, standing for `segs` wire segments,
+/// against `table`.
 ///
 /// Emitted: every SYN, SYN-ACK, FIN and RST; the first ACK from the client that
 /// acknowledges the server's ISN (the handshake's third segment, or the first data
@@ -224,9 +230,16 @@ fn observe(s: &mut FlowState, dir: u8, pkt: &TcpPacket, segs: u16, now: u64) -> 
 /// direction's sequence space (retransmission, out-of-order or keep-alive candidate).
 /// Everything else stays in the kernel.
 #[inline(always)]
-pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16, now: u64) -> Tracked {
+/// `clock` is read only when needed (a segment that advances its direction, a
+/// duplicate ACK); the caller reads it again for the event's timestamp.
+pub fn track<T: FlowTable, F: FnMut() -> u64>(
+    table: &mut T,
+    pkt: &TcpPacket,
+    segs: u16,
+    clock: &mut LazyClock<F>,
+) -> Tracked {
     let zero_window = seq::zero_window(pkt);
-    let (emit, dup_ack) = track_flow(table, pkt, segs, now);
+    let (emit, dup_ack) = track_flow(table, pkt, segs, clock);
     Tracked {
         emit,
         dup_ack,
@@ -235,11 +248,11 @@ pub fn track<T: FlowTable>(table: &mut T, pkt: &TcpPacket, segs: u16, now: u64) 
 }
 
 #[inline(always)]
-fn track_flow<T: FlowTable>(
+fn track_flow<T: FlowTable, F: FnMut() -> u64>(
     table: &mut T,
     pkt: &TcpPacket,
     segs: u16,
-    now: u64,
+    clock: &mut LazyClock<F>,
 ) -> (Option<Emit>, bool) {
     let (key, dir) = FlowKey::of(pkt);
     let f = pkt.flags;
@@ -258,7 +271,7 @@ fn track_flow<T: FlowTable>(
             s.client_dir = dir;
             s.state = STATE_SYN_SEEN;
             s.syn_seq = pkt.seq;
-            let note = observe(s, dir, pkt, segs, now);
+            let note = observe(s, dir, pkt, segs, clock);
             return (Some(Emit::new(EventKind::Syn, Some(s), dir, note)), false);
         }
         let known = matches!(table.lookup(&key),
@@ -282,7 +295,7 @@ fn track_flow<T: FlowTable>(
         }
         s.synack_seq = pkt.seq;
         s.state |= STATE_SYNACK_SEEN;
-        let note = observe(s, dir, pkt, segs, now);
+        let note = observe(s, dir, pkt, segs, clock);
         return (
             Some(Emit::new(EventKind::SynAck, Some(s), dir, note)),
             false,
@@ -309,7 +322,7 @@ fn track_flow<T: FlowTable>(
             s
         }
     };
-    let note = observe(s, dir, pkt, segs, now);
+    let note = observe(s, dir, pkt, segs, clock);
     if f & RST != 0 {
         let e = Emit::new(EventKind::Rst, Some(s), dir, note);
         table.remove(&key);

@@ -68,26 +68,55 @@ pub struct SeqNote {
     pub dup_ack: bool,
     /// `high` of the segment's direction before it (0 if unknown).
     pub high: u32,
-    pub since_high_ns: u64,
+    /// When `high` last advanced before this segment.
+    pub high_ns: u64,
     /// The other direction's last ACK and duplicate-ACK run.
     pub rev_ack: u32,
     pub rev_ack_valid: bool,
     pub rev_dup_acks: u16,
-    pub since_rev_dup_ns: u64,
+    /// When the other direction's last duplicate ACK was sent.
+    pub rev_dup_ns: u64,
 }
 
-/// Updates `fwd` (the segment's direction) for `pkt` at `now`; `rev` is read only.
+/// The current time, read at most once per packet and only when needed: the clock
+/// is a helper call on every packet otherwise.
+pub struct LazyClock<F: FnMut() -> u64> {
+    read: F,
+    now: u64,
+}
+
+impl<F: FnMut() -> u64> LazyClock<F> {
+    #[inline(always)]
+    pub fn new(read: F) -> Self {
+        LazyClock { read, now: 0 }
+    }
+
+    #[inline(always)]
+    pub fn now(&mut self) -> u64 {
+        if self.now == 0 {
+            self.now = (self.read)();
+        }
+        self.now
+    }
+}
+
+/// Updates `fwd` (the segment's direction) for `pkt`; `rev` is read only.
 #[inline(always)]
-pub fn observe(fwd: &mut DirSeq, rev: &DirSeq, pkt: &TcpPacket, now: u64) -> SeqNote {
+pub fn observe<F: FnMut() -> u64>(
+    fwd: &mut DirSeq,
+    rev: &DirSeq,
+    pkt: &TcpPacket,
+    clock: &mut LazyClock<F>,
+) -> SeqNote {
     let len = seg_len(pkt);
     let end = pkt.seq.wrapping_add(len);
     let mut note = SeqNote {
         high: fwd.high,
-        since_high_ns: now.saturating_sub(fwd.high_ns),
+        high_ns: fwd.high_ns,
         rev_ack: rev.last_ack,
         rev_ack_valid: rev.flags & ACK_VALID != 0,
         rev_dup_acks: rev.dup_acks,
-        since_rev_dup_ns: now.saturating_sub(rev.last_dup_ns),
+        rev_dup_ns: rev.last_dup_ns,
         ..SeqNote::default()
     };
     let valid = fwd.flags & HIGH_VALID != 0;
@@ -107,7 +136,7 @@ pub fn observe(fwd: &mut DirSeq, rev: &DirSeq, pkt: &TcpPacket, now: u64) -> Seq
             && pkt.seq == fwd.high;
         if dup {
             fwd.dup_acks = fwd.dup_acks.saturating_add(1);
-            fwd.last_dup_ns = now;
+            fwd.last_dup_ns = clock.now();
             note.dup_ack = true;
         } else if pkt.ack != fwd.last_ack {
             fwd.dup_acks = 0;
@@ -120,12 +149,12 @@ pub fn observe(fwd: &mut DirSeq, rev: &DirSeq, pkt: &TcpPacket, now: u64) -> Seq
     }
     if len > 0 && (!valid || seq_lt(fwd.high, end)) {
         fwd.high = end;
-        fwd.high_ns = now;
+        fwd.high_ns = clock.now();
         fwd.flags |= HIGH_VALID;
     } else if !valid && len == 0 {
         // A pure ACK still tells where this direction's sequence space stands.
         fwd.high = pkt.seq;
-        fwd.high_ns = now;
+        fwd.high_ns = clock.now();
         fwd.flags |= HIGH_VALID;
     }
     note
@@ -222,6 +251,10 @@ mod tests {
         }
     }
 
+    fn at(t: u64) -> LazyClock<impl FnMut() -> u64> {
+        LazyClock::new(move || t)
+    }
+
     #[test]
     fn sequence_comparison_wraps() {
         assert!(seq_lt(u32::MAX, 0));
@@ -238,18 +271,23 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let n = observe(&mut a, &b, &pkt(ACK | PSH, *seq, 1, 100, 500), i as u64);
+            let n = observe(
+                &mut a,
+                &b,
+                &pkt(ACK | PSH, *seq, 1, 100, 500),
+                &mut at(i as u64 + 1),
+            );
             assert!(!n.rewind);
         }
         assert_eq!(a.high, 200);
         // b acks the first segment, then three duplicates.
-        assert!(!observe(&mut b, &a, &pkt(ACK, 1, 0, 0, 500), 10).dup_ack);
+        assert!(!observe(&mut b, &a, &pkt(ACK, 1, 0, 0, 500), &mut at(10)).dup_ack);
         for t in 11..14 {
-            assert!(observe(&mut b, &a, &pkt(ACK, 1, 0, 0, 500), t).dup_ack);
+            assert!(observe(&mut b, &a, &pkt(ACK, 1, 0, 0, 500), &mut at(t)).dup_ack);
         }
         assert_eq!(b.dup_acks, 3);
         // a resends the segment at 0: a rewind; b's state says fast.
-        let n = observe(&mut a, &b, &pkt(ACK | PSH, 0, 1, 100, 500), 15);
+        let n = observe(&mut a, &b, &pkt(ACK | PSH, 0, 1, 100, 500), &mut at(15));
         assert!(n.rewind);
         assert_eq!(n.rev_dup_acks, 3);
         let r = Rewound {
@@ -260,11 +298,11 @@ mod tests {
             since_high_ns: 100_000_000,
             rev_ack: Some(0),
             rev_dup_acks: 3,
-            since_rev_dup_ns: n.since_rev_dup_ns,
+            since_rev_dup_ns: 15 - n.rev_dup_ns,
         };
         assert_eq!(classify(&r, 0), Rewind::Fast);
         // A new ACK ends the run.
-        observe(&mut b, &a, &pkt(ACK, 1, 200, 0, 500), 16);
+        observe(&mut b, &a, &pkt(ACK, 1, 200, 0, 500), &mut at(16));
         assert_eq!(b.dup_acks, 0);
     }
 

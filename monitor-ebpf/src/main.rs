@@ -24,6 +24,7 @@ use monitor_common::{
     flags::FlagClass,
     flow::{FlowTable, track},
     parse::{OUTCOME_TCP, parse_ethernet},
+    seq::LazyClock,
 };
 use packet::Packet;
 
@@ -126,8 +127,8 @@ fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) 
     bump(c, counters::segments(hook), gso_segs as u64);
 
     // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let tracked = track(&mut KernelFlows, &tcp, gso_segs, now);
+    let mut clock = LazyClock::new(|| unsafe { bpf_ktime_get_ns() });
+    let tracked = track(&mut KernelFlows, &tcp, gso_segs, &mut clock);
     if tracked.dup_ack {
         bump(c, counters::dup_acks(hook), 1);
     }
@@ -141,7 +142,14 @@ fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) 
     let kind = EventKind::from_u8(emit.kind).unwrap_or(EventKind::Syn);
     match EVENTS.reserve::<TcpEvent>(0) {
         Some(mut slot) => {
-            slot.write(TcpEvent::new(&tcp, &emit, now, hook, ifindex, gso_segs));
+            slot.write(TcpEvent::new(
+                &tcp,
+                &emit,
+                clock.now(),
+                hook,
+                ifindex,
+                gso_segs,
+            ));
             slot.submit(0);
             bump(c, counters::submitted(kind), 1);
         }

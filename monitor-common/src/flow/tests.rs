@@ -24,7 +24,7 @@ fn events(pkts: &[TcpPacket]) -> (std::vec::Vec<Option<TcpEvent>>, Table) {
     let out = pkts
         .iter()
         .map(|p| {
-            track(&mut t, p, 1, 0)
+            track(&mut t, p, 1, &mut crate::seq::LazyClock::new(|| 7))
                 .emit
                 .map(|e| TcpEvent::new(p, &e, 7, crate::event::Hook::Replay, 0, 1))
         })

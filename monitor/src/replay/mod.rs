@@ -11,6 +11,7 @@ use monitor_common::{
     event::Hook,
     flow::track,
     parse::{OUTCOME_COUNT, OUTCOME_TCP},
+    seq::LazyClock,
 };
 use pcap_parser::{PcapBlockOwned, PcapError, pcapng::Block};
 
@@ -188,7 +189,7 @@ fn handle(r: &mut Report, flows: &mut ReplayFlows, linktype: i32, ts: u64, data:
         }
     };
     r.outcomes[OUTCOME_TCP] += 1;
-    let tracked = track(flows, &pkt, 1, ts);
+    let tracked = track(flows, &pkt, 1, &mut LazyClock::new(|| ts));
     r.dup_acks += tracked.dup_ack as u64;
     r.zero_windows += tracked.zero_window as u64;
     let Some(emit) = tracked.emit else {
