@@ -9,6 +9,8 @@ use crate::parse::TcpPacket;
 pub const HIGH_VALID: u8 = 1;
 /// `last_ack` and `last_win` are valid.
 pub const ACK_VALID: u8 = 2;
+/// The direction's last segment was a keep-alive (its ACK is no duplicate ACK).
+pub const LAST_KEEPALIVE: u8 = 4;
 
 /// What one direction of a connection has sent.
 #[repr(C)]
@@ -124,10 +126,15 @@ pub fn observe<F: FnMut() -> u64>(
         note.rewind = true;
     }
     let f = pkt.flags;
+    let keepalive = valid
+        && pkt.payload_len <= 1
+        && f & (SYN | FIN | RST) == 0
+        && pkt.seq == fwd.high.wrapping_sub(1);
     if f & ACK != 0 && f & (SYN | FIN | RST) == 0 {
         // Wireshark's duplicate ACK: no payload, same non-zero window, same ACK, and
-        // nothing new sent.
+        // nothing new sent; the ACK of a keep-alive is not one.
         let dup = pkt.payload_len == 0
+            && rev.flags & LAST_KEEPALIVE == 0
             && fwd.flags & ACK_VALID != 0
             && pkt.window != 0
             && pkt.window == fwd.last_win
@@ -146,6 +153,11 @@ pub fn observe<F: FnMut() -> u64>(
         fwd.last_ack = pkt.ack;
         fwd.last_win = pkt.window;
         fwd.flags |= ACK_VALID;
+    }
+    if keepalive {
+        fwd.flags |= LAST_KEEPALIVE;
+    } else {
+        fwd.flags &= !LAST_KEEPALIVE;
     }
     if len > 0 && (!valid || seq_lt(fwd.high, end)) {
         fwd.high = end;
@@ -365,6 +377,20 @@ mod tests {
             c(0, 50, 100, 2_000_000, Some(0), 0, 0, 0),
             Rewind::OutOfOrder
         );
+    }
+
+    #[test]
+    fn the_ack_of_a_keepalive_is_no_duplicate_ack() {
+        let (mut a, mut b) = (DirSeq::ZERO, DirSeq::ZERO);
+        observe(&mut a, &b, &pkt(ACK | PSH, 1000, 1, 100, 500), &mut at(1));
+        observe(&mut b, &a, &pkt(ACK, 1, 1100, 0, 500), &mut at(2));
+        // a probes with one byte below its next sequence number; b acks it again.
+        let n = observe(&mut a, &b, &pkt(ACK, 1099, 1, 1, 500), &mut at(3));
+        assert!(n.rewind);
+        assert!(!observe(&mut b, &a, &pkt(ACK, 1, 1100, 0, 500), &mut at(4)).dup_ack);
+        // Without the probe before it, the same ACK is a duplicate.
+        observe(&mut a, &b, &pkt(ACK | PSH, 1100, 1, 10, 500), &mut at(5));
+        assert!(observe(&mut b, &a, &pkt(ACK, 1, 1100, 0, 500), &mut at(6)).dup_ack);
     }
 
     #[test]

@@ -79,7 +79,9 @@ fn within(ours: f64, truth: f64, pct: f64, what: &str) {
 /// sender then retransmits data that had arrived). Either way the drop is beyond the
 /// monitored client interface. (Drops in the sender's own OUTPUT hook are not losses:
 /// TCP sees the error and sends again without counting a retransmission.)
-fn bulk_with_loss(v6: bool, loss: u32, acks: bool) {
+/// Returns false, checking nothing, when ACK loss happened to cause no retransmission
+/// (cumulative ACKs often cover for lost ones).
+fn bulk_with_loss(v6: bool, loss: u32, acks: bool) -> bool {
     let server = if v6 { SERVER_V6 } else { SERVER_V4 };
     let lab = Lab::new();
     let ns = lab.client.clone();
@@ -122,8 +124,21 @@ fn bulk_with_loss(v6: bool, loss: u32, acks: bool) {
     let d =
         |k: &str| (after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)) as f64;
     let kernel_retrans = d("TcpRetransSegs");
+    if acks && kernel_retrans == 0.0 {
+        return false;
+    }
     assert!(kernel_retrans > 0.0, "the loss produced no retransmissions");
-    // Every segment the kernel retransmitted passed the egress hook as a rewind
+    let client = if v6 {
+        tests::lab::CLIENT_V6
+    } else {
+        tests::lab::CLIENT_V4
+    };
+    let from_client = format!("ip{}.src == {client}", if v6 { "v6" } else { "" });
+    // The kernel counts a resent one-byte segment just below the next sequence
+    // number (iperf3's control messages) as a retransmission; Wireshark, and so
+    // tcpmon, call it a keep-alive. Take those out of the kernel's count.
+    let t_keepalive = tshark_count(&file, "keep_alive", &from_client);
+    // Every other segment the kernel retransmitted passed the egress hook as a rewind
     // (GSO packets count their segments). Live classification splits them into
     // retransmission kinds and out-of-order (see the closing note on issue 4).
     let live_segs = sum(
@@ -137,29 +152,23 @@ fn bulk_with_loss(v6: bool, loss: u32, acks: bool) {
     );
     within(
         live_segs,
-        kernel_retrans,
+        kernel_retrans - t_keepalive as f64,
         2.0,
-        "retransmitted segments vs TcpRetransSegs",
+        "retransmitted segments vs TcpRetransSegs less keep-alives",
     );
     let fast = d("TcpExtTCPFastRetrans");
     assert!(fast <= kernel_retrans);
 
-    // Packets: the rewind events equal tshark's retransmissions plus out-of-order
-    // segments from the client (the tap sees the same TSO packets as tc egress).
-    let client = if v6 {
-        tests::lab::CLIENT_V6
-    } else {
-        tests::lab::CLIENT_V4
-    };
-    let from_client = format!("ip{}.src == {client}", if v6 { "v6" } else { "" });
+    // Packets: the rewind events equal tshark's retransmissions, out-of-order segments
+    // and keep-alives from the client (the tap sees the same TSO packets as tc egress).
     let t_retrans = tshark_count(&file, "retransmission", &from_client);
     let t_ooo = tshark_count(&file, "out_of_order", &from_client);
     let rewinds = sample(&metrics, "tcpmon_events_total{kind=\"rewind\"}").unwrap();
     within(
         rewinds,
-        (t_retrans + t_ooo) as f64,
+        (t_retrans + t_ooo + t_keepalive) as f64,
         2.0,
-        "rewind events vs tshark retransmission+out_of_order",
+        "rewind events vs tshark retransmission+out_of_order+keep_alive",
     );
     // Duplicate ACKs arrive one per wire segment at XDP, as the tap sees them.
     let from_server = from_client.replace("src", "dst");
@@ -229,11 +238,14 @@ fn bulk_with_loss(v6: bool, loss: u32, acks: bool) {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(
-        replay_dup,
-        tshark_count(&file, "duplicate_ack", "tcp"),
-        "replay duplicate ACKs"
-    );
+    let t_dup_all = tshark_count(&file, "duplicate_ack", "tcp");
+    if replay_dup != t_dup_all {
+        let _ = std::fs::copy(
+            &file,
+            std::env::temp_dir().join("tcpmon-dupack-mismatch.pcap"),
+        );
+    }
+    assert_eq!(replay_dup, t_dup_all, "replay duplicate ACKs");
     let live_kind = |k: &str| {
         sum(
             &metrics,
@@ -261,24 +273,30 @@ fn bulk_with_loss(v6: bool, loss: u32, acks: bool) {
         "loss {loss}% v6={v6} acks={acks}: TcpRetransSegs {kernel_retrans} live segs {live_segs}; \
          tshark retrans {t_retrans} ooo {t_ooo} vs rewind events {rewinds}; dup ACKs tshark {t_dup} live {live_dup}; replay {ours:?}"
     );
+    true
 }
 
 #[test]
 #[ignore = "privileged: run with `cargo xtask test`"]
 fn bulk_transfer_with_loss_ipv4() {
-    bulk_with_loss(false, 2, false);
+    assert!(bulk_with_loss(false, 2, false));
 }
 
 #[test]
 #[ignore = "privileged: run with `cargo xtask test`"]
 fn bulk_transfer_with_ack_loss() {
-    bulk_with_loss(false, 30, true);
+    // Bounded retries: ACK loss causes retransmissions only when a tail is involved.
+    let checked = (0..4).any(|_| bulk_with_loss(false, 40, true));
+    assert!(
+        checked,
+        "40 % ACK loss caused no retransmission in 4 transfers"
+    );
 }
 
 #[test]
 #[ignore = "privileged: run with `cargo xtask test`"]
 fn bulk_transfer_with_loss_ipv6() {
-    bulk_with_loss(true, 1, false);
+    assert!(bulk_with_loss(true, 1, false));
 }
 
 #[test]
