@@ -359,13 +359,10 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64>(
     let Some(kind) = kind else {
         return (None, note.dup_ack);
     };
-    let e = Emit::new(kind, Some(s), dir, note);
-    let done = STATE_FIN_ACKED[0] | STATE_FIN_ACKED[1];
-    if s.state & done == done {
-        // Both FINs acknowledged: nothing more to learn from this tuple.
-        table.remove(&key);
-    }
-    (Some(e), note.dup_ack)
+    // A closed connection stays in the map (the LRU recycles it, a new SYN resets it):
+    // a FIN retransmitted after the close, and the duplicate ACK answering it, are
+    // still told apart correctly.
+    (Some(Emit::new(kind, Some(s), dir, note)), note.dup_ack)
 }
 
 #[cfg(feature = "user")]

@@ -79,8 +79,10 @@ fn within(ours: f64, truth: f64, pct: f64, what: &str) {
 /// sender then retransmits data that had arrived). Either way the drop is beyond the
 /// monitored client interface. (Drops in the sender's own OUTPUT hook are not losses:
 /// TCP sees the error and sends again without counting a retransmission.)
-/// Returns false, checking nothing, when ACK loss happened to cause no retransmission
-/// (cumulative ACKs often cover for lost ones).
+/// Returns false, checking nothing, when the random drops happened to cause no
+/// retransmission (a veth carries 64 KB TSO packets, so a 20 MB transfer is only a
+/// few hundred packets; cumulative ACKs cover for lost ACKs), or when heavy ACK loss
+/// stalled the transfer past its time limit. Callers retry a bounded number of times.
 fn bulk_with_loss(v6: bool, loss: u32, acks: bool) -> bool {
     let server = if v6 { SERVER_V6 } else { SERVER_V4 };
     let lab = Lab::new();
@@ -119,15 +121,21 @@ fn bulk_with_loss(v6: bool, loss: u32, acks: bool) -> bool {
     let file = cap.file.clone();
     let mut cap = cap;
     cap.stop();
-    drop(mon.stop());
+    let stopped = mon.stop();
+    // Every event that rewinds its direction, whatever its kind (a retransmitted FIN
+    // is a FIN event too).
+    let rewinds = stopped
+        .events
+        .iter()
+        .filter(|e| e["rewind"] == true)
+        .count() as f64;
 
     let d =
         |k: &str| (after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)) as f64;
     let kernel_retrans = d("TcpRetransSegs");
-    if acks && kernel_retrans == 0.0 {
+    if kernel_retrans == 0.0 {
         return false;
     }
-    assert!(kernel_retrans > 0.0, "the loss produced no retransmissions");
     let client = if v6 {
         tests::lab::CLIENT_V6
     } else {
@@ -163,7 +171,12 @@ fn bulk_with_loss(v6: bool, loss: u32, acks: bool) -> bool {
     // and keep-alives from the client (the tap sees the same TSO packets as tc egress).
     let t_retrans = tshark_count(&file, "retransmission", &from_client);
     let t_ooo = tshark_count(&file, "out_of_order", &from_client);
-    let rewinds = sample(&metrics, "tcpmon_events_total{kind=\"rewind\"}").unwrap();
+    if rewinds as u64 != t_retrans + t_ooo + t_keepalive {
+        let _ = std::fs::copy(
+            &file,
+            std::env::temp_dir().join("tcpmon-rewind-mismatch.pcap"),
+        );
+    }
     within(
         rewinds,
         (t_retrans + t_ooo + t_keepalive) as f64,
@@ -279,7 +292,10 @@ fn bulk_with_loss(v6: bool, loss: u32, acks: bool) -> bool {
 #[test]
 #[ignore = "privileged: run with `cargo xtask test`"]
 fn bulk_transfer_with_loss_ipv4() {
-    assert!(bulk_with_loss(false, 2, false));
+    assert!(
+        (0..4).any(|_| bulk_with_loss(false, 2, false)),
+        "no retransmission in 4 transfers"
+    );
 }
 
 #[test]
@@ -296,7 +312,10 @@ fn bulk_transfer_with_ack_loss() {
 #[test]
 #[ignore = "privileged: run with `cargo xtask test`"]
 fn bulk_transfer_with_loss_ipv6() {
-    assert!(bulk_with_loss(true, 1, false));
+    assert!(
+        (0..4).any(|_| bulk_with_loss(true, 2, false)),
+        "no retransmission in 4 transfers"
+    );
 }
 
 #[test]
