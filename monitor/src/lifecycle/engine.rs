@@ -386,17 +386,6 @@ impl<S: Sink> Engine<S> {
             })
             .collect()
     }
-
-    /// (client, server) states of every tracked connection, for replay summaries.
-    pub fn states_of_both_ends(&self) -> Vec<(TcpState, TcpState)> {
-        self.conns
-            .values()
-            .map(|e| {
-                let c = e.conn.client.unwrap_or(0);
-                (e.conn.ends[c], e.conn.ends[c ^ 1])
-            })
-            .collect()
-    }
 }
 
 impl<S: Sink> Reporter<S> {

@@ -4,10 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use super::{
-    conn::{Conn, End},
-    state::TcpState,
-};
+use super::conn::{Conn, End};
 
 /// One ended connection. Times are Unix nanoseconds (live: kernel monotonic stamps
 /// converted with the agent's clock offset; replay: capture time).
@@ -109,8 +106,8 @@ impl ConnRecord {
             how,
             failed,
             reset_by: who(c.reset_by),
-            client_state: state_name(c.ends[client]),
-            server_state: state_name(c.ends[server]),
+            client_state: c.ends[client].name(),
+            server_state: c.ends[server].name(),
             completeness: c.completeness,
             mid_stream: c.mid_stream,
             retrans_client_to_server: c.retrans[client],
@@ -119,8 +116,4 @@ impl ConnRecord {
             out_of_order_server_to_client: c.out_of_order[server],
         }
     }
-}
-
-fn state_name(s: TcpState) -> &'static str {
-    s.name()
 }
