@@ -18,7 +18,7 @@ pub struct Metrics {
     packets: IntCounterVec,
     segments: IntCounterVec,
     outcomes: IntCounterVec,
-    pub events: IntCounterVec,
+    events: IntCounterVec,
     emitted: IntCounterVec,
     lost: IntCounterVec,
     pub decode_errors: IntCounter,
@@ -209,8 +209,9 @@ impl Metrics {
         *last = *now;
     }
 
-    pub fn on_event(&self, kind: EventKind) {
-        self.events.with_label_values(&[kind.name()]).inc();
+    /// The `tcpmon_events_total` child of each kind, for the per-event hot path.
+    pub fn event_counters(&self) -> [IntCounter; EventKind::COUNT] {
+        EventKind::ALL.map(|k| self.events.with_label_values(&[k.name()]))
     }
 
     /// Text exposition format.

@@ -44,9 +44,14 @@ pub fn target_bin(name: &str) -> std::path::PathBuf {
     if let Some(p) = std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
         return p.into();
     }
+    // Test executables live in target/<profile>/deps, binaries (the bench) beside it.
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join(name);
+    let here = exe.parent().expect("exe dir");
+    let p = [here, here.parent().unwrap_or(here)]
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join(name));
     assert!(
         p.exists(),
         "{} not built: run `cargo build -p monitor` first (cargo xtask test does)",

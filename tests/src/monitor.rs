@@ -32,6 +32,14 @@ impl Monitor {
         Monitor::start_as(lab, ns, &[], &crate::target_bin("tcpmon"), args)
     }
 
+    /// The agent as deployed: `tcpmon --listen 127.0.0.1:19393 ARGS`, metrics only,
+    /// no per-event JSON (events() is then empty).
+    pub fn start_agent(lab: &Lab, ns: &str, args: &[&str]) -> Monitor {
+        let mut all = vec!["--no-events"];
+        all.extend_from_slice(args);
+        Monitor::start_as(lab, ns, &[], &crate::target_bin("tcpmon"), &all)
+    }
+
     /// As [`Monitor::start`], with `wrapper` (e.g. setpriv ...) in front of `bin`.
     pub fn start_as(
         lab: &Lab,
@@ -49,8 +57,14 @@ impl Monitor {
             }
             None => lab.cmd(ns, bin),
         };
+        // "--no-events" (a marker of start_agent) runs the plain agent.
+        let plain = args.first() == Some(&"--no-events");
+        let args = if plain { &args[1..] } else { args };
+        if !plain {
+            cmd.arg("events");
+        }
         let child = cmd
-            .args(["events", "--listen", METRICS_ADDR])
+            .args(["--listen", METRICS_ADDR])
             .args(args)
             .env("TCPMON_LOG", "info")
             .env("NO_COLOR", "1")

@@ -485,7 +485,7 @@ fn main() {
     tests::require_root();
     let mut out = String::from("# tcpmon benchmarks\n");
     let started = Instant::now();
-    // TCPMON_BENCH_ONLY=kernel|agent|replay runs one part (for profiling).
+    // TCPMON_BENCH_ONLY=kernel|agent|replay|e2e runs one part (for profiling).
     let only = std::env::var("TCPMON_BENCH_ONLY").unwrap_or_default();
     let part = |p: &str| only.is_empty() || only == p;
     if part("kernel") {
@@ -497,9 +497,166 @@ fn main() {
     if part("replay") {
         replay_table(&mut out);
     }
+    if part("e2e") {
+        end_to_end_table(&mut out);
+    }
     out.push_str(&format!(
         "\n(total bench time {:.0} s)\n",
         started.elapsed().as_secs_f64()
     ));
     print!("{out}");
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// iperf3 receive throughput in bits/s over `secs` seconds.
+fn iperf(lab: &tests::lab::Lab, secs: u32) -> f64 {
+    let mut srv = lab
+        .cmd(&lab.server, "iperf3")
+        .args(["-s", "-1", "-B", tests::lab::SERVER_V4])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = tests::run(lab.cmd(&lab.client, "timeout").args([
+        &(secs + 10).to_string(),
+        "iperf3",
+        "-J",
+        "-c",
+        tests::lab::SERVER_V4,
+        "-t",
+        &secs.to_string(),
+    ]));
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+}
+
+/// A bounded SYN flood from random sources at the server; returns packets sent.
+fn flood(lab: &tests::lab::Lab, secs: u32) -> u64 {
+    let out = lab
+        .cmd(&lab.client, "timeout")
+        .args([
+            "-s",
+            "INT",
+            &secs.to_string(),
+            "hping3",
+            "-S",
+            "-p",
+            "80",
+            "--flood",
+            "--rand-source",
+            tests::lab::SERVER_V4,
+        ])
+        .output()
+        .expect("hping3");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.split(" packets transmitted")
+                .next()
+                .filter(|_| l.contains("packets transmitted"))
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn end_to_end_table(out: &mut String) {
+    use tests::{lab::Lab, monitor::Monitor};
+    let lab = Lab::new();
+    // Throughput with and without the monitor on the receiver, alternated.
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut with_tc = Vec::new();
+    for _ in 0..2 {
+        without.push(iperf(&lab, 3));
+        let mon = Monitor::start_agent(&lab, &lab.server, &["-i", lab.server_if]);
+        with.push(iperf(&lab, 3));
+        drop(mon.stop());
+        let mon =
+            Monitor::start_agent(&lab, &lab.server, &["-i", lab.server_if, "--ingress", "tc"]);
+        with_tc.push(iperf(&lab, 3));
+        drop(mon.stop());
+    }
+    let (w0, w1, w2) = (median(without), median(with), median(with_tc));
+
+    // SYN flood: the monitor's CPU per million packets, against tcpdump writing the
+    // control segments to /dev/null on the same interface.
+    let mon = Monitor::start_agent(&lab, &lab.server, &["-i", lab.server_if]);
+    let pid = mon.pid();
+    let c0 = cpu_secs(pid);
+    let sent = flood(&lab, 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let mon_cpu = cpu_secs(pid) - c0;
+    let metrics = mon.metrics(&lab);
+    drop(mon.stop());
+    let lost: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tcpmon_events_lost_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    let syn_seen = tests::monitor::sample(
+        &metrics,
+        "tcpmon_packets_total{class=\"syn\",hook=\"xdp_ingress\"}",
+    )
+    .unwrap_or(0.0);
+
+    let mut td = lab
+        .cmd(&lab.server, "tcpdump")
+        .args([
+            "-i",
+            lab.server_if,
+            "-n",
+            "-w",
+            "/dev/null",
+            "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = cpu_secs(td.id());
+    let sent_td = flood(&lab, 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let td_cpu = cpu_secs(td.id()) - t0;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(td.id() as i32, libc::SIGINT) };
+    let _ = td.wait();
+    let per_m = |cpu: f64, n: u64| cpu / (n.max(1) as f64 / 1e6);
+    out.push_str(&format!(
+        "\n## End to end on a veth pair (namespaces)\n\n\
+         | measure | value |\n|---|---:|\n\
+         | iperf3 without / with the monitor, XDP ingress / with tc ingress (median of 2 x 3 s) | {:.2} / {:.2} / {:.2} Gbit/s |\n\
+         | throughput ratio with / without: XDP ingress (native XDP turns the veth peer's TSO off) | {:.3} |\n\
+         | throughput ratio with / without: tc ingress | {:.3} |\n\
+         | hping3 SYN flood, random sources, 3 s | {sent} packets ({:.0} pps), {syn_seen} SYNs counted |\n\
+         | events lost in the ring buffer during the flood | {lost} |\n\
+         | agent CPU per million flood packets | {:.3} s |\n\
+         | tcpdump -w /dev/null with a control-flag filter, CPU per million ({sent_td} packets) | {:.3} s |\n\
+         | agent / tcpdump CPU | {:.2} |\n",
+        w0 / 1e9,
+        w1 / 1e9,
+        w2 / 1e9,
+        w1 / w0,
+        w2 / w0,
+        sent as f64 / 3.0,
+        per_m(mon_cpu, sent),
+        per_m(td_cpu, sent_td),
+        per_m(mon_cpu, sent) / per_m(td_cpu, sent_td).max(1e-9),
+    ));
 }
