@@ -102,7 +102,7 @@ install_bpf_linker() {
 }
 
 install_test_deps() {
-    apt_install iproute2 tcpdump tshark bpftool prometheus ethtool util-linux procps
+    apt_install iproute2 tcpdump tshark bpftool prometheus ethtool util-linux procps iperf3 nftables hping3
 }
 
 setup() {
