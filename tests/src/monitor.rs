@@ -29,15 +29,13 @@ impl Monitor {
     /// Starts `tcpmon events --listen 127.0.0.1:19393 ARGS` in `ns` and waits until
     /// it serves metrics (everything attached by then).
     pub fn start(lab: &Lab, ns: &str, args: &[&str]) -> Monitor {
-        Monitor::start_as(lab, ns, &[], &crate::target_bin("tcpmon"), args)
+        Monitor::spawn(lab, ns, &[], &crate::target_bin("tcpmon"), true, args)
     }
 
     /// The agent as deployed: `tcpmon --listen 127.0.0.1:19393 ARGS`, metrics only,
-    /// no per-event JSON (events() is then empty).
+    /// no per-event JSON (the stopped monitor's events are then empty).
     pub fn start_agent(lab: &Lab, ns: &str, args: &[&str]) -> Monitor {
-        let mut all = vec!["--no-events"];
-        all.extend_from_slice(args);
-        Monitor::start_as(lab, ns, &[], &crate::target_bin("tcpmon"), &all)
+        Monitor::spawn(lab, ns, &[], &crate::target_bin("tcpmon"), false, args)
     }
 
     /// As [`Monitor::start`], with `wrapper` (e.g. setpriv ...) in front of `bin`.
@@ -46,6 +44,17 @@ impl Monitor {
         ns: &str,
         wrapper: &[&str],
         bin: &std::path::Path,
+        args: &[&str],
+    ) -> Monitor {
+        Monitor::spawn(lab, ns, wrapper, bin, true, args)
+    }
+
+    fn spawn(
+        lab: &Lab,
+        ns: &str,
+        wrapper: &[&str],
+        bin: &std::path::Path,
+        events: bool,
         args: &[&str],
     ) -> Monitor {
         let dir = scratch_dir("monitor");
@@ -57,10 +66,7 @@ impl Monitor {
             }
             None => lab.cmd(ns, bin),
         };
-        // "--no-events" (a marker of start_agent) runs the plain agent.
-        let plain = args.first() == Some(&"--no-events");
-        let args = if plain { &args[1..] } else { args };
-        if !plain {
+        if events {
             cmd.arg("events");
         }
         let child = cmd
