@@ -173,6 +173,24 @@ fn classifier<'a>(
     Ok(prog)
 }
 
+/// Loads (once) and attaches a classifier through TCX where the kernel has it.
+fn attach_tc(
+    bpf: &mut Ebpf,
+    program: &'static str,
+    iface: &str,
+    ifindex: u32,
+    hook: TcAttachType,
+) -> Result<(), LoadError> {
+    classifier(bpf, program)?
+        .attach(ifindex, hook)
+        .map(|_| ())
+        .map_err(|e| LoadError::Attach {
+            program,
+            iface: iface.to_string(),
+            detail: describe(&e),
+        })
+}
+
 /// Attaches ingress and egress observation to every interface in `ifaces`.
 pub fn attach(
     bpf: &mut Ebpf,
@@ -183,13 +201,7 @@ pub fn attach(
     for name in ifaces {
         let ifindex = iface::index_of(name)?;
         out.push(attach_ingress(bpf, name, ifindex, mode)?);
-        let prog = classifier(bpf, PROG_TC_EGRESS)?;
-        prog.attach(ifindex, TcAttachType::Egress)
-            .map_err(|e| LoadError::Attach {
-                program: PROG_TC_EGRESS,
-                iface: name.clone(),
-                detail: describe(&e),
-            })?;
+        attach_tc(bpf, PROG_TC_EGRESS, name, ifindex, TcAttachType::Egress)?;
         out.push(Attachment {
             iface: name.clone(),
             ifindex,
@@ -224,13 +236,7 @@ fn attach_ingress(
     };
     match mode {
         IngressMode::Tc => {
-            let prog = classifier(bpf, PROG_TC_INGRESS)?;
-            prog.attach(ifindex, TcAttachType::Ingress)
-                .map_err(|e| LoadError::Attach {
-                    program: PROG_TC_INGRESS,
-                    iface: name.to_string(),
-                    detail: describe(&e),
-                })?;
+            attach_tc(bpf, PROG_TC_INGRESS, name, ifindex, TcAttachType::Ingress)?;
             Ok(done(Hook::TcIngress, "tcx"))
         }
         IngressMode::XdpGeneric => {
