@@ -19,8 +19,23 @@ pub const SEGMENTS_BASE: u32 = LOST_BASE + EventKind::COUNT as u32;
 pub const DUP_ACKS_BASE: u32 = SEGMENTS_BASE + Hook::KERNEL_COUNT as u32;
 /// `zero_windows[hook]`: segments advertising a zero window by hook.
 pub const ZERO_WINDOWS_BASE: u32 = DUP_ACKS_BASE + Hook::KERNEL_COUNT as u32;
+/// `sampled[kind]`: events not emitted because their connection was sampled out.
+pub const SAMPLED_BASE: u32 = ZERO_WINDOWS_BASE + Hook::KERNEL_COUNT as u32;
+/// SYN counts for ports that found the per-port map full (counted as "other").
+pub const SYN_PORT_OVERFLOW: u32 = SAMPLED_BASE + EventKind::COUNT as u32;
+/// SYN-ACK counts likewise.
+pub const SYNACK_PORT_OVERFLOW: u32 = SYN_PORT_OVERFLOW + 1;
+/// New entries created in the source-prefix LRU map (evictions = these - entries).
+pub const PREFIX_INSERTS: u32 = SYNACK_PORT_OVERFLOW + 1;
+/// Prefix updates that failed (the map refused an insert).
+pub const PREFIX_FAILURES: u32 = PREFIX_INSERTS + 1;
 /// Slots in the array.
-pub const LEN: u32 = ZERO_WINDOWS_BASE + Hook::KERNEL_COUNT as u32;
+pub const LEN: u32 = PREFIX_FAILURES + 1;
+
+#[inline(always)]
+pub const fn sampled(kind: EventKind) -> u32 {
+    SAMPLED_BASE + kind as u32
+}
 
 #[inline(always)]
 pub const fn packets(hook: Hook, class: FlagClass) -> u32 {
@@ -82,6 +97,15 @@ mod tests {
         for k in EventKind::ALL {
             mark(submitted(k));
             mark(lost(k));
+            mark(sampled(k));
+        }
+        for i in [
+            SYN_PORT_OVERFLOW,
+            SYNACK_PORT_OVERFLOW,
+            PREFIX_INSERTS,
+            PREFIX_FAILURES,
+        ] {
+            mark(i);
         }
         assert!(seen.iter().all(|s| *s));
     }

@@ -158,16 +158,24 @@ pub struct TcpEvent {
     pub rev_ack: u32,
     /// The other direction's current run of duplicate ACKs.
     pub rev_dup_acks: u16,
-    pub _pad1: u16,
+    /// The connection was sampled at one in 2^`sample_shift` when it started.
+    pub sample_shift: u8,
+    pub _pad1: u8,
     pub _pad2: u32,
+    /// When the connection's most recent SYN and first SYN-ACK were seen (0: not
+    /// seen); with [`HANDSHAKE_REPLAY`] they stand for events that were sampled out.
+    pub syn_ns: u64,
+    pub synack_ns: u64,
 }
 
 /// `seq_flags`: `rev_ack` is valid.
 pub const REV_ACK_VALID: u8 = 1;
 /// `seq_flags`: the packet rewinds its direction's sequence space.
 pub const REWIND: u8 = 2;
+/// `seq_flags`: a handshake ACK whose SYN and SYN-ACK events were sampled out.
+pub const HANDSHAKE_REPLAY: u8 = 4;
 
-const _: () = assert!(core::mem::size_of::<TcpEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 144);
 const _: () = assert!(core::mem::align_of::<TcpEvent>() == 8);
 
 impl TcpEvent {
@@ -204,14 +212,18 @@ impl TcpEvent {
             vlan_id: pkt.vlan_id,
             vlan_depth: pkt.vlan_depth,
             seq_flags: ((emit.note.rev_ack_valid as u8) * REV_ACK_VALID)
-                | ((emit.note.rewind as u8) * REWIND),
+                | ((emit.note.rewind as u8) * REWIND)
+                | ((emit.replay as u8) * HANDSHAKE_REPLAY),
             since_high_ns: ts_ns.saturating_sub(emit.note.high_ns),
             since_rev_dup_ns: ts_ns.saturating_sub(emit.note.rev_dup_ns),
             high: emit.note.high,
             rev_ack: emit.note.rev_ack,
             rev_dup_acks: emit.note.rev_dup_acks,
+            sample_shift: emit.shift,
             _pad1: 0,
             _pad2: 0,
+            syn_ns: emit.syn_ns,
+            synack_ns: emit.synack_ns,
         }
     }
 }

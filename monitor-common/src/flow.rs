@@ -78,6 +78,9 @@ pub const STATE_HANDSHAKE_DONE: u8 = 4;
 pub const STATE_FIN_SENT: [u8; 2] = [8, 16];
 /// The FIN sent in direction 0 / 1 was acknowledged.
 pub const STATE_FIN_ACKED: [u8; 2] = [32, 64];
+/// The connection's handshake events are sampled out: nothing is emitted for it
+/// until its handshake completes (then the ACK carries the handshake's times).
+pub const STATE_QUIET: u8 = 128;
 /// `client_dir` value when no SYN or SYN-ACK was seen (connection found mid-stream).
 pub const CLIENT_UNKNOWN: u8 = 0xff;
 
@@ -99,13 +102,18 @@ pub struct FlowState {
     pub client_dir: u8,
     /// `STATE_*` bits.
     pub state: u8,
-    pub _pad0: u16,
+    /// The sampler's shift when the connection's first SYN (or SYN-ACK) was seen.
+    pub shift: u8,
+    pub _pad0: u8,
     pub _pad1: u32,
     /// Sequence state of each direction, for retransmission analysis.
     pub seq: [DirSeq; 2],
+    /// When the most recent SYN and the first SYN-ACK were seen (0: not seen).
+    pub syn_ns: u64,
+    pub synack_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowState>() == 112);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 128);
 
 impl FlowState {
     /// The state a new entry starts from.
@@ -117,9 +125,12 @@ impl FlowState {
         synack_seq: 0,
         client_dir: CLIENT_UNKNOWN,
         state: 0,
+        shift: 0,
         _pad0: 0,
         _pad1: 0,
         seq: [DirSeq::ZERO, DirSeq::ZERO],
+        syn_ns: 0,
+        synack_ns: 0,
     };
 
     /// Counts a packet of `segs` wire segments sent in `dir`.
@@ -163,10 +174,17 @@ impl<S: core::hash::BuildHasher> FlowTable for std::collections::HashMap<FlowKey
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Emit {
     pub kind: u8,
+    /// The sampler's shift when the connection started: it stands for 2^shift.
+    pub shift: u8,
+    /// A handshake ACK whose SYN and SYN-ACK were sampled out: `syn_ns` and
+    /// `synack_ns` let userspace rebuild them.
+    pub replay: bool,
     pub segs_sent: u32,
     pub segs_recv: u32,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
+    pub syn_ns: u64,
+    pub synack_ns: u64,
     pub note: SeqNote,
 }
 
@@ -177,10 +195,14 @@ impl Emit {
         match flow {
             Some(f) => Emit {
                 kind: kind as u8,
+                shift: f.shift,
+                replay: false,
                 segs_sent: f.segs[d],
                 segs_recv: f.segs[d ^ 1],
                 bytes_sent: f.bytes[d],
                 bytes_recv: f.bytes[d ^ 1],
+                syn_ns: f.syn_ns,
+                synack_ns: f.synack_ns,
                 note,
             },
             None => Emit {
@@ -196,9 +218,49 @@ impl Emit {
 /// without an event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tracked {
-    pub emit: Option<Emit>,
+    /// The event, valid when `emits` is set. Not an `Option`: in the kernel build an
+    /// absent payload is undefined, gets spilled, and the verifier refuses the read.
+    pub event: Emit,
+    pub emits: bool,
+    /// An event that was due but sampled out ([`EventKind`] discriminant), or
+    /// [`NOT_SAMPLED`] (not an `Option`, for the same reason).
+    pub sampled: u8,
+    /// The packet is the ACK that completes a handshake (emitted or not).
+    pub completed: bool,
     pub dup_ack: bool,
     pub zero_window: bool,
+}
+
+impl Tracked {
+    #[inline(always)]
+    pub fn emit(&self) -> Option<Emit> {
+        self.emits.then_some(self.event)
+    }
+
+    #[inline(always)]
+    fn set(&mut self, e: Emit) {
+        self.event = e;
+        self.emits = true;
+    }
+}
+
+/// `Tracked::sampled` when nothing was sampled out.
+pub const NOT_SAMPLED: u8 = 0xff;
+
+/// Decides, once per new connection, whether its handshake events are emitted.
+pub trait Sampler {
+    /// `(keep, shift)` for a connection starting at `now_ns`.
+    fn decide(&mut self, key: &FlowKey, now_ns: u64) -> (bool, u8);
+}
+
+/// Every connection emitted (replay, tests).
+pub struct FullRate;
+
+impl Sampler for FullRate {
+    #[inline(always)]
+    fn decide(&mut self, _: &FlowKey, _: u64) -> (bool, u8) {
+        (true, 0)
+    }
 }
 
 /// Updates the entry's counters and sequence state for a packet in `dir`.
@@ -220,40 +282,70 @@ fn observe<F: FnMut() -> u64>(
     }
 }
 
-/// Runs the emit policy for one parsed packet, standing for `segs` wire segments,
-/// against `table`.
-///
-/// Emitted: every SYN, SYN-ACK, FIN and RST; the first ACK from the client that
-/// acknowledges the server's ISN (the handshake's third segment, or the first data
-/// segment if that ACK was lost before the hook); the first ACK of each FIN (it
-/// completes a close and starts TIME-WAIT); and every segment that rewinds its
-/// direction's sequence space (retransmission, out-of-order or keep-alive candidate).
-/// Everything else stays in the kernel.
+/// [`track_sampled`] at full rate.
 #[inline(always)]
-/// `clock` is read only when needed (a segment that advances its direction, a
-/// duplicate ACK); the caller reads it again for the event's timestamp.
 pub fn track<T: FlowTable, F: FnMut() -> u64>(
     table: &mut T,
     pkt: &TcpPacket,
     segs: u16,
     clock: &mut LazyClock<F>,
 ) -> Tracked {
-    let zero_window = seq::zero_window(pkt);
-    let (emit, dup_ack) = track_flow(table, pkt, segs, clock);
-    Tracked {
-        emit,
-        dup_ack,
-        zero_window,
-    }
+    track_sampled(table, pkt, segs, clock, &mut FullRate)
 }
 
+/// Runs the emit policy for one parsed packet, standing for `segs` wire segments,
+/// against `table`.
+///
+/// Emitted: every SYN, SYN-ACK, FIN and RST; the first ACK from the client that
+/// acknowledges the server's ISN (the handshake's third segment, or the first data
+/// segment if that ACK was lost before the hook); the first ACK of each FIN (it
+/// completes a close and starts TIME-WAIT on the other side); and every segment that
+/// rewinds its direction's sequence space (retransmission, out-of-order or keep-alive
+/// candidate). Everything else stays in the kernel.
+///
+/// Under a SYN flood `sampler` keeps one new connection in 2^shift: the others emit
+/// nothing (each suppressed event is reported in `sampled`) until their handshake
+/// completes, when the ACK is emitted with the handshake's times, so legitimate
+/// connections are all seen whatever the sampling.
+///
+/// `clock` is read only when needed (a segment that advances its direction, a
+/// duplicate ACK, a SYN); the caller reads it again for the event's timestamp.
 #[inline(always)]
-fn track_flow<T: FlowTable, F: FnMut() -> u64>(
+pub fn track_sampled<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
     table: &mut T,
     pkt: &TcpPacket,
     segs: u16,
     clock: &mut LazyClock<F>,
-) -> (Option<Emit>, bool) {
+    sampler: &mut S,
+) -> Tracked {
+    let mut t = Tracked {
+        zero_window: seq::zero_window(pkt),
+        sampled: NOT_SAMPLED,
+        ..Tracked::default()
+    };
+    track_flow(table, pkt, segs, clock, sampler, &mut t);
+    t
+}
+
+/// Emits `kind` unless the connection is quiet, in which case it is counted as sampled.
+#[inline(always)]
+fn due(t: &mut Tracked, s: &FlowState, kind: EventKind, dir: u8, note: SeqNote) {
+    if s.state & STATE_QUIET != 0 {
+        t.sampled = kind as u8;
+    } else {
+        t.set(Emit::new(kind, Some(s), dir, note));
+    }
+}
+
+#[inline(always)]
+fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
+    table: &mut T,
+    pkt: &TcpPacket,
+    segs: u16,
+    clock: &mut LazyClock<F>,
+    sampler: &mut S,
+    t: &mut Tracked,
+) {
     let (key, dir) = FlowKey::of(pkt);
     let f = pkt.flags;
     let d = (dir & 1) as usize;
@@ -263,16 +355,22 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64>(
             // A (re)transmitted SYN starts the connection afresh, including reuse of
             // a tuple still in TIME-WAIT.
             let Some(s) = table.create(&key) else {
-                return (
-                    Some(Emit::new(EventKind::Syn, None, dir, SeqNote::default())),
-                    false,
-                );
+                t.set(Emit::new(EventKind::Syn, None, dir, SeqNote::default()));
+                return;
             };
             s.client_dir = dir;
             s.state = STATE_SYN_SEEN;
             s.syn_seq = pkt.seq;
+            let now = clock.now();
+            s.syn_ns = now;
+            let (keep, shift) = sampler.decide(&key, now);
+            s.shift = shift;
+            if !keep {
+                s.state |= STATE_QUIET;
+            }
             let note = observe(s, dir, pkt, segs, clock);
-            return (Some(Emit::new(EventKind::Syn, Some(s), dir, note)), false);
+            due(t, s, EventKind::Syn, dir, note);
+            return;
         }
         let known = matches!(table.lookup(&key),
             Some(s) if s.state & STATE_SYN_SEEN != 0 && s.client_dir == dir ^ 1);
@@ -282,51 +380,55 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64>(
             table.create(&key)
         };
         let Some(s) = s else {
-            return (
-                Some(Emit::new(EventKind::SynAck, None, dir, SeqNote::default())),
-                false,
-            );
+            t.set(Emit::new(EventKind::SynAck, None, dir, SeqNote::default()));
+            return;
         };
+        let now = clock.now();
         if !known {
             // SYN not seen (started mid-handshake, or lost before the hook): the
             // SYN-ACK alone still tells who the client is.
             s.client_dir = dir ^ 1;
             s.syn_seq = pkt.ack.wrapping_sub(1);
+            let (keep, shift) = sampler.decide(&key, now);
+            s.shift = shift;
+            if !keep {
+                s.state |= STATE_QUIET;
+            }
+        }
+        if s.synack_ns == 0 {
+            s.synack_ns = now;
         }
         s.synack_seq = pkt.seq;
         s.state |= STATE_SYNACK_SEEN;
         let note = observe(s, dir, pkt, segs, clock);
-        return (
-            Some(Emit::new(EventKind::SynAck, Some(s), dir, note)),
-            false,
-        );
+        due(t, s, EventKind::SynAck, dir, note);
+        return;
     }
     let s = match table.lookup(&key) {
         Some(s) => s,
         None => {
             if f & RST != 0 {
-                return (
-                    Some(Emit::new(EventKind::Rst, None, dir, SeqNote::default())),
-                    false,
-                );
+                t.set(Emit::new(EventKind::Rst, None, dir, SeqNote::default()));
+                return;
             }
             // Found mid-stream: track it from its first data segment or FIN, so its
             // retransmissions and its close are seen. Pure ACKs create nothing (they
             // also trail a close that already removed the entry).
             if f & FIN == 0 && pkt.payload_len == 0 {
-                return (None, false);
+                return;
             }
             let Some(s) = table.create(&key) else {
-                return (None, false);
+                return;
             };
             s
         }
     };
     let note = observe(s, dir, pkt, segs, clock);
+    t.dup_ack = note.dup_ack;
     if f & RST != 0 {
-        let e = Emit::new(EventKind::Rst, Some(s), dir, note);
+        due(t, s, EventKind::Rst, dir, note);
         table.remove(&key);
-        return (Some(e), false);
+        return;
     }
     let mut kind = None;
     if f & ACK != 0 {
@@ -336,6 +438,7 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64>(
         {
             s.state |= STATE_HANDSHAKE_DONE;
             kind = Some(EventKind::HandshakeAck);
+            t.completed = true;
         }
         if s.state & (STATE_FIN_SENT[o] | STATE_FIN_ACKED[o]) == STATE_FIN_SENT[o]
             && pkt.ack == s.fin_seq[o].wrapping_add(1)
@@ -357,12 +460,21 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64>(
         kind = Some(EventKind::Rewind);
     }
     let Some(kind) = kind else {
-        return (None, note.dup_ack);
+        return;
     };
+    if t.completed && s.state & STATE_QUIET != 0 {
+        // A sampled-out handshake completed: a legitimate client. From here on the
+        // connection is followed like any other.
+        s.state &= !STATE_QUIET;
+        let mut e = Emit::new(kind, Some(s), dir, note);
+        e.replay = true;
+        t.set(e);
+        return;
+    }
     // A closed connection stays in the map (the LRU recycles it, a new SYN resets it):
     // a FIN retransmitted after the close, and the duplicate ACK answering it, are
     // still told apart correctly.
-    (Some(Emit::new(kind, Some(s), dir, note)), note.dup_ack)
+    due(t, s, kind, dir, note);
 }
 
 #[cfg(feature = "user")]

@@ -10,6 +10,7 @@ pub mod flags;
 pub mod flow;
 pub mod parse;
 pub mod seq;
+pub mod syn;
 
 #[cfg(any(test, feature = "user"))]
 pub mod frames;

@@ -15,16 +15,17 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use monitor_common::{
     FlowKey, FlowState, TcpEvent, counters,
     event::{EventKind, Hook},
     flags::FlagClass,
-    flow::{FlowTable, track},
-    parse::{OUTCOME_TCP, parse_ethernet},
+    flow::{FlowTable, Sampler, track_sampled},
+    parse::{OUTCOME_TCP, TcpPacket, parse_ethernet},
     seq::LazyClock,
+    syn::{self, HLL_REGS, PortSyn, PrefixKey, SamplerState, SynConfig, SynCount},
 };
 use packet::Packet;
 
@@ -43,6 +44,34 @@ static FLOW_ZERO: FlowState = FlowState::ZERO;
 /// All counters of one CPU in one slot: one map lookup per packet.
 #[map]
 static COUNTERS: PerCpuArray<[u64; counters::LEN as usize]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Agent-written settings: hash seed, sampling limit, current sketch bank.
+#[map]
+static SYN_CONFIG: Array<SynConfig> = Array::with_max_entries(1, 0);
+
+/// Each CPU's SYN sampler.
+#[map]
+static SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
+
+/// SYN / SYN-ACK / handshake-ACK counts per service port. A plain hash, not LRU: a
+/// counter never disappears; when it is full (a port scan) the rest is counted apart.
+#[map]
+static SYN_PORTS: PerCpuHashMap<u32, PortSyn> = PerCpuHashMap::with_max_entries(1024, 0);
+
+/// SYNs per source prefix. LRU: a spoofed flood's millions of prefixes churn through
+/// it while the busy ones stay; inserts are counted so the agent knows what it lost.
+/// The agent resizes it at load time (`--prefix-entries`).
+#[map]
+static SYN_PREFIXES: LruPerCpuHashMap<PrefixKey, u64> = LruPerCpuHashMap::with_max_entries(8192, 0);
+
+/// HyperLogLog registers of SYN sources, per sketch slot and bank.
+#[map]
+static SYN_SKETCH: PerCpuArray<[u8; HLL_REGS]> =
+    PerCpuArray::with_max_entries(syn::SKETCH_ENTRIES, 0);
+
+/// Sketch slot of each destination port (0: the shared "other" slot).
+#[map]
+static SKETCH_SLOT: Array<u8> = Array::with_max_entries(65536, 0);
 
 #[xdp]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
@@ -128,16 +157,36 @@ fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) 
 
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let mut clock = LazyClock::new(|| unsafe { bpf_ktime_get_ns() });
-    let tracked = track(&mut KernelFlows, &tcp, gso_segs, &mut clock);
+    // Only SYNs need the agent's settings (the sampler runs for new connections).
+    let is_syn = tcp.flags & monitor_common::flags::SYN != 0;
+    let cfg = if is_syn {
+        SYN_CONFIG.get(0).copied().unwrap_or_default()
+    } else {
+        SynConfig::default()
+    };
+    // Counted before the flow policy runs: kept apart, the verifier need not follow
+    // values across the policy's branches.
+    if is_syn {
+        count_syn(c, &tcp, hook, cfg);
+    }
+    let mut sampler = KernelSampler { cfg };
+    let tracked = track_sampled(&mut KernelFlows, &tcp, gso_segs, &mut clock, &mut sampler);
+    if tracked.completed && syn::counts_ack(hook) {
+        port_count(c, tcp.dport, |p| p.acked += 1, None);
+    }
+    if let Some(kind) = EventKind::from_u8(tracked.sampled) {
+        bump(c, counters::sampled(kind), 1);
+    }
     if tracked.dup_ack {
         bump(c, counters::dup_acks(hook), 1);
     }
     if tracked.zero_window {
         bump(c, counters::zero_windows(hook), 1);
     }
-    let Some(emit) = tracked.emit else {
+    if !tracked.emits {
         return;
-    };
+    }
+    let emit = tracked.event;
     // Kinds come from a closed enum; the fallback index is never taken.
     let kind = EventKind::from_u8(emit.kind).unwrap_or(EventKind::Syn);
     match EVENTS.reserve::<TcpEvent>(0) {
@@ -154,6 +203,76 @@ fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) 
             bump(c, counters::submitted(kind), 1);
         }
         None => bump(c, counters::lost(kind), 1),
+    }
+}
+
+/// The shared sampler over this CPU's state and the agent's settings.
+struct KernelSampler {
+    cfg: SynConfig,
+}
+
+impl Sampler for KernelSampler {
+    #[inline(always)]
+    fn decide(&mut self, key: &FlowKey, now_ns: u64) -> (bool, u8) {
+        let cfg = self.cfg;
+        let Some(st) = SAMPLER.get_ptr_mut(0) else {
+            return (true, 0);
+        };
+        // SAFETY: this CPU's slot; programs do not migrate mid-run.
+        let st = unsafe { &mut *st };
+        let shift = syn::sampler_shift(st, now_ns, cfg.sample_limit);
+        (syn::keep(syn::flow_hash(cfg.seed, key), shift), shift)
+    }
+}
+
+/// Per-port, per-prefix and distinct-source accounting of a SYN or SYN-ACK.
+#[inline(always)]
+fn count_syn(c: &mut Counters, tcp: &TcpPacket, hook: Hook, cfg: SynConfig) {
+    match syn::count_of(tcp, hook) {
+        Some(SynCount::Syn(port)) => {
+            port_count(c, port, |p| p.syn += 1, Some(counters::SYN_PORT_OVERFLOW));
+            let prefix = PrefixKey::of(tcp.family, &tcp.saddr);
+            match SYN_PREFIXES.get_ptr_mut(&prefix) {
+                // SAFETY: this CPU's value of a live entry, for this run.
+                Some(n) => unsafe { *n += 1 },
+                None => match SYN_PREFIXES.insert(&prefix, &1, 0) {
+                    Ok(()) => bump(c, counters::PREFIX_INSERTS, 1),
+                    Err(_) => bump(c, counters::PREFIX_FAILURES, 1),
+                },
+            }
+            let slot = SKETCH_SLOT.get(port as u32).copied().unwrap_or(0) as u32;
+            if let Some(regs) = SYN_SKETCH.get_ptr_mut(syn::sketch_index(slot, cfg.bank)) {
+                // SAFETY: this CPU's registers; hll_add bounds-checks the index.
+                let regs = unsafe { &mut *regs };
+                syn::hll_add(regs, syn::source_hash(cfg.seed, tcp.family, &tcp.saddr));
+            }
+        }
+        Some(SynCount::SynAck(port)) => port_count(
+            c,
+            port,
+            |p| p.synack += 1,
+            Some(counters::SYNACK_PORT_OVERFLOW),
+        ),
+        None => {}
+    }
+}
+
+/// Applies `f` to `port`'s counters, creating them; a full map is counted in
+/// `overflow` (handshake ACKs of a port that never got counters are not).
+#[inline(always)]
+fn port_count(c: &mut Counters, port: u16, f: impl Fn(&mut PortSyn), overflow: Option<u32>) {
+    let key = port as u32;
+    if let Some(p) = SYN_PORTS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value of a live entry, for this run.
+        f(unsafe { &mut *p });
+        return;
+    }
+    let mut v = PortSyn::default();
+    f(&mut v);
+    if SYN_PORTS.insert(&key, &v, 0).is_err()
+        && let Some(o) = overflow
+    {
+        bump(c, o, 1);
     }
 }
 
@@ -182,8 +301,10 @@ impl FlowTable for KernelFlows {
     }
 }
 
+type Counters = [u64; counters::LEN as usize];
+
 #[inline(always)]
-fn bump(c: &mut [u64; counters::LEN as usize], idx: u32, by: u64) {
+fn bump(c: &mut Counters, idx: u32, by: u64) {
     if let Some(v) = c.get_mut(idx as usize) {
         *v += by;
     }

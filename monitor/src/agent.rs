@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 
+use monitor_common::{counters, event::EventKind};
+
 use crate::{
     event::{Event, EventRecord, WallClock},
     iface,
@@ -23,6 +25,8 @@ use crate::{
     loader::{self, Attachment, IngressMode, LoadOptions},
     metrics::Metrics,
     preflight, server,
+    summary::ConnTracker,
+    syn::{self, SynMonitor, SynOptions, api, kernel::SynMaps},
 };
 
 #[derive(Clone, Debug)]
@@ -35,6 +39,7 @@ pub struct AgentOptions {
     /// Print every event as a JSON line on stdout.
     pub json_events: bool,
     pub lifecycle: LifecycleOptions,
+    pub syn: SynOptions,
 }
 
 /// How connections are followed.
@@ -81,6 +86,9 @@ pub struct Shared {
     kernel: Mutex<KernelStats>,
     /// Flow-map walks are rate-limited: a scrape storm must not cost the host.
     last_flow_walk: Mutex<Option<Instant>>,
+    syn: Mutex<SynMonitor>,
+    syn_maps: Mutex<SynMaps>,
+    conns: Mutex<ConnTracker>,
 }
 
 impl Shared {
@@ -102,8 +110,82 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// One reading of the SYN maps (every [`syn::TICK_NS`]).
+    fn syn_tick(&self) {
+        let totals = match self.kernel.lock().expect("kernel stats lock").totals() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading kernel counters");
+                return;
+            }
+        };
+        let counts = syn::KernelCounts {
+            sampled: EventKind::ALL
+                .iter()
+                .map(|k| totals[counters::sampled(*k) as usize])
+                .sum(),
+            lost: EventKind::ALL
+                .iter()
+                .map(|k| totals[counters::lost(*k) as usize])
+                .sum(),
+            syn_overflow: totals[counters::SYN_PORT_OVERFLOW as usize],
+            synack_overflow: totals[counters::SYNACK_PORT_OVERFLOW as usize],
+            prefix_inserts: totals[counters::PREFIX_INSERTS as usize],
+        };
+        let mut maps = self.syn_maps.lock().expect("syn maps lock");
+        let mut engine = self.engine.lock().expect("engine lock");
+        let half_open = engine.half_open_by_port();
+        let now = crate::event::monotonic_ns();
+        let unix_ms = unix_ms();
+        let r = self.syn.lock().expect("syn lock").tick(
+            now,
+            unix_ms,
+            &mut *maps,
+            &mut engine.out.ports,
+            &half_open,
+            counts,
+        );
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "reading the SYN maps");
+        }
+    }
+
+    pub fn syn_snapshot(&self) -> api::SynSnapshot {
+        self.syn.lock().expect("syn lock").snapshot()
+    }
+
+    /// What `tcpmon top` shows.
+    pub fn top_snapshot(&self) -> api::TopSnapshot {
+        self.lifecycle
+            .update_gauges(&self.engine.lock().expect("engine lock"));
+        let families = self.metrics.registry.gather();
+        api::TopSnapshot {
+            syn: self.syn_snapshot(),
+            connections: self.conns.lock().expect("conns lock").summary(&families),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Runs until SIGINT/SIGTERM. Returns after everything is detached.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    run_until(opts, |_| {}, wait_for_signal()).await
+}
+
+/// Runs until `stop` completes, handing the shared state to `ready` once everything
+/// is attached (the `top` view reads it directly).
+pub async fn run_until(
+    opts: AgentOptions,
+    ready: impl FnOnce(Arc<Shared>),
+    stop: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     preflight::check_capabilities()?;
     preflight::check_kernel()?;
     preflight::raise_memlock();
@@ -130,7 +212,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         bpf.take_map(loader::EVENTS_MAP)
             .context("EVENTS map missing from object")?,
     )?;
+    let syn_maps = SynMaps::new(&mut bpf, opts.syn.sample_rate)?;
     let metrics = Metrics::new(&preflight::kernel_release());
+    let mut syn_monitor = SynMonitor::new(opts.syn.clone(), &metrics.registry);
+    syn_monitor.set_prefix_capacity(opts.load.prefix_entries);
     let lifecycle = Arc::new(LifecycleMetrics::new(&metrics.registry));
     let engine = opts
         .lifecycle
@@ -141,6 +226,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         engine: Mutex::new(engine),
         kernel: Mutex::new(KernelStats::new(&mut bpf, opts.load.flow_entries)?),
         last_flow_walk: Mutex::new(None),
+        syn: Mutex::new(syn_monitor),
+        syn_maps: Mutex::new(syn_maps),
+        conns: Mutex::new(ConnTracker::default()),
     });
     shared.metrics.set_attachments(&attachments);
 
@@ -168,6 +256,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         })
     };
+    let syn_ticker = {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_nanos(syn::TICK_NS));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let s = s.clone();
+                // Map walks are syscalls: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || s.syn_tick()).await;
+            }
+        })
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let reader = tokio::spawn(drain_events(
         ring,
@@ -176,11 +277,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         opts.json_events,
         stop_rx,
     ));
-    wait_for_signal().await?;
+    ready(shared.clone());
+    stop.await?;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     reader.await??;
     ticker.abort();
+    syn_ticker.abort();
     shared.refresh();
     // Dropping the object closes every link fd: programs detach here (and would on
     // any exit, SIGKILL included, since nothing is pinned).
@@ -188,7 +291,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+pub async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     tokio::select! {

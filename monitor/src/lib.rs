@@ -10,6 +10,9 @@ pub mod loader;
 pub mod metrics;
 pub mod preflight;
 pub mod server;
+pub mod summary;
+pub mod syn;
+pub mod top;
 
 /// Default /metrics port. Prometheus' default port allocation list has filled the
 /// whole 9100-9999 exporter range, so tcpmon stays clear of it.

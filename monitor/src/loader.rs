@@ -37,6 +37,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Capacity of the LRU flow map.
     pub flow_entries: u32,
+    /// Capacity of the LRU source-prefix map (SYN-flood top-K).
+    pub prefix_entries: u32,
 }
 
 impl Default for LoadOptions {
@@ -44,6 +46,7 @@ impl Default for LoadOptions {
         LoadOptions {
             ring_bytes: 4 << 20,
             flow_entries: 65536,
+            prefix_entries: 8192,
         }
     }
 }
@@ -101,6 +104,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     EbpfLoader::new()
         .map_max_entries(EVENTS_MAP, opts.ring_bytes)
         .map_max_entries(FLOWS_MAP, opts.flow_entries)
+        .map_max_entries(crate::syn::kernel::PREFIXES_MAP, opts.prefix_entries.max(1))
         .load(ebpf::MONITOR_OBJECT)
         .map_err(LoadError::Object)
 }

@@ -9,6 +9,7 @@ use monitor::{
     agent::{self, AgentOptions, LifecycleOptions},
     lifecycle,
     loader::{IngressMode, LoadOptions},
+    syn::{SynOptions, detector::FloodConfig},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +21,9 @@ struct Cli {
 
     #[command(flatten)]
     lifecycle: LifecycleArgs,
+
+    #[command(flatten)]
+    syn: SynArgs,
 
     /// Address to serve Prometheus metrics on (default: all interfaces, port 19393).
     #[arg(long, global = true)]
@@ -46,6 +50,67 @@ struct AttachArgs {
     /// Connections the kernel flow map tracks before evicting the least recent.
     #[arg(long, default_value_t = LoadOptions::default().flow_entries, global = true)]
     flow_entries: u32,
+
+    /// Source prefixes (/24, /64) the kernel's SYN table keeps before evicting the
+    /// least recent.
+    #[arg(long, default_value_t = LoadOptions::default().prefix_entries, global = true)]
+    prefix_entries: u32,
+}
+
+/// SYN-flood evidence and the flood detector.
+#[derive(Debug, Args)]
+struct SynArgs {
+    /// New-connection SYN events per second (host-wide) emitted one by one; above it
+    /// the kernel samples new connections (counters stay exact, completed handshakes
+    /// are always emitted). 0 never samples.
+    #[arg(long, default_value_t = SynOptions::default().sample_rate, global = true)]
+    syn_sample_rate: u32,
+
+    /// How many source prefixes to report.
+    #[arg(long, default_value_t = 10, global = true)]
+    top_k: usize,
+
+    /// Sliding window (seconds, at least 3) of the distinct-source estimate and the
+    /// top source prefixes.
+    #[arg(long, default_value_t = 10, global = true)]
+    syn_window_secs: u64,
+
+    /// A port is flooded above this many SYN/s ...
+    #[arg(long, default_value_t = FloodConfig::default().enter_rate, global = true)]
+    flood_enter_rate: f64,
+
+    /// ... with at least this share of handshakes unanswered (0..1).
+    #[arg(long, default_value_t = FloodConfig::default().enter_share, global = true)]
+    flood_enter_share: f64,
+
+    /// The flood ends once the rate falls below this ...
+    #[arg(long, default_value_t = FloodConfig::default().leave_rate, global = true)]
+    flood_leave_rate: f64,
+
+    /// ... or the unanswered share below this ...
+    #[arg(long, default_value_t = FloodConfig::default().leave_share, global = true)]
+    flood_leave_share: f64,
+
+    /// ... for this many seconds.
+    #[arg(long, default_value_t = 2.0, global = true)]
+    flood_hold_secs: f64,
+}
+
+impl SynArgs {
+    fn options(&self) -> SynOptions {
+        SynOptions {
+            sample_rate: self.syn_sample_rate,
+            top_k: self.top_k,
+            window_secs: self.syn_window_secs.max(3),
+            flood: FloodConfig {
+                enter_rate: self.flood_enter_rate,
+                leave_rate: self.flood_leave_rate,
+                enter_share: self.flood_enter_share,
+                leave_share: self.flood_leave_share,
+                hold_ns: (self.flood_hold_secs.max(0.0) * 1e9) as u64,
+            },
+        }
+    }
 }
 
 /// How connections are followed (live and replay).
@@ -77,6 +142,11 @@ struct LifecycleArgs {
     #[arg(long, default_value_t = 262_144, global = true)]
     max_connections: usize,
 
+    /// Cap on tracked connections still in their handshake (within --max-connections):
+    /// under a SYN flood the oldest half-open ones are evicted, never established ones.
+    #[arg(long, default_value_t = 65_536, global = true)]
+    max_half_open: usize,
+
     /// Write a JSON line per ended connection to this file ("-" for stdout).
     #[arg(long, global = true)]
     lifecycle_log: Option<std::path::PathBuf>,
@@ -91,6 +161,7 @@ impl LifecycleArgs {
                 handshake_timeout_ns: self.handshake_timeout_secs * S,
                 idle_timeout_ns: self.idle_timeout_secs * S,
                 max_connections: self.max_connections.max(1),
+                max_embryonic: self.max_half_open.max(1),
                 local_addrs: Vec::new(),
             },
             ports: self.ports.clone(),
@@ -104,6 +175,25 @@ impl LifecycleArgs {
 enum Command {
     /// Print every event as a JSON line on stdout (no metrics endpoint unless --listen).
     Events,
+    /// Live terminal view for the on-call engineer: SYN rate, flood state per port,
+    /// top source prefixes, half-open, handshakes and their latency, retransmissions,
+    /// TIME-WAIT. Attaches on its own, or reads a running agent with --endpoint.
+    /// Quits on q.
+    Top {
+        /// A running agent, e.g. http://127.0.0.1:19393 (nothing is attached then).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        refresh_ms: u64,
+        /// Exit after this many refreshes.
+        #[arg(long)]
+        frames: Option<u64>,
+        /// Print plain-text frames instead of the full-screen view (automatic when
+        /// stdout is not a terminal).
+        #[arg(long)]
+        plain: bool,
+    },
     /// Run a pcap/pcapng capture through the same parser and engine; print a summary.
     Replay {
         /// Capture file (pcap or pcapng; Ethernet, Linux cooked v1/v2, raw IP, BSD loopback).
@@ -140,6 +230,51 @@ fn replay(
     })
 }
 
+/// `tcpmon top` without --endpoint: the agent runs in this process and the view reads
+/// its state directly; quitting the view (or a signal) detaches everything.
+fn top_attached(
+    rt: tokio::runtime::Runtime,
+    opts: AgentOptions,
+    topts: monitor::top::TopOptions,
+) -> anyhow::Result<std::process::ExitCode> {
+    let ifaces = opts.ifaces.join(",");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = std::thread::spawn(move || {
+        rt.block_on(agent::run_until(
+            opts,
+            move |shared| {
+                let _ = ready_tx.send(shared);
+            },
+            async move {
+                tokio::select! {
+                    r = agent::wait_for_signal() => r,
+                    _ = stop_rx => Ok(()),
+                }
+            },
+        ))
+    });
+    let Ok(shared) = ready_rx.recv() else {
+        // The agent failed before attaching: its error says why.
+        agent
+            .join()
+            .map_err(|_| anyhow::anyhow!("the agent thread panicked"))??;
+        return Ok(std::process::ExitCode::FAILURE);
+    };
+    let status = if ifaces.is_empty() {
+        "attached to the default-route interface".to_string()
+    } else {
+        format!("attached to {ifaces}")
+    };
+    let shown = monitor::top::run(&mut || Ok(shared.top_snapshot()), &status, &topts);
+    let _ = stop_tx.send(());
+    agent
+        .join()
+        .map_err(|_| anyhow::anyhow!("the agent thread panicked"))??;
+    shown?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(code) => code,
@@ -155,9 +290,12 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("TCPMON_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("TCPMON_LOG").unwrap_or_else(|_| {
+            // The full-screen view owns the terminal: only errors may cross it.
+            let fullscreen = matches!(cli.command, Some(Command::Top { plain: false, .. }))
+                && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            EnvFilter::new(if fullscreen { "error" } else { "info" })
+        }))
         .with_writer(std::io::stderr)
         .init();
     if let Some(Command::Replay {
@@ -168,8 +306,30 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
     {
         return replay(file, local.clone(), *metrics, cli.lifecycle.options());
     }
+    let top = match &cli.command {
+        Some(Command::Top {
+            endpoint,
+            refresh_ms,
+            frames,
+            plain,
+        }) => Some((
+            endpoint.clone(),
+            monitor::top::TopOptions {
+                refresh: std::time::Duration::from_millis((*refresh_ms).max(100)),
+                frames: *frames,
+                plain: *plain,
+            },
+        )),
+        _ => None,
+    };
+    if let Some((Some(endpoint), topts)) = &top {
+        let status = format!("endpoint {endpoint}");
+        monitor::top::run(&mut || monitor::top::fetch(endpoint), &status, topts)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let json_events = matches!(cli.command, Some(Command::Events));
     let listen = match (&cli.command, cli.listen) {
+        (Some(Command::Top { .. }), None) => None,
         (_, Some(addr)) => Some(addr),
         (None, None) => Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
         (Some(_), None) => None,
@@ -180,16 +340,21 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
         load: LoadOptions {
             ring_bytes: cli.attach.ring_bytes,
             flow_entries: cli.attach.flow_entries,
+            prefix_entries: cli.attach.prefix_entries,
         },
         listen,
         json_events,
         lifecycle: cli.lifecycle.options(),
+        syn: cli.syn.options(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if let Some((_, topts)) = top {
+        return top_attached(rt, opts, topts);
+    }
     rt.block_on(agent::run(opts))?;
     Ok(std::process::ExitCode::SUCCESS)
 }

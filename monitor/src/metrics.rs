@@ -21,6 +21,7 @@ pub struct Metrics {
     events: IntCounterVec,
     emitted: IntCounterVec,
     lost: IntCounterVec,
+    sampled: IntCounterVec,
     pub decode_errors: IntCounter,
     dup_acks: IntCounterVec,
     zero_windows: IntCounterVec,
@@ -81,6 +82,12 @@ impl Metrics {
                 &r,
                 "tcpmon_events_lost_total",
                 "Events dropped in the kernel because the ring buffer was full, by kind",
+                &["kind"],
+            ),
+            sampled: counter_vec(
+                &r,
+                "tcpmon_events_sampled_total",
+                "Events the kernel did not emit because their connection was sampled out under a SYN flood (kernel counters stay exact)",
                 &["kind"],
             ),
             decode_errors: {
@@ -153,6 +160,7 @@ impl Metrics {
             m.events.with_label_values(&[k.name()]);
             m.emitted.with_label_values(&[k.name()]);
             m.lost.with_label_values(&[k.name()]);
+            m.sampled.with_label_values(&[k.name()]);
         }
         m
     }
@@ -205,6 +213,9 @@ impl Metrics {
             self.lost
                 .with_label_values(&[k.name()])
                 .inc_by(delta(counters::lost(k)));
+            self.sampled
+                .with_label_values(&[k.name()])
+                .inc_by(delta(counters::sampled(k)));
         }
         *last = *now;
     }

@@ -36,6 +36,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/syn", get(syn))
+        .route("/api/v1/top", get(top))
         .route("/", get(index))
         .with_state(shared);
     axum::serve(listener, app).await
@@ -52,6 +54,22 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
+fn json<T: serde::Serialize>(v: &T) -> impl IntoResponse + use<T> {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(v).expect("snapshots serialize"),
+    )
+}
+
+async fn syn(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    json(&shared.syn_snapshot())
+}
+
+async fn top(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    json(&shared.top_snapshot())
+}
+
 async fn index() -> &'static str {
-    "tcpmon: TCP connection monitor\n/metrics  Prometheus metrics\n/healthz  liveness\n"
+    "tcpmon: TCP connection monitor\n/metrics      Prometheus metrics\n/api/v1/syn  SYN-flood evidence (JSON)\n\
+     /api/v1/top  everything `tcpmon top` shows (JSON)\n/healthz     liveness\n"
 }

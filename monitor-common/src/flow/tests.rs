@@ -25,7 +25,7 @@ fn events(pkts: &[TcpPacket]) -> (std::vec::Vec<Option<TcpEvent>>, Table) {
         .iter()
         .map(|p| {
             track(&mut t, p, 1, &mut crate::seq::LazyClock::new(|| 7))
-                .emit
+                .emit()
                 .map(|e| TcpEvent::new(p, &e, 7, crate::event::Hook::Replay, 0, 1))
         })
         .collect();
@@ -245,4 +245,108 @@ fn new_syn_on_same_tuple_restarts_tracking() {
         pkt(true, ACK, 9001, 7001, 0),
     ]);
     assert_eq!(got[5], Some(EventKind::HandshakeAck));
+}
+
+/// Samples every connection out.
+struct Never;
+
+impl Sampler for Never {
+    fn decide(&mut self, _: &FlowKey, _: u64) -> (bool, u8) {
+        (false, 4)
+    }
+}
+
+fn sampled(pkts: &[TcpPacket]) -> std::vec::Vec<Tracked> {
+    let mut t = Table::default();
+    let mut now = 100;
+    pkts.iter()
+        .map(|p| {
+            now += 1000;
+            track_sampled(
+                &mut t,
+                p,
+                1,
+                &mut crate::seq::LazyClock::new(|| now),
+                &mut Never,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_sampled_out_handshake_is_silent_until_it_completes() {
+    let out = sampled(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+        pkt(true, ACK | PSH, 101, 501, 10),
+        pkt(true, FIN | ACK, 111, 501, 0),
+    ]);
+    assert!(!out[0].emits && out[0].sampled == EventKind::Syn as u8);
+    assert!(!out[1].emits && out[1].sampled == EventKind::SynAck as u8);
+    // The completing ACK comes out with the handshake's times, for userspace to
+    // rebuild the SYN and SYN-ACK.
+    let e = out[2].emit().expect("handshake ACK emitted");
+    assert!(out[2].completed);
+    assert_eq!(e.kind, EventKind::HandshakeAck as u8);
+    assert!(e.replay);
+    assert_eq!((e.syn_ns, e.synack_ns, e.shift), (1100, 2100, 4));
+    let ev = TcpEvent::new(
+        &pkt(true, ACK, 101, 501, 0),
+        &e,
+        3100,
+        crate::event::Hook::Replay,
+        0,
+        1,
+    );
+    assert_eq!(
+        ev.seq_flags & crate::event::HANDSHAKE_REPLAY,
+        crate::event::HANDSHAKE_REPLAY
+    );
+    assert_eq!((ev.syn_ns, ev.synack_ns, ev.sample_shift), (1100, 2100, 4));
+    // From then on the connection is followed as usual.
+    assert!(out[3].emit().is_none() && out[3].sampled == NOT_SAMPLED);
+    assert_eq!(out[4].emit().map(|e| e.kind), Some(EventKind::Fin as u8));
+}
+
+#[test]
+fn a_sampled_out_flood_connection_emits_nothing_at_all() {
+    let out = sampled(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, RST, 101, 0, 0),
+    ]);
+    for t in &out {
+        assert!(!t.emits && !t.completed, "{t:?}");
+    }
+    let kinds: std::vec::Vec<u8> = out.iter().map(|t| t.sampled).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Syn,
+            EventKind::SynAck,
+            EventKind::SynAck,
+            EventKind::Rst
+        ]
+        .map(|k| k as u8)
+    );
+}
+
+#[test]
+fn full_rate_marks_nothing() {
+    let out = sampled(&[]);
+    assert!(out.is_empty());
+    let mut t = Table::default();
+    let r = track(
+        &mut t,
+        &pkt(true, SYN, 1, 0, 0),
+        1,
+        &mut crate::seq::LazyClock::new(|| 5),
+    );
+    assert_eq!(r.sampled, NOT_SAMPLED);
+    assert_eq!(
+        r.emit().map(|e| (e.shift, e.replay, e.syn_ns)),
+        Some((0, false, 5))
+    );
 }

@@ -30,6 +30,8 @@ pub struct Seg {
     pub gso_segs: u16,
     /// Set when the segment rewinds its direction's sequence space.
     pub rewind: Option<Rewound>,
+    /// The kernel sampled the connection at one in 2^shift when it started.
+    pub shift: u8,
 }
 
 /// Wireshark's retransmission kinds (SYN and SYN-ACK counted apart).

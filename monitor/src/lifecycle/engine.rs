@@ -5,7 +5,8 @@ use std::collections::{HashMap, VecDeque};
 
 use monitor_common::{
     FlowKey, TcpPacket,
-    event::{Hook, REV_ACK_VALID, REWIND},
+    event::{HANDSHAKE_REPLAY, Hook, REV_ACK_VALID, REWIND},
+    flags::{ACK, SYN},
     seq::Rewound,
 };
 
@@ -55,9 +56,11 @@ impl Direction {
 /// Where the engine's findings go (metrics, the JSON log, a replay summary).
 pub trait Sink {
     fn opened(&mut self, role: Role, port: &'static str, handshake: Option<&Handshake>);
-    fn failed(&mut self, role: Role, port: &'static str, reason: FailReason);
+    /// `weight`: how many connections this one stands for (the kernel samples new
+    /// connections under a SYN flood; completed handshakes are never sampled).
+    fn failed(&mut self, role: Role, port: &'static str, reason: FailReason, weight: u64);
     fn closed(&mut self, role: Role, port: &'static str, how: CloseHow);
-    fn reset(&mut self, direction: Direction, phase: Phase);
+    fn reset(&mut self, direction: Direction, phase: Phase, weight: u64);
     fn record(&mut self, record: &ConnRecord);
     fn retransmitted(
         &mut self,
@@ -82,6 +85,9 @@ pub struct Config {
     pub idle_timeout_ns: u64,
     /// Hard cap on tracked connections; the oldest are evicted first.
     pub max_connections: usize,
+    /// Cap on connections still in their handshake (within `max_connections`): a SYN
+    /// flood evicts its own oldest half-open entries, never established connections.
+    pub max_embryonic: usize,
     /// Local addresses for replay (live traffic knows its direction from the hook).
     pub local_addrs: Vec<std::net::IpAddr>,
 }
@@ -93,6 +99,7 @@ impl Default for Config {
             handshake_timeout_ns: 75_000_000_000,
             idle_timeout_ns: 7_200_000_000_000,
             max_connections: 262_144,
+            max_embryonic: 65_536,
             local_addrs: Vec::new(),
         }
     }
@@ -123,6 +130,8 @@ struct Entry {
     port: Option<&'static str>,
     generation: u64,
     activity: Option<u64>,
+    /// Connections this entry stands for (2^shift of the kernel's sampler).
+    weight: u64,
 }
 
 /// Where happenings are turned into sink calls; apart from the table so both can be
@@ -142,6 +151,8 @@ pub struct Engine<S: Sink> {
     conns: FastMap<FlowKey, Entry>,
     /// Insertion order for eviction; stale generations are skipped lazily.
     order: VecDeque<(FlowKey, u64)>,
+    /// Insertion order of entries that started with a handshake segment.
+    embryonic: VecDeque<(FlowKey, u64)>,
     next_generation: u64,
     pub out: Reporter<S>,
     happenings: Vec<Happening>,
@@ -159,6 +170,7 @@ impl<S: Sink> Engine<S> {
             cfg,
             conns: FastMap::default(),
             order: VecDeque::new(),
+            embryonic: VecDeque::new(),
             next_generation: 0,
             out: Reporter {
                 ports,
@@ -202,6 +214,7 @@ impl<S: Sink> Engine<S> {
             segs_sent: r.segs_sent,
             segs_recv: r.segs_recv,
             gso_segs: r.gso_segs,
+            shift: r.sample_shift,
             rewind: (r.seq_flags & REWIND != 0).then_some(Rewound {
                 seq: r.seq,
                 payload_len: r.payload_len,
@@ -218,7 +231,61 @@ impl<S: Sink> Engine<S> {
             h if h.is_ingress() => Some(from ^ 1),
             _ => Some(from),
         };
+        if r.seq_flags & HANDSHAKE_REPLAY != 0 {
+            self.replay_handshake(key, &seg, r.syn_ns, r.synack_ns, local);
+        }
         self.on_segment(key, seg, local);
+    }
+
+    /// Rebuilds the SYN and SYN-ACK the kernel sampled out of a handshake that then
+    /// completed (the ACK carries their times; the ACK's numbers give the ISNs), so a
+    /// legitimate connection is followed the same whatever the sampling.
+    fn replay_handshake(
+        &mut self,
+        key: FlowKey,
+        ack: &Seg,
+        syn_ns: u64,
+        synack_ns: u64,
+        local: Option<End>,
+    ) {
+        let base = Seg {
+            shift: 0,
+            rewind: None,
+            len: 0,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            segs_sent: 0,
+            segs_recv: 0,
+            gso_segs: 1,
+            ..*ack
+        };
+        if syn_ns != 0 {
+            self.on_segment(
+                key,
+                Seg {
+                    ts_ns: syn_ns,
+                    flags: SYN,
+                    seq: ack.seq.wrapping_sub(1),
+                    ack: 0,
+                    ..base
+                },
+                local,
+            );
+        }
+        if synack_ns != 0 {
+            self.on_segment(
+                key,
+                Seg {
+                    ts_ns: synack_ns,
+                    from: ack.from ^ 1,
+                    flags: SYN | ACK,
+                    seq: ack.ack.wrapping_sub(1),
+                    ack: ack.seq,
+                    ..base
+                },
+                local,
+            );
+        }
     }
 
     fn on_segment(&mut self, key: FlowKey, seg: Seg, local: Option<End>) {
@@ -243,11 +310,15 @@ impl<S: Sink> Engine<S> {
                 e
             }
             None => {
-                self.make_room();
+                let handshake = seg.flags & SYN != 0;
+                self.make_room(handshake);
                 let conn = Conn::start(&seg, &mut out);
                 let generation = self.next_generation;
                 self.next_generation += 1;
                 self.order.push_back((key, generation));
+                if handshake {
+                    self.embryonic.push_back((key, generation));
+                }
                 let eps = Endpoints::new(
                     key.family,
                     &key.addr_lo,
@@ -262,6 +333,7 @@ impl<S: Sink> Engine<S> {
                     port: None,
                     generation,
                     activity: None,
+                    weight: 1u64 << seg.shift.min(32),
                 })
             }
         };
@@ -279,8 +351,22 @@ impl<S: Sink> Engine<S> {
         self.happenings = out;
     }
 
-    /// Evicts the oldest connections until there is room for one more.
-    fn make_room(&mut self) {
+    /// Evicts the oldest connections until there is room for one more; for a
+    /// connection in its handshake, first the oldest half-open ones over their cap.
+    fn make_room(&mut self, handshake: bool) {
+        while handshake && self.embryonic.len() >= self.cfg.max_embryonic.max(1) {
+            let Some((key, generation)) = self.embryonic.pop_front() else {
+                break;
+            };
+            // Entries that completed or ended since are skipped without eviction.
+            if self.conns.get(&key).is_some_and(|e| {
+                e.generation == generation && e.conn.ends.iter().any(|s| s.in_handshake())
+            }) {
+                self.conns.remove(&key);
+                self.evicted += 1;
+                self.out.sink.evicted();
+            }
+        }
         while self.conns.len() >= self.cfg.max_connections {
             let Some((key, generation)) = self.order.pop_front() else {
                 break;
@@ -363,7 +449,7 @@ impl<S: Sink> Engine<S> {
                 && e.conn.ends[s] == TcpState::SynReceived
             {
                 let port = self.out.ports.label(Some(e.eps.addrs[s].port()));
-                *m.entry(port).or_default() += 1;
+                *m.entry(port).or_default() += e.weight;
             }
         }
         m
@@ -416,7 +502,7 @@ impl<S: Sink> Reporter<S> {
                 }
                 Happening::Failed(reason) => {
                     let port = self.port_label(e);
-                    self.sink.failed(role, port, *reason);
+                    self.sink.failed(role, port, *reason, e.weight);
                     self.write_record(e, reason.name(), true);
                 }
                 Happening::Closed(how) => {
@@ -434,7 +520,14 @@ impl<S: Sink> Reporter<S> {
                         continue;
                     };
                     let port = self.port_label(e);
-                    self.sink.retransmitted(dir, *kind, port, *segs, *bytes);
+                    // Handshake retransmissions of a sampled connection stand for its
+                    // unsampled peers too; data is only sent on followed connections.
+                    let w = match kind {
+                        RetransKind::Syn | RetransKind::SynAck => e.weight,
+                        _ => 1,
+                    };
+                    let segs = (*segs as u64 * w).min(u16::MAX as u64) as u16;
+                    self.sink.retransmitted(dir, *kind, port, segs, *bytes);
                 }
                 Happening::OutOfOrder { from, segs } => {
                     if let Some(dir) = direction(e, *from) {
@@ -447,7 +540,12 @@ impl<S: Sink> Reporter<S> {
                         Some(_) => Direction::Received,
                         None => continue,
                     };
-                    self.sink.reset(dir, *phase);
+                    let weight = if *phase == Phase::Handshake {
+                        e.weight
+                    } else {
+                        1
+                    };
+                    self.sink.reset(dir, *phase, weight);
                 }
             }
         }

@@ -14,6 +14,7 @@ use super::*;
 #[derive(Default)]
 struct Rec {
     calls: Vec<String>,
+    weights: Vec<u64>,
     records: Vec<ConnRecord>,
     irtt: Vec<u64>,
 }
@@ -25,15 +26,18 @@ impl Sink for Rec {
             self.irtt.push(h.total_ns());
         }
     }
-    fn failed(&mut self, role: Role, port: &'static str, reason: FailReason) {
-        self.calls
-            .push(format!("failed {} {port} {}", role.name(), reason.name()));
+    fn failed(&mut self, role: Role, port: &'static str, reason: FailReason, weight: u64) {
+        for _ in 0..weight.min(1) {
+            self.calls
+                .push(format!("failed {} {port} {}", role.name(), reason.name()));
+        }
+        self.weights.push(weight);
     }
     fn closed(&mut self, role: Role, port: &'static str, how: CloseHow) {
         self.calls
             .push(format!("closed {} {port} {}", role.name(), how.name()));
     }
-    fn reset(&mut self, d: Direction, p: Phase) {
+    fn reset(&mut self, d: Direction, p: Phase, _weight: u64) {
         self.calls.push(format!("reset {} {}", d.name(), p.name()));
     }
     fn record(&mut self, r: &ConnRecord) {
@@ -210,4 +214,76 @@ fn idle_connections_time_out_unless_the_probe_sees_traffic() {
     e.tick(7_000_000_000, &mut NoProbe);
     assert!(e.is_empty());
     assert_eq!(e.out.sink.calls.last().unwrap(), "closed client 80 timeout");
+}
+
+/// An event with the sampler's marks, as the kernel writes them.
+fn sampled_ev(ev: Event, shift: u8, replay: Option<(u64, u64)>) -> Event {
+    let mut raw = ev.raw;
+    raw.sample_shift = shift;
+    if let Some((syn_us, synack_us)) = replay {
+        raw.seq_flags |= monitor_common::event::HANDSHAKE_REPLAY;
+        raw.syn_ns = syn_us * 1000;
+        raw.synack_ns = synack_us * 1000;
+    }
+    Event::from_raw(raw).unwrap()
+}
+
+#[test]
+fn a_replayed_handshake_opens_with_the_kernel_times() {
+    let mut e = engine(Config::default());
+    // SYN at 1000 us and SYN-ACK at 1010 us were sampled out; the ACK at 1060 us
+    // carries their times.
+    e.on_event(&sampled_ev(
+        ev(false, 80, 40000, ACK, 101, 501, 1060),
+        3,
+        Some((1000, 1010)),
+    ));
+    assert_eq!(e.out.sink.calls, ["opened server 80"]);
+    assert_eq!(e.out.sink.irtt, [60_000]);
+    e.on_event(&ev(false, 80, 40000, FIN | ACK, 101, 501, 1100));
+    e.on_event(&ev(true, 80, 40000, FIN | ACK, 501, 102, 1110));
+    e.on_event(&ev(false, 80, 40000, ACK, 102, 502, 1111));
+    assert_eq!(
+        e.out.sink.calls,
+        ["opened server 80", "closed server 80 fin"]
+    );
+}
+
+#[test]
+fn sampled_failures_stand_for_their_peers_and_half_open_is_bounded() {
+    let cfg = Config {
+        max_embryonic: 4,
+        ..Config::default()
+    };
+    let mut e = engine(cfg);
+    e.out.ports.admit(80);
+    for p in 0..10u16 {
+        e.on_event(&sampled_ev(
+            ev(false, 80, 41000 + p, SYN, 100, 0, 10 * p as u64),
+            3,
+            None,
+        ));
+        e.on_event(&sampled_ev(
+            ev(true, 80, 41000 + p, SYN | ACK, 500, 101, 10 * p as u64 + 1),
+            3,
+            None,
+        ));
+    }
+    // Only the newest four half-open entries are kept, each standing for eight.
+    assert_eq!(e.half_open_by_port().get("80"), Some(&32));
+    assert_eq!(e.evicted, 6);
+    // A legitimate handshake takes a half-open place too (the oldest goes); once
+    // established it is never evicted by handshakes.
+    served(&mut e, 40000, 1000, true);
+    assert_eq!(e.evicted, 7);
+    e.tick(200_000_000_000, &mut NoProbe);
+    let failed = e
+        .out
+        .sink
+        .calls
+        .iter()
+        .filter(|c| c.contains("timeout"))
+        .count();
+    assert_eq!(failed, 3, "{:?}", e.out.sink.calls);
+    assert_eq!(e.out.sink.weights, [8, 8, 8]);
 }

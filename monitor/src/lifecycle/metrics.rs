@@ -22,10 +22,10 @@ pub const HANDSHAKE_BUCKETS: [f64; 20] = [
 ];
 
 pub struct LifecycleMetrics {
-    handshake: HistogramVec,
+    pub(crate) handshake: HistogramVec,
     syn_to_synack: HistogramVec,
     synack_to_ack: HistogramVec,
-    opened: IntCounterVec,
+    pub(crate) opened: IntCounterVec,
     failures: IntCounterVec,
     closed: IntCounterVec,
     resets: IntCounterVec,
@@ -234,11 +234,11 @@ impl Sink for Outputs {
         }
     }
 
-    fn failed(&mut self, role: Role, port: &'static str, reason: FailReason) {
+    fn failed(&mut self, role: Role, port: &'static str, reason: FailReason, weight: u64) {
         if let Some(m) = &self.metrics {
             m.failures
                 .with_label_values(&[role.name(), port, reason.name()])
-                .inc();
+                .inc_by(weight);
         }
     }
 
@@ -250,11 +250,11 @@ impl Sink for Outputs {
         }
     }
 
-    fn reset(&mut self, direction: Direction, phase: Phase) {
+    fn reset(&mut self, direction: Direction, phase: Phase, weight: u64) {
         if let Some(m) = &self.metrics {
             m.resets
                 .with_label_values(&[direction.name(), phase.name()])
-                .inc();
+                .inc_by(weight);
         }
     }
 

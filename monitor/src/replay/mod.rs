@@ -192,7 +192,7 @@ fn handle(r: &mut Report, flows: &mut ReplayFlows, linktype: i32, ts: u64, data:
     let tracked = track(flows, &pkt, 1, &mut LazyClock::new(|| ts));
     r.dup_acks += tracked.dup_ack as u64;
     r.zero_windows += tracked.zero_window as u64;
-    let Some(emit) = tracked.emit else {
+    let Some(emit) = tracked.emit() else {
         return;
     };
     let raw = TcpEvent::new(&pkt, &emit, ts, Hook::Replay, 0, 1);

@@ -1,0 +1,106 @@
+//! Top source prefixes over a sliding window, from the kernel's cumulative per-prefix
+//! counters. Bounded by the kernel map: a prefix it evicted is forgotten here too.
+
+use std::collections::{HashMap, VecDeque};
+
+use monitor_common::syn::PrefixKey;
+
+/// Per-prefix SYN totals as read at each of the last `window + 1` reads.
+pub struct PrefixWindow {
+    window: usize,
+    /// Cumulative counts per read, oldest first; a prefix absent from a read counted 0
+    /// in it (or was evicted and re-inserted: the difference is clamped at zero).
+    reads: VecDeque<HashMap<PrefixKey, u64>>,
+}
+
+impl PrefixWindow {
+    pub fn new(window_reads: usize) -> PrefixWindow {
+        PrefixWindow {
+            window: window_reads.max(1),
+            reads: VecDeque::new(),
+        }
+    }
+
+    /// Adds one read of the kernel table.
+    pub fn push(&mut self, read: HashMap<PrefixKey, u64>) {
+        self.reads.push_back(read);
+        while self.reads.len() > self.window + 1 {
+            self.reads.pop_front();
+        }
+    }
+
+    /// SYNs per prefix within the window: the latest total less the oldest.
+    pub fn counts(&self) -> Vec<(PrefixKey, u64)> {
+        let (Some(last), Some(first)) = (self.reads.back(), self.reads.front()) else {
+            return Vec::new();
+        };
+        let single = self.reads.len() == 1;
+        last.iter()
+            .map(|(k, n)| {
+                let before = if single {
+                    0
+                } else {
+                    first.get(k).copied().unwrap_or(0)
+                };
+                (*k, n.saturating_sub(before))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// The `k` prefixes with the most SYNs in the window, most first (ties by prefix
+    /// so the order is stable between refreshes).
+    pub fn top(&self, k: usize) -> Vec<(PrefixKey, u64)> {
+        let mut all = self.counts();
+        let k = k.min(all.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        let by = |a: &(PrefixKey, u64), b: &(PrefixKey, u64)| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.addr.cmp(&b.0.addr))
+                .then_with(|| a.0.family.cmp(&b.0.family))
+        };
+        all.select_nth_unstable_by(k - 1, by);
+        all.truncate(k);
+        all.sort_by(by);
+        all
+    }
+}
+
+/// "10.1.2.0/24" or "2001:db8::/64".
+pub fn prefix_label(p: &PrefixKey) -> String {
+    let ip = crate::event::to_ip(p.family, &p.addr);
+    format!("{ip}/{}", p.len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: u8) -> PrefixKey {
+        PrefixKey::of(4, &[u32::from_ne_bytes([10, a, 0, 0]), 0, 0, 0])
+    }
+
+    #[test]
+    fn window_counts_are_differences() {
+        let mut w = PrefixWindow::new(2);
+        w.push(HashMap::from([(p(1), 10), (p(2), 5)]));
+        assert_eq!(w.top(1), vec![(p(1), 10)]);
+        w.push(HashMap::from([(p(1), 12), (p(2), 50)]));
+        w.push(HashMap::from([(p(1), 13), (p(2), 90), (p(3), 7)]));
+        assert_eq!(w.top(3), vec![(p(2), 85), (p(3), 7), (p(1), 3)]);
+        // The oldest read falls out: p(1)'s 10 leave the window.
+        w.push(HashMap::from([(p(1), 13), (p(2), 90), (p(3), 7)]));
+        assert_eq!(w.top(3), vec![(p(2), 40), (p(3), 7), (p(1), 1)]);
+        w.push(HashMap::from([(p(1), 13), (p(2), 90), (p(3), 7)]));
+        assert!(w.top(3).is_empty(), "nothing new in the window");
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(prefix_label(&p(7)), "10.7.0.0/24");
+        let v6 = PrefixKey::of(6, &[0x2001_0db8u32.to_be(), 5u32.to_be(), 1, 1]);
+        assert_eq!(prefix_label(&v6), "2001:db8:0:5::/64");
+    }
+}
