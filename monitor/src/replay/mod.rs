@@ -55,6 +55,8 @@ pub struct Report {
     /// Duplicate ACKs and zero-window segments (no events in the kernel either).
     pub dup_acks: u64,
     pub zero_windows: u64,
+    /// SYNs, SYN-ACKs and handshake ACKs per port, sources and prefixes.
+    pub syn: crate::syn::tally::SynTally,
     /// Where and why reading stopped early, if it did.
     pub error: Option<String>,
     pub engine: Engine<Outputs>,
@@ -89,6 +91,7 @@ pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayErro
         events: 0,
         dup_acks: 0,
         zero_windows: 0,
+        syn: Default::default(),
         error: None,
         engine,
         metrics,
@@ -192,6 +195,7 @@ fn handle(r: &mut Report, flows: &mut ReplayFlows, linktype: i32, ts: u64, data:
     let tracked = track(flows, &pkt, 1, &mut LazyClock::new(|| ts));
     r.dup_acks += tracked.dup_ack as u64;
     r.zero_windows += tracked.zero_window as u64;
+    r.syn.packet(&pkt, tracked.completed);
     let Some(emit) = tracked.emit() else {
         return;
     };

@@ -172,3 +172,41 @@ fn unsupported_links_and_non_tcp_are_counted_not_fatal() {
     assert_eq!(r.unsupported_link, 9);
     assert!(summary::render(&r).contains("unsupported_link=9"));
 }
+
+#[test]
+fn syn_evidence_of_a_flood_capture() {
+    let mut frames = conversation(false);
+    // 3 000 spoofed SYNs to port 80 from 10.128.0.0/16, none answered.
+    for i in 0..3000u32 {
+        let src = [10, 128, (i >> 8) as u8, i as u8];
+        let f = Frame::v4(src, 1024 + (i % 60000) as u16, S, 80)
+            .flags(SYN)
+            .seq_ack(i, 0)
+            .build();
+        frames.push((T0 + 10_000_000 + i as u64 * 1000, f));
+    }
+    let r = run(&pcap(link::ETHERNET as u32, false, &frames));
+    let p80 = r.syn.ports.get(&80).copied().unwrap_or_default();
+    let conv_port = conversation(false)
+        .iter()
+        .filter_map(|(_, f)| monitor_common::parse::parse_ethernet(&f[..]).ok())
+        .find(|p| p.flags & SYN != 0 && p.flags & ACK == 0)
+        .map(|p| p.dport)
+        .unwrap();
+    assert_eq!(p80.syn, 3000 + (conv_port == 80) as u64);
+    assert_eq!(r.syn.distinct_sources(), 3001);
+    let e = r.syn.sources_estimate();
+    assert!((e - 3001.0).abs() < 0.05 * 3001.0, "{e}");
+    let top = r.syn.top(3);
+    assert_eq!(top.len(), 3);
+    assert_eq!(top[0].1, 256);
+    assert!(top[0].0.starts_with("10.128."), "{top:?}");
+    let conv = r.syn.ports.get(&conv_port).copied().unwrap();
+    assert_eq!(
+        (conv.synack, conv.acked),
+        (1, 1),
+        "the conversation's handshake"
+    );
+    let text = summary::render(&r);
+    assert!(text.contains("3001 distinct"), "{text}");
+}

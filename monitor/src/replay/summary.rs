@@ -130,8 +130,37 @@ pub fn render(r: &Report) -> String {
     for (c, n) in compl {
         let _ = writeln!(o, "  {c:>2}: {n}");
     }
+    syn_section(&mut o, r);
     if let Some(e) = &r.error {
         let _ = writeln!(o, "ERROR: {e}; the numbers above cover what was read");
     }
     o
+}
+
+/// SYN evidence: per destination port (the 20 busiest by SYNs), distinct sources
+/// (exact, and the HyperLogLog estimate the live agent would give), top prefixes.
+fn syn_section(o: &mut String, r: &Report) {
+    let t = &r.syn;
+    if t.ports.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "SYN (without ACK) sources: {} distinct (sketch estimate {:.0})",
+        t.distinct_sources(),
+        t.sources_estimate()
+    );
+    let mut ports: Vec<_> = t.ports.iter().collect();
+    ports.sort_by(|a, b| b.1.syn.cmp(&a.1.syn).then(a.0.cmp(b.0)));
+    let _ = writeln!(o, "SYNs by port (port: SYN, SYN-ACK, handshake ACK):");
+    for (port, p) in ports.iter().take(20) {
+        let _ = writeln!(o, "  {port}: {} {} {}", p.syn, p.synack, p.acked);
+    }
+    if ports.len() > 20 {
+        let _ = writeln!(o, "  ... {} more ports", ports.len() - 20);
+    }
+    let _ = writeln!(o, "top SYN source prefixes:");
+    for (prefix, n) in t.top(10) {
+        let _ = writeln!(o, "  {prefix}: {n}");
+    }
 }

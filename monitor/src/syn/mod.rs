@@ -12,6 +12,7 @@ pub mod detector;
 pub mod kernel;
 pub mod metrics;
 pub mod sketch;
+pub mod tally;
 pub mod topk;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
