@@ -172,7 +172,7 @@ fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) 
     let mut sampler = KernelSampler { cfg };
     let tracked = track_sampled(&mut KernelFlows, &tcp, gso_segs, &mut clock, &mut sampler);
     if tracked.completed && syn::counts_ack(hook) {
-        port_count(c, tcp.dport, |p| p.acked += 1, None);
+        port_count(c, tcp.dport, PortField::Acked, None);
     }
     if let Some(kind) = EventKind::from_u8(tracked.sampled) {
         bump(c, counters::sampled(kind), 1);
@@ -230,7 +230,7 @@ impl Sampler for KernelSampler {
 fn count_syn(c: &mut Counters, tcp: &TcpPacket, hook: Hook, cfg: SynConfig) {
     match syn::count_of(tcp, hook) {
         Some(SynCount::Syn(port)) => {
-            port_count(c, port, |p| p.syn += 1, Some(counters::SYN_PORT_OVERFLOW));
+            port_count(c, port, PortField::Syn, Some(counters::SYN_PORT_OVERFLOW));
             let prefix = PrefixKey::of(tcp.family, &tcp.saddr);
             match SYN_PREFIXES.get_ptr_mut(&prefix) {
                 // SAFETY: this CPU's value of a live entry, for this run.
@@ -250,25 +250,41 @@ fn count_syn(c: &mut Counters, tcp: &TcpPacket, hook: Hook, cfg: SynConfig) {
         Some(SynCount::SynAck(port)) => port_count(
             c,
             port,
-            |p| p.synack += 1,
+            PortField::SynAck,
             Some(counters::SYNACK_PORT_OVERFLOW),
         ),
         None => {}
     }
 }
 
-/// Applies `f` to `port`'s counters, creating them; a full map is counted in
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PortField {
+    Syn,
+    SynAck,
+    Acked,
+}
+
+/// Adds one to `field` of `port`'s counters, creating them; a full map is counted in
 /// `overflow` (handshake ACKs of a port that never got counters are not).
 #[inline(always)]
-fn port_count(c: &mut Counters, port: u16, f: impl Fn(&mut PortSyn), overflow: Option<u32>) {
+fn port_count(c: &mut Counters, port: u16, field: PortField, overflow: Option<u32>) {
     let key = port as u32;
     if let Some(p) = SYN_PORTS.get_ptr_mut(&key) {
         // SAFETY: this CPU's value of a live entry, for this run.
-        f(unsafe { &mut *p });
+        let p = unsafe { &mut *p };
+        match field {
+            PortField::Syn => p.syn += 1,
+            PortField::SynAck => p.synack += 1,
+            PortField::Acked => p.acked += 1,
+        }
         return;
     }
-    let mut v = PortSyn::default();
-    f(&mut v);
+    // Built field by field: a zeroed struct plus one store becomes a memset call.
+    let v = PortSyn {
+        syn: (field == PortField::Syn) as u64,
+        synack: (field == PortField::SynAck) as u64,
+        acked: (field == PortField::Acked) as u64,
+    };
     if SYN_PORTS.insert(&key, &v, 0).is_err()
         && let Some(o) = overflow
     {
