@@ -257,6 +257,25 @@ fn count_syn(c: &mut Counters, tcp: &TcpPacket, hook: Hook, cfg: SynConfig) {
     }
 }
 
+/// A new port entry: one SYN, one SYN-ACK or one ACK.
+static PORT_ONE: [PortSyn; 3] = [
+    PortSyn {
+        syn: 1,
+        synack: 0,
+        acked: 0,
+    },
+    PortSyn {
+        syn: 0,
+        synack: 1,
+        acked: 0,
+    },
+    PortSyn {
+        syn: 0,
+        synack: 0,
+        acked: 1,
+    },
+];
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PortField {
     Syn,
@@ -279,13 +298,13 @@ fn port_count(c: &mut Counters, port: u16, field: PortField, overflow: Option<u3
         }
         return;
     }
-    // Built field by field: a zeroed struct plus one store becomes a memset call.
-    let v = PortSyn {
-        syn: (field == PortField::Syn) as u64,
-        synack: (field == PortField::SynAck) as u64,
-        acked: (field == PortField::Acked) as u64,
+    // From read-only data: a zeroed stack struct plus one store becomes a memset call.
+    let v = match field {
+        PortField::Syn => &PORT_ONE[0],
+        PortField::SynAck => &PORT_ONE[1],
+        PortField::Acked => &PORT_ONE[2],
     };
-    if SYN_PORTS.insert(&key, &v, 0).is_err()
+    if SYN_PORTS.insert(&key, v, 0).is_err()
         && let Some(o) = overflow
     {
         bump(c, o, 1);
