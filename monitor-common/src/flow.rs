@@ -142,6 +142,27 @@ impl FlowState {
     }
 }
 
+/// A handshake sampled out under a SYN flood, kept apart from the flow map so that a
+/// flood churns this table and not the connections being followed. If the handshake
+/// completes (a legitimate client), it is promoted to a flow entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Embryo {
+    /// When the most recent SYN and the first SYN-ACK were seen (0: not seen).
+    pub syn_ns: u64,
+    pub synack_ns: u64,
+    pub syn_seq: u32,
+    pub synack_seq: u32,
+    pub client_dir: u8,
+    pub shift: u8,
+    /// [`STATE_SYNACK_SEEN`] once the SYN-ACK was seen.
+    pub state: u8,
+    pub _pad0: u8,
+    pub _pad1: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Embryo>() == 32);
+
 /// The flow map as the policy needs it: the kernel's LRU hash map, or a hash map in
 /// pcap replay. Entries are created in place (`create`) rather than built on the
 /// stack: the kernel has 512 bytes of it.
@@ -150,6 +171,16 @@ pub trait FlowTable {
     /// Inserts (or resets) `key` to [`FlowState::ZERO`] and returns the entry.
     fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState>;
     fn remove(&mut self, key: &FlowKey);
+    /// The embryo table (sampled-out handshakes). Without one, sampled-out
+    /// connections are not followed at all; replay never samples.
+    fn embryo(&mut self, _key: &FlowKey) -> Option<&mut Embryo> {
+        None
+    }
+    /// Inserts (or resets) an embryo to zero and returns it.
+    fn create_embryo(&mut self, _key: &FlowKey) -> Option<&mut Embryo> {
+        None
+    }
+    fn remove_embryo(&mut self, _key: &FlowKey) {}
 }
 
 /// A hash map is the flow table of pcap replay and of host-side tests.
@@ -337,6 +368,83 @@ fn due(t: &mut Tracked, s: &FlowState, kind: EventKind, dir: u8, note: SeqNote) 
     }
 }
 
+/// A SYN sampled out: only an embryo is kept (any flow entry of the tuple ends,
+/// as a new SYN ends it).
+#[inline(always)]
+fn sampled_syn<T: FlowTable>(
+    table: &mut T,
+    key: &FlowKey,
+    dir: u8,
+    pkt: &TcpPacket,
+    now: u64,
+    shift: u8,
+    t: &mut Tracked,
+) {
+    t.sampled = EventKind::Syn as u8;
+    if table.lookup(key).is_some() {
+        table.remove(key);
+    }
+    if let Some(e) = table.create_embryo(key) {
+        e.client_dir = dir;
+        e.syn_seq = pkt.seq;
+        e.syn_ns = now;
+        e.shift = shift;
+    }
+}
+
+/// For a segment of a tuple without a flow entry: if it belongs to a sampled-out
+/// handshake, either it completes it (the embryo becomes a quiet flow entry, which
+/// the caller then follows as usual: the completing ACK is emitted with the
+/// handshake's times) or it is dropped with the embryo (RST) or ignored. Returns
+/// what became of the segment.
+#[inline(always)]
+fn promote<T: FlowTable>(
+    table: &mut T,
+    key: &FlowKey,
+    dir: u8,
+    pkt: &TcpPacket,
+    t: &mut Tracked,
+) -> Embryonic {
+    let Some(e) = table.embryo(key) else {
+        return Embryonic::No;
+    };
+    let e = *e;
+    let f = pkt.flags;
+    if f & RST != 0 {
+        table.remove_embryo(key);
+        t.sampled = EventKind::Rst as u8;
+        return Embryonic::Handled;
+    }
+    let completes = f & ACK != 0
+        && e.state & STATE_SYNACK_SEEN != 0
+        && e.client_dir == dir
+        && pkt.ack == e.synack_seq.wrapping_add(1);
+    if !completes {
+        return Embryonic::Handled;
+    }
+    table.remove_embryo(key);
+    let Some(s) = table.create(key) else {
+        return Embryonic::Handled;
+    };
+    s.client_dir = e.client_dir;
+    s.syn_seq = e.syn_seq;
+    s.synack_seq = e.synack_seq;
+    s.syn_ns = e.syn_ns;
+    s.synack_ns = e.synack_ns;
+    s.shift = e.shift;
+    s.state = STATE_SYN_SEEN | STATE_SYNACK_SEEN | STATE_QUIET;
+    Embryonic::Promoted
+}
+
+enum Embryonic {
+    /// Not a sampled-out handshake's segment.
+    No,
+    /// Part of one, and nothing more to do.
+    Handled,
+    /// It completed one: the tuple now has a (quiet) flow entry to follow.
+    Promoted,
+}
+
 #[inline(always)]
 fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
     table: &mut T,
@@ -352,6 +460,11 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
     let o = d ^ 1;
     if f & SYN != 0 && f & RST == 0 {
         if f & ACK == 0 {
+            let now = clock.now();
+            let (keep, shift) = sampler.decide(&key, now);
+            if !keep {
+                return sampled_syn(table, &key, dir, pkt, now, shift, t);
+            }
             // A (re)transmitted SYN starts the connection afresh, including reuse of
             // a tuple still in TIME-WAIT.
             let Some(s) = table.create(&key) else {
@@ -361,19 +474,26 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             s.client_dir = dir;
             s.state = STATE_SYN_SEEN;
             s.syn_seq = pkt.seq;
-            let now = clock.now();
             s.syn_ns = now;
-            let (keep, shift) = sampler.decide(&key, now);
             s.shift = shift;
-            if !keep {
-                s.state |= STATE_QUIET;
-            }
             let note = observe(s, dir, pkt, segs, clock);
             due(t, s, EventKind::Syn, dir, note);
             return;
         }
         let known = matches!(table.lookup(&key),
             Some(s) if s.state & STATE_SYN_SEEN != 0 && s.client_dir == dir ^ 1);
+        let now = clock.now();
+        if !known && let Some(e) = table.embryo(&key) {
+            if e.client_dir == dir ^ 1 {
+                e.synack_seq = pkt.seq;
+                if e.synack_ns == 0 {
+                    e.synack_ns = now;
+                }
+                e.state |= STATE_SYNACK_SEEN;
+                t.sampled = EventKind::SynAck as u8;
+                return;
+            }
+        }
         let s = if known {
             table.lookup(&key)
         } else {
@@ -383,7 +503,6 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             t.set(Emit::new(EventKind::SynAck, None, dir, SeqNote::default()));
             return;
         };
-        let now = clock.now();
         if !known {
             // SYN not seen (started mid-handshake, or lost before the hook): the
             // SYN-ACK alone still tells who the client is.
@@ -407,20 +526,30 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
     let s = match table.lookup(&key) {
         Some(s) => s,
         None => {
-            if f & RST != 0 {
-                t.set(Emit::new(EventKind::Rst, None, dir, SeqNote::default()));
-                return;
-            }
-            // Found mid-stream: track it from its first data segment or FIN, so its
-            // retransmissions and its close are seen. Pure ACKs create nothing (they
-            // also trail a close that already removed the entry).
-            if f & FIN == 0 && pkt.payload_len == 0 {
-                return;
-            }
-            let Some(s) = table.create(&key) else {
-                return;
+            let promoted = match promote(table, &key, dir, pkt, t) {
+                Embryonic::Handled => return,
+                Embryonic::Promoted => true,
+                Embryonic::No => false,
             };
-            s
+            if !promoted {
+                if f & RST != 0 {
+                    t.set(Emit::new(EventKind::Rst, None, dir, SeqNote::default()));
+                    return;
+                }
+                // Found mid-stream: track it from its first data segment or FIN, so
+                // its retransmissions and its close are seen. Pure ACKs create nothing
+                // (they also trail a close that already removed the entry).
+                if f & FIN == 0 && pkt.payload_len == 0 {
+                    return;
+                }
+                if table.create(&key).is_none() {
+                    return;
+                }
+            }
+            match table.lookup(&key) {
+                Some(s) => s,
+                None => return,
+            }
         }
     };
     let note = observe(s, dir, pkt, segs, clock);
@@ -483,6 +612,9 @@ unsafe impl aya::Pod for FlowKey {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowState {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for Embryo {}
 
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@ use monitor_common::{
     FlowKey, FlowState, TcpEvent, counters,
     event::{EventKind, Hook},
     flags::FlagClass,
-    flow::{FlowTable, Sampler, track_sampled},
+    flow::{Embryo, FlowTable, Sampler, track_sampled},
     parse::{OUTCOME_TCP, TcpPacket, parse_ethernet},
     seq::LazyClock,
     syn::{self, HLL_REGS, PortSyn, PrefixKey, SamplerState, SynConfig, SynCount},
@@ -40,6 +40,24 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(6553
 
 /// What a new flow map entry starts from.
 static FLOW_ZERO: FlowState = FlowState::ZERO;
+
+/// Handshakes sampled out under a SYN flood, apart from FLOWS so that a flood churns
+/// this map and not the connections being followed. The agent resizes it at load
+/// time (`--embryo-entries`).
+#[map]
+static EMBRYOS: LruHashMap<FlowKey, Embryo> = LruHashMap::with_max_entries(131072, 0);
+
+static EMBRYO_ZERO: Embryo = Embryo {
+    syn_ns: 0,
+    synack_ns: 0,
+    syn_seq: 0,
+    synack_seq: 0,
+    client_dir: 0,
+    shift: 0,
+    state: 0,
+    _pad0: 0,
+    _pad1: 0,
+};
 
 /// All counters of one CPU in one slot: one map lookup per packet.
 #[map]
@@ -333,6 +351,23 @@ impl FlowTable for KernelFlows {
     #[inline(always)]
     fn remove(&mut self, key: &FlowKey) {
         let _ = FLOWS.remove(key);
+    }
+
+    #[inline(always)]
+    fn embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
+        // SAFETY: as for lookup.
+        EMBRYOS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn create_embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
+        EMBRYOS.insert(key, &EMBRYO_ZERO, 0).ok()?;
+        self.embryo(key)
+    }
+
+    #[inline(always)]
+    fn remove_embryo(&mut self, key: &FlowKey) {
+        let _ = EMBRYOS.remove(key);
     }
 }
 

@@ -12,6 +12,7 @@ use crate::{ebpf, iface};
 
 pub const EVENTS_MAP: &str = "EVENTS";
 pub const FLOWS_MAP: &str = "FLOWS";
+pub const EMBRYOS_MAP: &str = "EMBRYOS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
 const PROG_XDP: &str = "tcpmon_xdp";
@@ -39,6 +40,8 @@ pub struct LoadOptions {
     pub flow_entries: u32,
     /// Capacity of the LRU source-prefix map (SYN-flood top-K).
     pub prefix_entries: u32,
+    /// Capacity of the LRU map of sampled-out handshakes.
+    pub embryo_entries: u32,
 }
 
 impl Default for LoadOptions {
@@ -47,6 +50,7 @@ impl Default for LoadOptions {
             ring_bytes: 4 << 20,
             flow_entries: 65536,
             prefix_entries: 8192,
+            embryo_entries: 131_072,
         }
     }
 }
@@ -105,6 +109,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         .map_max_entries(EVENTS_MAP, opts.ring_bytes)
         .map_max_entries(FLOWS_MAP, opts.flow_entries)
         .map_max_entries(crate::syn::kernel::PREFIXES_MAP, opts.prefix_entries.max(1))
+        .map_max_entries(EMBRYOS_MAP, opts.embryo_entries.max(1))
         .load(ebpf::MONITOR_OBJECT)
         .map_err(LoadError::Object)
 }

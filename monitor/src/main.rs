@@ -55,6 +55,11 @@ struct AttachArgs {
     /// least recent.
     #[arg(long, default_value_t = LoadOptions::default().prefix_entries, global = true)]
     prefix_entries: u32,
+
+    /// Handshakes sampled out under a SYN flood that the kernel keeps, apart from the
+    /// flow map, so that a legitimate one is still recognised when it completes.
+    #[arg(long, default_value_t = LoadOptions::default().embryo_entries, global = true)]
+    embryo_entries: u32,
 }
 
 /// SYN-flood evidence and the flood detector.
@@ -341,6 +346,7 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
             ring_bytes: cli.attach.ring_bytes,
             flow_entries: cli.attach.flow_entries,
             prefix_entries: cli.attach.prefix_entries,
+            embryo_entries: cli.attach.embryo_entries,
         },
         listen,
         json_events,

@@ -256,19 +256,45 @@ impl Sampler for Never {
     }
 }
 
+/// A flow table with an embryo table, as the kernel has.
+#[derive(Default)]
+struct WithEmbryos {
+    flows: Table,
+    embryos: std::collections::HashMap<FlowKey, Embryo>,
+}
+
+impl FlowTable for WithEmbryos {
+    fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.flows.lookup(key)
+    }
+    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.flows.create(key)
+    }
+    fn remove(&mut self, key: &FlowKey) {
+        FlowTable::remove(&mut self.flows, key)
+    }
+    fn embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
+        self.embryos.get_mut(key)
+    }
+    fn create_embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
+        self.embryos.insert(*key, Embryo::default());
+        self.embryos.get_mut(key)
+    }
+    fn remove_embryo(&mut self, key: &FlowKey) {
+        self.embryos.remove(key);
+    }
+}
+
 fn sampled(pkts: &[TcpPacket]) -> std::vec::Vec<Tracked> {
-    let mut t = Table::default();
+    sampled_in(&mut WithEmbryos::default(), pkts)
+}
+
+fn sampled_in(t: &mut WithEmbryos, pkts: &[TcpPacket]) -> std::vec::Vec<Tracked> {
     let mut now = 100;
     pkts.iter()
         .map(|p| {
             now += 1000;
-            track_sampled(
-                &mut t,
-                p,
-                1,
-                &mut crate::seq::LazyClock::new(|| now),
-                &mut Never,
-            )
+            track_sampled(t, p, 1, &mut crate::seq::LazyClock::new(|| now), &mut Never)
         })
         .collect()
 }
@@ -349,4 +375,44 @@ fn full_rate_marks_nothing() {
         r.emit().map(|e| (e.shift, e.replay, e.syn_ns)),
         Some((0, false, 5))
     );
+}
+
+#[test]
+fn a_flood_leaves_the_flow_map_alone() {
+    let mut t = WithEmbryos::default();
+    // An established connection, followed at full rate.
+    for p in [
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+    ] {
+        track(&mut t.flows, &p, 1, &mut crate::seq::LazyClock::new(|| 9));
+    }
+    // Sampled-out SYNs from elsewhere: only embryos.
+    let flood: std::vec::Vec<TcpPacket> = (0..100u16)
+        .map(|i| {
+            let f = Frame::v4([10, 128, 0, i as u8], 1000 + i, S, 80).flags(SYN);
+            parse_ethernet(&f.build()[..]).unwrap()
+        })
+        .collect();
+    sampled_in(&mut t, &flood);
+    assert_eq!(t.flows.len(), 1, "the flood created flow entries");
+    assert_eq!(t.embryos.len(), 100);
+}
+
+#[test]
+fn a_handshake_completed_by_data_is_promoted() {
+    // The pure ACK was lost before the hook; the first data segment completes it.
+    let out = sampled(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK | PSH, 101, 501, 20),
+    ]);
+    let e = out[2].emit().expect("completing data segment emitted");
+    assert_eq!(e.kind, EventKind::HandshakeAck as u8);
+    assert!(e.replay && out[2].completed);
+    // A segment of an embryo that does not complete it is neither an event nor a
+    // mid-stream connection.
+    let out = sampled(&[pkt(true, SYN, 100, 0, 0), pkt(true, ACK | PSH, 101, 7, 20)]);
+    assert!(out[1].emit().is_none() && !out[1].completed);
 }
