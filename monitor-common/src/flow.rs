@@ -483,16 +483,17 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
         let known = matches!(table.lookup(&key),
             Some(s) if s.state & STATE_SYN_SEEN != 0 && s.client_dir == dir ^ 1);
         let now = clock.now();
-        if !known && let Some(e) = table.embryo(&key) {
-            if e.client_dir == dir ^ 1 {
-                e.synack_seq = pkt.seq;
-                if e.synack_ns == 0 {
-                    e.synack_ns = now;
-                }
-                e.state |= STATE_SYNACK_SEEN;
-                t.sampled = EventKind::SynAck as u8;
-                return;
+        if !known
+            && let Some(e) = table.embryo(&key)
+            && e.client_dir == dir ^ 1
+        {
+            e.synack_seq = pkt.seq;
+            if e.synack_ns == 0 {
+                e.synack_ns = now;
             }
+            e.state |= STATE_SYNACK_SEEN;
+            t.sampled = EventKind::SynAck as u8;
+            return;
         }
         let s = if known {
             table.lookup(&key)
