@@ -6,6 +6,7 @@
 //! Traffic only goes to addresses inside the namespaces the lab created.
 
 pub mod capture;
+pub mod flood;
 pub mod lab;
 pub mod monitor;
 pub mod testrun;

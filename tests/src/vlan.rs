@@ -15,14 +15,15 @@ pub struct Tagging {
     _objects: Vec<Ebpf>,
 }
 
-/// Loads `program` from the lab object and attaches it to `iface` inside `ns`.
-fn attach_in(
+/// Loads `program` from the lab object with `globals` (name, native-endian bytes)
+/// overridden and attaches it to `iface`'s `hook` inside `ns`; detached when the
+/// returned object is dropped.
+pub(crate) fn attach_lab_program(
     ns: &str,
     iface: &str,
     program: &'static str,
     hook: TcAttachType,
-    inner: u16,
-    outer: u16,
+    globals: Vec<(&'static str, Vec<u8>)>,
 ) -> Ebpf {
     let ns = ns.to_string();
     let iface = iface.to_string();
@@ -35,9 +36,11 @@ fn attach_in(
             0,
             "setns"
         );
-        let mut bpf = EbpfLoader::new()
-            .override_global("LAB_VLAN_INNER", &inner, true)
-            .override_global("LAB_VLAN_OUTER", &outer, true)
+        let mut loader = EbpfLoader::new();
+        for (name, bytes) in &globals {
+            loader.override_global(name, bytes.as_slice(), true);
+        }
+        let mut bpf = loader
             .load(monitor::ebpf::LAB_OBJECT)
             .expect("load lab object");
         let prog: &mut SchedClassifier = bpf.program_mut(program).unwrap().try_into().unwrap();
@@ -48,6 +51,27 @@ fn attach_in(
     })
     .join()
     .expect("lab attach thread")
+}
+
+/// Loads a VLAN program with its tag IDs and attaches it to `iface` inside `ns`.
+fn attach_in(
+    ns: &str,
+    iface: &str,
+    program: &'static str,
+    hook: TcAttachType,
+    inner: u16,
+    outer: u16,
+) -> Ebpf {
+    attach_lab_program(
+        ns,
+        iface,
+        program,
+        hook,
+        vec![
+            ("LAB_VLAN_INNER", inner.to_ne_bytes().to_vec()),
+            ("LAB_VLAN_OUTER", outer.to_ne_bytes().to_vec()),
+        ],
+    )
 }
 
 impl Tagging {

@@ -1,5 +1,6 @@
-//! Developer tasks: run the monitor, run every test. Building is cargo's job (the eBPF
-//! object is built by monitor/build.rs); this only sequences what a person would type.
+//! Developer tasks: run the monitor, run every test, show the SYN-flood demo. Building
+//! is cargo's job (the eBPF object is built by monitor/build.rs); this only sequences
+//! what a person would type.
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +31,13 @@ enum Task {
         /// Skip fmt/clippy.
         #[arg(long)]
         no_lint: bool,
+    },
+    /// A spoofed SYN flood between lab namespaces, watched live with `tcpmon top`
+    /// (needs root; everything is torn down on q, Ctrl-C or after the duration).
+    Demo {
+        /// How long the demo runs, in seconds (the flood starts after a quarter).
+        #[arg(long, default_value_t = 45)]
+        seconds: u64,
     },
 }
 
@@ -226,6 +234,28 @@ fn bench() -> anyhow::Result<()> {
     )
 }
 
+fn demo(seconds: u64) -> anyhow::Result<()> {
+    // The test task's build: the demo drives the same binaries the tests do.
+    step(
+        "build tcpmon and the lab binaries",
+        cargo().args(["build", "-p", "monitor", "-p", "tests", "--bins"]),
+    )?;
+    if !is_root() {
+        bail!(
+            "the demo creates network namespaces and attaches programs: run `cargo xtask demo` as root"
+        );
+    }
+    let bin = root().join("target/debug/tcpmon-demo");
+    eprintln!("\n==> {} --seconds {seconds}", bin.display());
+    // Exec, not spawn: with no xtask left in the terminal's process group, Ctrl-C
+    // reaches only the demo (which tears down) and tcpmon top.
+    use std::os::unix::process::CommandExt as _;
+    let err = Command::new(&bin)
+        .args(["--seconds", &seconds.to_string()])
+        .exec();
+    Err(err).with_context(|| format!("running {}", bin.display()))
+}
+
 fn run(args: &[String]) -> anyhow::Result<()> {
     step(
         "build tcpmon (release)",
@@ -243,6 +273,7 @@ fn main() {
         Task::Run { args } => run(&args),
         Task::Test { no_lint } => test(no_lint),
         Task::Bench => bench(),
+        Task::Demo { seconds } => demo(seconds),
     };
     if let Err(e) = result {
         // A short reason, not a backtrace: the failing step printed its own output.

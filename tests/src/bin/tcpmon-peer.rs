@@ -5,14 +5,18 @@
 //!   tcpmon-peer connect ADDR COUNT PAYLOAD [--linger0] [--wait-server-close]
 //!   tcpmon-peer refused ADDR COUNT
 //!   tcpmon-peer get HOST:PORT PATH
+//!   tcpmon-peer serve-loop ADDR SECONDS [--backlog N]
+//!   tcpmon-peer connect-loop ADDR RATE SECONDS [--timeout-ms MS]
 //!
-//! Every loop is bounded by COUNT and every socket op by a timeout.
+//! Every loop is bounded by COUNT or SECONDS and every socket op by a timeout.
+//! The loop modes stop early on SIGINT or SIGTERM and end with one line of
+//! `key=value` counts either way.
 
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +36,154 @@ fn linger0(s: &TcpStream) {
             size_of::<libc::linger>() as u32,
         );
     }
+}
+
+/// The value after `--name`, if given.
+fn opt<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    let i = args.iter().position(|a| a == name)?;
+    let v = args
+        .get(i + 1)
+        .unwrap_or_else(|| panic!("{name} needs a value"));
+    Some(
+        v.parse()
+            .unwrap_or_else(|_| panic!("bad {name} value {v:?}")),
+    )
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Lets SIGINT/SIGTERM end a loop mode early but orderly: the caller still wants
+/// the counts of what was done.
+fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_stop as *const () as libc::sighandler_t) };
+    }
+}
+
+fn stopped() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until `fd` is readable or `timeout` passes.
+fn poll_readable(fd: i32, timeout: Duration) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(1000) as i32) };
+}
+
+/// Accepts until `seconds` have passed, each connection in its own thread: echo the
+/// request, then wait for the client's FIN. Many short connections at once, as a
+/// service under a SYN flood has them.
+fn serve_loop(addr: SocketAddr, seconds: f64, backlog: Option<i32>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let l = TcpListener::bind(addr).expect("bind");
+    if let Some(n) = backlog {
+        // listen(2) again on a listening socket just sets the new backlog.
+        // SAFETY: valid socket fd.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), n) }, 0, "listen");
+    }
+    l.set_nonblocking(true).unwrap();
+    println!("listening");
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let served = std::sync::Arc::new(AtomicU64::new(0));
+    let mut accepted = 0u64;
+    let mut handlers = Vec::new();
+    stop_on_signals();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if stopped() {
+            break;
+        }
+        match l.accept() {
+            Ok((mut s, _)) => {
+                accepted += 1;
+                let served = served.clone();
+                handlers.push(std::thread::spawn(move || {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                    let mut buf = [0u8; 1024];
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    if n > 0 && s.write_all(&buf[..n]).is_ok() {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+                }));
+                handlers.retain(|h| !h.is_finished());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                poll_readable(l.as_raw_fd(), left.min(Duration::from_millis(100)));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    drop(l);
+    for h in handlers {
+        let _ = h.join();
+    }
+    println!(
+        "accepted={accepted} served={}",
+        served.load(Ordering::Relaxed)
+    );
+}
+
+/// Starts a connection every 1/`rate` s for `seconds`, each in its own thread so a
+/// slow handshake (a retransmitted SYN) does not slow the rate: connect, send 4
+/// bytes, read them back, close. `succeeded` counts completed handshakes.
+fn connect_loop(addr: SocketAddr, rate: f64, seconds: f64, timeout: Duration) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let total = (seconds * rate).floor() as u64;
+    let (ok, echoed) = (
+        std::sync::Arc::new(AtomicU64::new(0)),
+        std::sync::Arc::new(AtomicU64::new(0)),
+    );
+    let mut threads = Vec::new();
+    let mut attempted = 0u64;
+    stop_on_signals();
+    for i in 0..total {
+        let at = start + period * i as u32;
+        while let Some(d) = at.checked_duration_since(Instant::now()) {
+            if stopped() {
+                break;
+            }
+            std::thread::sleep(d.min(Duration::from_millis(50)));
+        }
+        if stopped() {
+            break;
+        }
+        attempted += 1;
+        let (ok, echoed) = (ok.clone(), echoed.clone());
+        threads.push(std::thread::spawn(move || {
+            let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
+                return;
+            };
+            ok.fetch_add(1, Ordering::Relaxed);
+            s.set_read_timeout(Some(timeout)).unwrap();
+            let mut buf = [0u8; 4];
+            if s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() {
+                echoed.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        threads.retain(|t| !t.is_finished());
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    let ok = ok.load(Ordering::Relaxed);
+    println!(
+        "attempted={attempted} succeeded={ok} failed={} echoed={}",
+        attempted - ok,
+        echoed.load(Ordering::Relaxed)
+    );
 }
 
 fn main() {
@@ -98,6 +250,22 @@ fn main() {
             s.read_to_string(&mut body).unwrap();
             let (_, b) = body.split_once("\r\n\r\n").expect("HTTP response");
             print!("{b}");
+        }
+        Some("serve-loop") => {
+            serve_loop(
+                addr(),
+                args[2].parse().expect("seconds"),
+                opt(&args, "--backlog"),
+            );
+        }
+        Some("connect-loop") => {
+            let timeout = Duration::from_millis(opt(&args, "--timeout-ms").unwrap_or(3000));
+            connect_loop(
+                addr(),
+                args[2].parse().expect("rate"),
+                args[3].parse().expect("seconds"),
+                timeout,
+            );
         }
         _ => {
             eprintln!("usage: see the header of tests/src/bin/tcpmon-peer.rs");
