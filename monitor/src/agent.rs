@@ -315,7 +315,13 @@ async fn drain_events(
         .iter()
         .map(|a| (a.ifindex, a.iface.clone()))
         .collect();
-    let mut out = std::io::BufWriter::new(std::io::stdout());
+    // Stdout only when events are printed: flushing it takes its lock, which the
+    // `top` view holds while it draws.
+    let mut out: Box<dyn Write + Send> = if json {
+        Box::new(std::io::BufWriter::new(std::io::stdout()))
+    } else {
+        Box::new(std::io::sink())
+    };
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as
     // the AsyncFd owns the RingBuf.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }

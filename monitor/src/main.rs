@@ -271,7 +271,17 @@ fn top_attached(
     } else {
         format!("attached to {ifaces}")
     };
-    let shown = monitor::top::run(&mut || Ok(shared.top_snapshot()), &status, &topts);
+    let shown = monitor::top::run(
+        &mut || {
+            // A signal stopped the agent: the view ends with it.
+            if agent.is_finished() {
+                return Err(monitor::top::SourceGone.into());
+            }
+            Ok(shared.top_snapshot())
+        },
+        &status,
+        &topts,
+    );
     let _ = stop_tx.send(());
     agent
         .join()

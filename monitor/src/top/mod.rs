@@ -98,6 +98,12 @@ pub fn run(
     run_tui(source, status, opts)
 }
 
+/// A source returns this when there is nothing more to show (the agent this view
+/// runs on has stopped, on a signal): the view then ends instead of going stale.
+#[derive(Debug, thiserror::Error)]
+#[error("the monitor stopped")]
+pub struct SourceGone;
+
 /// What one refresh gives the screen: the snapshot to show (the last good one when
 /// the source failed) and the status line.
 struct View {
@@ -116,8 +122,8 @@ impl Feed {
         &mut self,
         source: &mut dyn FnMut() -> anyhow::Result<TopSnapshot>,
         status: &str,
-    ) -> View {
-        match source() {
+    ) -> Option<View> {
+        Some(match source() {
             Ok(snap) => {
                 self.last = Some((snap.clone(), Instant::now()));
                 View {
@@ -126,6 +132,7 @@ impl Feed {
                     alarm: false,
                 }
             }
+            Err(e) if e.is::<SourceGone>() => return None,
             Err(e) => {
                 // How stale the screen is and what failed come first: at 80 columns
                 // the tail of the line is cut off.
@@ -142,7 +149,7 @@ impl Feed {
                     alarm: true,
                 }
             }
-        }
+        })
     }
 }
 
@@ -156,7 +163,9 @@ fn run_plain(
     let mut done = 0u64;
     while opts.frames.is_none_or(|n| done < n) {
         let started = Instant::now();
-        let view = feed.refresh(source, status);
+        let Some(view) = feed.refresh(source, status) else {
+            break;
+        };
         if done > 0 {
             out.write_all(b"\x0c\n")?;
         }
@@ -191,7 +200,9 @@ fn run_tui(
     let mut done = 0u64;
     while opts.frames.is_none_or(|n| done < n) {
         let deadline = Instant::now() + opts.refresh;
-        let view = feed.refresh(source, status);
+        let Some(view) = feed.refresh(source, status) else {
+            break;
+        };
         done += 1;
         term.draw(|f| render::draw(f, &view.snap, &view.status, view.alarm))?;
         // Keys and resizes are handled between refreshes, so 'q' answers at once
