@@ -123,8 +123,9 @@ impl SynMonitor {
             last_kernel: KernelCounts::default(),
             labels: BTreeMap::new(),
             slots: HashMap::new(),
-            // Two of the window's seconds are read live from the kernel's banks.
-            windows: (0..SKETCH_SLOTS).map(|_| Window::new(window - 2)).collect(),
+            // The second before the current one is read live from the kernel's
+            // banks (and the current one, just begun): the finished ones fill the rest.
+            windows: (0..SKETCH_SLOTS).map(|_| Window::new(window - 1)).collect(),
             prefixes: PrefixWindow::new(window),
             evicted_seen: 0,
             ticks: 0,

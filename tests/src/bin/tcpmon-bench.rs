@@ -485,7 +485,7 @@ fn main() {
     tests::require_root();
     let mut out = String::from("# tcpmon benchmarks\n");
     let started = Instant::now();
-    // TCPMON_BENCH_ONLY=kernel|agent|replay|e2e runs one part (for profiling).
+    // TCPMON_BENCH_ONLY=kernel|agent|replay|e2e|flood runs one part (for profiling).
     let only = std::env::var("TCPMON_BENCH_ONLY").unwrap_or_default();
     let part = |p: &str| only.is_empty() || only == p;
     if part("kernel") {
@@ -499,6 +499,9 @@ fn main() {
     }
     if part("e2e") {
         end_to_end_table(&mut out);
+    }
+    if part("flood") {
+        flood_memory_table(&mut out);
     }
     out.push_str(&format!(
         "\n(total bench time {:.0} s)\n",
@@ -658,5 +661,72 @@ fn end_to_end_table(out: &mut String) {
         per_m(mon_cpu, sent),
         per_m(td_cpu, sent_td),
         per_m(mon_cpu, sent) / per_m(td_cpu, sent_td).max(1e-9),
+    ));
+}
+
+/// A long flood from random 32-bit sources (every SYN a new source, a new prefix, a
+/// new connection): the agent's memory stays at its bound while millions of distinct
+/// sources go by, and its CPU per million SYNs with sampling.
+fn flood_memory_table(out: &mut String) {
+    use tests::{lab::Lab, monitor::Monitor};
+    const SECS: u32 = 25;
+    let lab = Lab::new();
+    let mon = Monitor::start_agent(&lab, &lab.server, &["-i", lab.server_if, "--ingress", "tc"]);
+    let pid = mon.pid();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss0 = tests::flood::rss_bytes(pid);
+    let c0 = cpu_secs(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(
+                    tests::flood::rss_bytes(pid),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let sent = flood(&lab, SECS);
+    // Read the sketch before the window forgets the flood.
+    std::thread::sleep(Duration::from_millis(1300));
+    let metrics = mon.metrics(&lab);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.join();
+    let cpu = cpu_secs(pid) - c0;
+    let rss1 = tests::flood::rss_bytes(pid);
+    drop(mon.stop());
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    out.push_str(&format!(
+        "\n## Spoofed SYN flood: memory and CPU (tc ingress, random 32-bit sources, {SECS} s)\n\n\
+         | measure | value |\n|---|---:|\n\
+         | SYNs sent by hping3 (all distinct sources) | {sent} ({:.0}/s) |\n\
+         | SYNs counted (tcpmon_syn_received_total) | {:.0} |\n\
+         | distinct sources, last 10 s (estimate) | {:.0} |\n\
+         | events emitted / sampled out / lost | {:.0} / {:.0} / {:.0} |\n\
+         | prefixes evicted from the kernel's LRU table | {:.0} |\n\
+         | agent RSS before / peak / after (bound 256 MiB) | {:.1} / {:.1} / {:.1} MiB |\n\
+         | agent CPU per million SYNs | {:.3} s |\n",
+        sent as f64 / SECS as f64,
+        sum("tcpmon_syn_received_total{"),
+        sum("tcpmon_syn_sources_estimate{port=\"all\"}"),
+        sum("tcpmon_events_emitted_total{"),
+        sum("tcpmon_events_sampled_total{"),
+        sum("tcpmon_events_lost_total{"),
+        sum("tcpmon_syn_prefix_evictions_total"),
+        mib(rss0),
+        mib(peak.load(std::sync::atomic::Ordering::Relaxed)),
+        mib(rss1),
+        cpu / (sent.max(1) as f64 / 1e6),
     ));
 }
