@@ -6,6 +6,7 @@
 #   bash xtask/bootstrap.sh run  [-- tcpmon args]   build and run the monitor
 #   bash xtask/bootstrap.sh test                     install test deps, run every test
 #   bash xtask/bootstrap.sh bench                    run the benchmarks
+#   bash xtask/bootstrap.sh demo                     the SYN-flood demo in a lab
 #   bash xtask/bootstrap.sh setup                    only install toolchains
 set -euo pipefail
 
@@ -130,5 +131,10 @@ case "$cmd" in
         install_test_deps
         exec cargo xtask bench "$@"
         ;;
-    *) log "unknown command '$cmd' (run | test | bench | setup)"; exit 2 ;;
+    demo)
+        setup
+        install_test_deps
+        exec cargo xtask demo "$@"
+        ;;
+    *) log "unknown command '$cmd' (run | test | bench | demo | setup)"; exit 2 ;;
 esac
