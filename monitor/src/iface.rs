@@ -85,6 +85,55 @@ fn default_v6(table: &str) -> Option<String> {
         .map(|(_, name)| name)
 }
 
+/// The kernel driver behind an interface ("veth", "virtio_net", ...), from the
+/// ethtool driver-info ioctl; None if the interface has none or the call fails.
+pub fn driver(name: &str) -> Option<String> {
+    /// `struct ethtool_drvinfo` (linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a datagram socket only to carry the ioctl; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live drvinfo.
+    let r = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if r != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +153,12 @@ mod tests {
         let t = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n\
                  00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     ens3\n";
         assert_eq!(default_v6(t).as_deref(), Some("ens3"));
+    }
+
+    #[test]
+    fn drivers() {
+        assert_eq!(driver("no-such-if0"), None);
+        assert_eq!(driver("a-name-longer-than-ifnamsiz"), None);
     }
 
     #[test]

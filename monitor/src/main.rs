@@ -40,7 +40,7 @@ struct AttachArgs {
     ifaces: Vec<String>,
 
     /// How to observe ingress packets.
-    #[arg(long, value_enum, default_value = "xdp", global = true)]
+    #[arg(long, value_enum, default_value = "auto", global = true)]
     ingress: IngressMode,
 
     /// Ring buffer size in bytes (power of two).

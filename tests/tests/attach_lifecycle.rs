@@ -92,7 +92,11 @@ fn nothing_stays_attached_after_sigterm_or_sigkill() {
     let lab = Lab::new();
     assert_eq!(xdp_attached(&lab), "");
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
-        let mon = Monitor::start(&lab, &lab.client, &["-i", lab.client_if]);
+        let mon = Monitor::start(
+            &lab,
+            &lab.client,
+            &["-i", lab.client_if, "--ingress", "xdp"],
+        );
         assert!(
             xdp_attached(&lab).contains("tcpmon_xdp"),
             "XDP program not attached"
@@ -110,6 +114,24 @@ fn nothing_stays_attached_after_sigterm_or_sigkill() {
         }
         wait_gone(&lab, &progs, &links);
     }
+}
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test`"]
+fn the_default_on_a_veth_is_tc_ingress() {
+    let lab = Lab::new();
+    let mon = Monitor::start(&lab, &lab.client, &["-i", lab.client_if]);
+    assert_eq!(xdp_attached(&lab), "", "XDP attached to a veth by default");
+    let (progs, links, types) = held_by(mon.pid());
+    types_are(&types, &["tcx", "tcx"]);
+    assert!(
+        mon.stderr().contains("observing ingress with tc"),
+        "{}",
+        mon.stderr()
+    );
+    let stopped = mon.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    wait_gone(&lab, &progs, &links);
 }
 
 #[test]
@@ -155,7 +177,13 @@ fn runs_as_unprivileged_user_with_bpf_net_admin_perfmon() {
         &format!("--inh-caps={caps}"),
         &format!("--ambient-caps={caps}"),
     ];
-    let mon = Monitor::start_as(&lab, &lab.client, &wrapper, &bin, &["-i", lab.client_if]);
+    let mon = Monitor::start_as(
+        &lab,
+        &lab.client,
+        &wrapper,
+        &bin,
+        &["-i", lab.client_if, "--ingress", "xdp"],
+    );
     let (progs, links, types) = held_by(mon.pid());
     types_are(&types, &["tcx", "xdp"]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", mon.pid())).unwrap();
@@ -203,7 +231,11 @@ fn errors_say_what_to_do() {
     let err = expect_failure(&lab, &lab.client, &["-i", "nope0"]);
     assert!(err.contains("interface 'nope0' does not exist"), "{err}");
 
-    let mon = Monitor::start(&lab, &lab.client, &["-i", lab.client_if]);
+    let mon = Monitor::start(
+        &lab,
+        &lab.client,
+        &["-i", lab.client_if, "--ingress", "xdp"],
+    );
     let (progs, links, _) = held_by(mon.pid());
     // Same port: refused before anything is attached.
     let err = expect_failure(
@@ -216,7 +248,14 @@ fn errors_say_what_to_do() {
     let err = expect_failure(
         &lab,
         &lab.client,
-        &["-i", lab.client_if, "--listen", "127.0.0.1:19394"],
+        &[
+            "-i",
+            lab.client_if,
+            "--ingress",
+            "xdp",
+            "--listen",
+            "127.0.0.1:19394",
+        ],
     );
     assert!(err.contains("already has an XDP program attached"), "{err}");
     assert!(err.contains("--ingress tc"), "{err}");

@@ -168,7 +168,7 @@ fn scenario(v6: bool) {
     let mut lab = Lab::new();
     let ns = lab.client.clone();
     let before = lab.nstat(&ns);
-    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if]);
+    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if, "--ingress", "xdp"]);
     let cap = Capture::start(&lab, &ns, lab.client_if);
 
     // Client closes first, server closes first, aborted with RST, refused.

@@ -101,7 +101,7 @@ fn bulk_with_loss(v6: bool, loss: u32, acks: bool) -> bool {
             loss * 10
         ),
     );
-    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if]);
+    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if, "--ingress", "xdp"]);
     let cap = Capture::start_with(&lab, &ns, &["-i", lab.client_if, "-s", "128"]);
     let mut srv = lab
         .cmd(&lab.server, "iperf3")
@@ -338,7 +338,7 @@ fn lost_syn_is_a_syn_retransmission() {
         "table inet synloss {\n chain in { type filter hook input priority 0; \
          tcp dport 7100 tcp flags & (syn | ack) == syn quota until 70 bytes drop; }\n}\n",
     );
-    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if]);
+    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if, "--ingress", "xdp"]);
     let before = lab.nstat(&ns);
     lab.serve(&format!("{SERVER_V4}:7100"), 1, &[]);
     lab.connect(&format!("{SERVER_V4}:7100"), 1, 10, &[]);
@@ -381,7 +381,7 @@ fn lost_synack_is_retransmitted_by_both_ends() {
         "table inet synackloss {\n chain out { type filter hook output priority 0; \
          tcp sport 7200 tcp flags & (syn | ack) == syn | ack quota until 70 bytes drop; }\n}\n",
     );
-    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if]);
+    let mon = Monitor::start(&lab, &ns, &["-i", lab.client_if, "--ingress", "xdp"]);
     let cap = Capture::start(&lab, &ns, lab.client_if);
     lab.serve(&format!("{SERVER_V4}:7200"), 1, &[]);
     lab.connect(&format!("{SERVER_V4}:7200"), 1, 10, &[]);
