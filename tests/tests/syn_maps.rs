@@ -161,3 +161,34 @@ fn a_syn_burst_is_sampled_and_every_completed_handshake_still_emitted() {
         assert!(e.raw.sample_shift > 0);
     }
 }
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test`"]
+fn the_prefix_table_reads_the_same_in_batches_and_key_by_key() {
+    let mut l = Loaded::new();
+    let mut maps = SynMaps::new(&mut l.bpf, 0).expect("SYN maps");
+    // More prefixes than one batch (4096), some with several SYNs.
+    for i in 0..6000u32 {
+        // One /24 each: 10.64.0.0 + i * 256.
+        let src = [10, 64 + (i >> 8) as u8, i as u8, 9];
+        let f = Frame::v4(src, 20_000 + (i % 30_000) as u16, S4, 80)
+            .flags(SYN)
+            .build();
+        l.run(Prog::Xdp, &f, 1);
+    }
+    let t = std::time::Instant::now();
+    let batched = maps.prefixes().unwrap();
+    let t_batch = t.elapsed();
+    let t = std::time::Instant::now();
+    let walked = maps.prefixes_key_by_key().unwrap();
+    eprintln!(
+        "{} prefixes: batched {t_batch:?}, key by key {:?}",
+        batched.len(),
+        t.elapsed()
+    );
+    assert!(batched.len() > 4096, "only {} prefixes", batched.len());
+    assert_eq!(batched, walked);
+    let total: u64 = batched.values().sum();
+    let inserts = l.totals()[counters::PREFIX_INSERTS as usize] as usize;
+    assert!(total >= batched.len() as u64 && inserts >= batched.len());
+}

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use monitor_common::syn::{
     self, PortSyn, PrefixKey, SKETCH_SLOTS, SamplerState, SynConfig, sketch_index,
 };
@@ -38,7 +38,10 @@ pub struct SynMaps {
     config: Array<MapData, SynConfig>,
     sampler: PerCpuArray<MapData, SamplerState>,
     ports: PerCpuHashMap<MapData, u32, PortSyn>,
-    prefixes: PerCpuHashMap<MapData, PrefixKey, u64>,
+    /// Read with batch lookups where the kernel has them, else key by key.
+    prefixes: Map,
+    prefix_capacity: usize,
+    batch: bool,
     sketch: PerCpuArray<MapData, Registers>,
     slots: Array<MapData, u8>,
     cfg: SynConfig,
@@ -68,7 +71,9 @@ impl SynMaps {
             config: Array::try_from(take(bpf, CONFIG_MAP)?)?,
             sampler: PerCpuArray::try_from(take(bpf, SAMPLER_MAP)?)?,
             ports: PerCpuHashMap::try_from(take(bpf, PORTS_MAP)?)?,
-            prefixes: PerCpuHashMap::try_from(take(bpf, PREFIXES_MAP)?)?,
+            prefixes: take(bpf, PREFIXES_MAP)?,
+            prefix_capacity: 0,
+            batch: true,
             sketch: PerCpuArray::try_from(take(bpf, SKETCH_MAP)?)?,
             slots: Array::try_from(take(bpf, SLOT_MAP)?)?,
             cfg: SynConfig {
@@ -79,7 +84,27 @@ impl SynMaps {
             ncpu,
         };
         maps.config.set(0, &maps.cfg, 0)?;
+        maps.prefix_capacity = prefix_data(&maps.prefixes)?.info()?.max_entries() as usize;
         Ok(maps)
+    }
+
+    /// The prefix table read one key at a time (kernels without batch lookups).
+    pub fn prefixes_key_by_key(&self) -> anyhow::Result<HashMap<PrefixKey, u64>> {
+        let map: PerCpuHashMap<&MapData, PrefixKey, u64> = PerCpuHashMap::try_from(&self.prefixes)?;
+        let mut out = HashMap::new();
+        for item in map.iter() {
+            // An entry evicted between listing and reading is simply skipped.
+            let Ok((k, per_cpu)) = item else { continue };
+            out.insert(k, per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+}
+
+fn prefix_data(map: &Map) -> anyhow::Result<&MapData> {
+    match map {
+        Map::PerCpuLruHashMap(d) | Map::PerCpuHashMap(d) => Ok(d),
+        _ => anyhow::bail!("{PREFIXES_MAP} is not a per-CPU hash map"),
     }
 }
 
@@ -115,13 +140,22 @@ impl SynSource for SynMaps {
     }
 
     fn prefixes(&mut self) -> anyhow::Result<HashMap<PrefixKey, u64>> {
-        let mut out = HashMap::new();
-        for item in self.prefixes.iter() {
-            // An entry evicted between listing and reading is simply skipped.
-            let Ok((k, per_cpu)) = item else { continue };
-            out.insert(k, per_cpu.iter().sum());
+        if self.batch {
+            let fd = prefix_data(&self.prefixes)?.fd();
+            match super::batch::sum_percpu_u64::<PrefixKey>(
+                std::os::fd::AsFd::as_fd(fd),
+                self.ncpu,
+                self.prefix_capacity,
+            ) {
+                Ok(v) => return Ok(v.into_iter().collect()),
+                Err(e @ super::batch::BatchError::Unsupported(_)) => {
+                    tracing::info!(error = %e, "reading the prefix table key by key");
+                    self.batch = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(out)
+        self.prefixes_key_by_key()
     }
 
     fn bank(&mut self, slot: u32, bank: u32) -> anyhow::Result<Box<Registers>> {

@@ -8,6 +8,7 @@
 //! record per port label.
 
 pub mod api;
+pub mod batch;
 pub mod detector;
 pub mod kernel;
 pub mod metrics;
