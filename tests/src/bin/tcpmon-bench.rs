@@ -18,8 +18,8 @@ use monitor::{
     lifecycle::metrics::LifecycleMetrics,
 };
 use monitor_common::{
-    TcpEvent,
-    event::Hook,
+    TcpEvent, counters,
+    event::{EventKind, Hook},
     flags::{ACK, FIN, PSH, SYN},
     flow::track,
     frames::{Frame, Ip},
@@ -201,6 +201,37 @@ fn kernel_table(out: &mut String) {
         let ns = k.repeated(prog, frame, repeat);
         rows.push((format!("{name} ({prog:?})"), ns, baseline));
     }
+    // A flood: every SYN a new spoofed source, sampling on (the agent's default
+    // rate). Most are sampled out: per-port, prefix and sketch counts, an embryo, no
+    // event.
+    let syn_maps = monitor::syn::kernel::SynMaps::new(&mut k.l.bpf, 1000).expect("SYN maps");
+    let flood: Vec<Vec<u8>> = (0..6000u32)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            Frame::v4(
+                [10, b[1] | 0x80, b[2], b[3]],
+                1024 + (i % 60000) as u16,
+                B,
+                80,
+            )
+            .flags(SYN)
+            .build()
+        })
+        .collect();
+    let before = k.l.totals();
+    let flood_ns = per_call(&mut k, Some(Prog::Xdp), &flood);
+    let after = k.l.totals();
+    let sampled = after[counters::sampled(EventKind::Syn) as usize]
+        - before[counters::sampled(EventKind::Syn) as usize];
+    drop(syn_maps);
+    rows.push((
+        format!(
+            "flood SYN, new source, {:.0} % sampled out (XDP, per call)",
+            sampled as f64 * 100.0 / flood.len() as f64
+        ),
+        flood_ns,
+        base_call,
+    ));
     out.push_str(&format!(
         "\n## Kernel cost per packet (BPF_PROG_TEST_RUN, median of {ROUNDS} rounds)\n\n\
          baseline XDP_PASS: {baseline:.1} ns repeated x{REPEAT}, {base_call:.1} ns one run per call\n\n\
