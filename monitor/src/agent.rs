@@ -355,6 +355,18 @@ async fn drain_events(
             }
             Ok(())
         };
+    // Everything in the ring, under one engine lock; returns how many records.
+    let drain = |ring: &mut RingBuf<MapData>, out: &mut Box<dyn Write + Send>| {
+        let mut engine = shared.engine.lock().expect("engine lock");
+        let mut n = 0usize;
+        while let Some(item) = ring.next() {
+            handle(&item, &mut engine, &mut **out)?;
+            n += 1;
+        }
+        drop(engine);
+        out.flush()?;
+        anyhow::Ok(n)
+    };
     // Records of sampled connections (a SYN flood) do not wake the reader; this
     // timer drains them.
     let mut sweep = tokio::time::interval(SWEEP);
@@ -362,26 +374,12 @@ async fn drain_events(
     loop {
         tokio::select! {
             _ = sweep.tick() => {
-                let ring = fd.get_mut();
-                let mut engine = shared.engine.lock().expect("engine lock");
-                while let Some(item) = ring.next() {
-                    handle(&item, &mut engine, &mut out)?;
-                }
-                drop(engine);
-                out.flush()?;
+                drain(fd.get_mut(), &mut out)?;
             }
             guard = fd.readable_mut() => {
                 let drained = {
                     let mut guard = guard?;
-                    let ring = guard.get_inner_mut();
-                    let mut engine = shared.engine.lock().expect("engine lock");
-                    let mut drained = 0usize;
-                    while let Some(item) = ring.next() {
-                        handle(&item, &mut engine, &mut out)?;
-                        drained += 1;
-                    }
-                    drop(engine);
-                    out.flush()?;
+                    let drained = drain(guard.get_inner_mut(), &mut out)?;
                     guard.clear_ready();
                     drained
                 };
@@ -396,12 +394,6 @@ async fn drain_events(
             _ = stop.changed() => break,
         }
     }
-    let ring = fd.get_mut();
-    let mut engine = shared.engine.lock().expect("engine lock");
-    while let Some(item) = ring.next() {
-        handle(&item, &mut engine, &mut out)?;
-    }
-    drop(engine);
-    out.flush()?;
+    drain(fd.get_mut(), &mut out)?;
     Ok(())
 }

@@ -30,6 +30,26 @@ pub struct Segment {
     pub vlans: Vec<u16>,
 }
 
+/// Spawns a prepared tcpdump command with its stderr in `stderr` and waits until it
+/// says it is listening (before that, packets would be missed).
+pub fn spawn_tcpdump(mut cmd: std::process::Command, stderr: &std::path::Path) -> Child {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .expect("tcpdump must be installed");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(stderr)
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        assert!(Instant::now() < deadline, "tcpdump did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 impl Capture {
     /// Starts tcpdump on `iface` in `ns` and waits until it captures.
     pub fn start(lab: &Lab, ns: &str, iface: &str) -> Capture {
@@ -41,32 +61,20 @@ impl Capture {
         let dir = scratch_dir("capture");
         let file = dir.join("cap.pcap");
         let stderr = dir.join("tcpdump.err");
-        let child = lab
-            .cmd(ns, "tcpdump")
-            .args([
-                "-n",
-                "-U",
-                "--immediate-mode",
-                "-s",
-                "256",
-                "-Z",
-                "root",
-                "-w",
-            ])
-            .arg(&file)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("tcpdump must be installed");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !std::fs::read_to_string(&stderr)
-            .unwrap_or_default()
-            .contains("listening on")
-        {
-            assert!(Instant::now() < deadline, "tcpdump did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut cmd = lab.cmd(ns, "tcpdump");
+        cmd.args([
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-s",
+            "256",
+            "-Z",
+            "root",
+            "-w",
+        ])
+        .arg(&file)
+        .args(args);
+        let child = spawn_tcpdump(cmd, &stderr);
         Capture {
             child: Some(child),
             file,

@@ -488,25 +488,12 @@ impl FloodCapture {
         let dir = scratch_dir("flood-capture");
         let file = dir.join("cap.pcap");
         let stderr = dir.join("tcpdump.err");
-        let child = lab
-            .cmd(ns, "tcpdump")
-            .args(["-n", "-i", iface, "-s", "96", "-B", "262144", "-Z", "root"])
+        let mut cmd = lab.cmd(ns, "tcpdump");
+        cmd.args(["-n", "-i", iface, "-s", "96", "-B", "262144", "-Z", "root"])
             .arg("-w")
             .arg(&file)
-            .args(["ip", "and", "tcp"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("tcpdump must be installed");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !std::fs::read_to_string(&stderr)
-            .unwrap_or_default()
-            .contains("listening on")
-        {
-            assert!(Instant::now() < deadline, "tcpdump did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .args(["ip", "and", "tcp"]);
+        let child = crate::capture::spawn_tcpdump(cmd, &stderr);
         FloodCapture {
             child: Some(child),
             file,
