@@ -420,6 +420,12 @@ fn promote<T: FlowTable>(
         && e.client_dir == dir
         && pkt.ack == e.synack_seq.wrapping_add(1);
     if !completes {
+        if pkt.payload_len > 0 || f & FIN != 0 {
+            // Data or a FIN that does not complete the handshake (its SYN-ACK took a
+            // path without a hook, or the embryo is stale): follow it mid-stream.
+            table.remove_embryo(key);
+            return Embryonic::No;
+        }
         return Embryonic::Handled;
     }
     table.remove_embryo(key);
@@ -433,6 +439,9 @@ fn promote<T: FlowTable>(
     s.synack_ns = e.synack_ns;
     s.shift = e.shift;
     s.state = STATE_SYN_SEEN | STATE_SYNACK_SEEN | STATE_QUIET;
+    // The SYN and the SYN-ACK, as a followed connection would have counted them.
+    s.segs[(e.client_dir & 1) as usize] = 1;
+    s.segs[((e.client_dir ^ 1) & 1) as usize] = 1;
     Embryonic::Promoted
 }
 
@@ -464,6 +473,11 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             let (keep, shift) = sampler.decide(&key, now);
             if !keep {
                 return sampled_syn(table, &key, dir, pkt, now, shift, t);
+            }
+            // A retransmission kept after its first SYN was sampled out: the
+            // connection is followed from here, not through the embryo.
+            if table.embryo(&key).is_some() {
+                table.remove_embryo(&key);
             }
             // A (re)transmitted SYN starts the connection afresh, including reuse of
             // a tuple still in TIME-WAIT.

@@ -111,6 +111,9 @@ pub fn tcpmon_tc_ingress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Map update flag: fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
+
 /// `bpf_ringbuf_submit` flag: do not wake the consumer.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 
@@ -258,9 +261,16 @@ fn count_syn(c: &mut Counters, tcp: &TcpPacket, hook: Hook, cfg: SynConfig) {
             match SYN_PREFIXES.get_ptr_mut(&prefix) {
                 // SAFETY: this CPU's value of a live entry, for this run.
                 Some(n) => unsafe { *n += 1 },
-                None => match SYN_PREFIXES.insert(&prefix, &1, 0) {
+                // NOEXIST: when another CPU inserted it meanwhile, this is no new
+                // entry (the insert count tells evictions apart) and it sets only this
+                // CPU's value.
+                None => match SYN_PREFIXES.insert(&prefix, &1, BPF_NOEXIST) {
                     Ok(()) => bump(c, counters::PREFIX_INSERTS, 1),
-                    Err(_) => bump(c, counters::PREFIX_FAILURES, 1),
+                    Err(_) => match SYN_PREFIXES.get_ptr_mut(&prefix) {
+                        // SAFETY: as above.
+                        Some(n) => unsafe { *n += 1 },
+                        None => bump(c, counters::PREFIX_FAILURES, 1),
+                    },
                 },
             }
             let slot = SKETCH_SLOT.get(port as u32).copied().unwrap_or(0) as u32;

@@ -134,18 +134,29 @@ impl Shared {
             prefix_inserts: totals[counters::PREFIX_INSERTS as usize],
         };
         let mut maps = self.syn_maps.lock().expect("syn maps lock");
-        let mut engine = self.engine.lock().expect("engine lock");
-        let half_open = engine.half_open_by_port();
+        // The engine lock only for a copy of what the tick needs: the map reads below
+        // must not hold up the ring buffer's drain.
+        let (half_open, mut labels) = {
+            let engine = self.engine.lock().expect("engine lock");
+            (engine.half_open_by_port(), engine.out.ports.clone())
+        };
         let now = crate::event::monotonic_ns();
         let unix_ms = unix_ms();
         let r = self.syn.lock().expect("syn lock").tick(
             now,
             unix_ms,
             &mut *maps,
-            &mut engine.out.ports,
+            &mut labels,
             &half_open,
             counts,
         );
+        // Service ports the tick admitted (they answered with a SYN-ACK).
+        self.engine
+            .lock()
+            .expect("engine lock")
+            .out
+            .ports
+            .admit_from(&labels);
         if let Err(e) = r {
             tracing::warn!(error = %e, "reading the SYN maps");
         }

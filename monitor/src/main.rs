@@ -65,8 +65,8 @@ struct AttachArgs {
 /// SYN-flood evidence and the flood detector.
 #[derive(Debug, Args)]
 struct SynArgs {
-    /// New-connection SYN events per second (host-wide) emitted one by one; above it
-    /// the kernel samples new connections (counters stay exact, completed handshakes
+    /// New-connection SYN events per second, per CPU, emitted one by one; above it
+    /// that CPU samples new connections (counters stay exact, completed handshakes
     /// are always emitted). 0 never samples.
     #[arg(long, default_value_t = SynOptions::default().sample_rate, global = true)]
     syn_sample_rate: u32,

@@ -83,7 +83,7 @@ fn syns_are_counted_by_port_prefix_and_sketch() {
 #[ignore = "privileged: run with `cargo xtask test`"]
 fn a_syn_burst_is_sampled_and_every_completed_handshake_still_emitted() {
     let mut l = Loaded::new();
-    // 1000 SYN/s host-wide: a budget of 1000 / CPUs / 10 per CPU and 100 ms window.
+    // 1000 SYN/s per CPU: a budget of 100 per 100 ms window.
     let mut maps = SynMaps::new(&mut l.bpf, 1000).expect("SYN maps");
     let n = 3000u16;
     let syn = |i: u16| {

@@ -411,8 +411,75 @@ fn a_handshake_completed_by_data_is_promoted() {
     let e = out[2].emit().expect("completing data segment emitted");
     assert_eq!(e.kind, EventKind::HandshakeAck as u8);
     assert!(e.replay && out[2].completed);
-    // A segment of an embryo that does not complete it is neither an event nor a
-    // mid-stream connection.
-    let out = sampled(&[pkt(true, SYN, 100, 0, 0), pkt(true, ACK | PSH, 101, 7, 20)]);
+    // A pure ACK of an embryo that does not complete it is nothing; data that does
+    // not complete it (the SYN-ACK went another way) is followed mid-stream.
+    let mut t = WithEmbryos::default();
+    let out = sampled_in(
+        &mut t,
+        &[
+            pkt(true, SYN, 100, 0, 0),
+            pkt(true, ACK, 101, 7, 0),
+            pkt(true, ACK | PSH, 101, 7, 20),
+            pkt(true, FIN | ACK, 121, 7, 0),
+        ],
+    );
     assert!(out[1].emit().is_none() && !out[1].completed);
+    assert!(out[2].emit().is_none() && !out[2].completed);
+    assert_eq!(t.flows.len(), 1, "followed mid-stream");
+    assert!(t.embryos.is_empty());
+    assert_eq!(out[3].emit().map(|e| e.kind), Some(EventKind::Fin as u8));
+}
+
+/// Keeps whatever the test says, per call.
+struct Script(std::vec::Vec<bool>);
+
+impl Sampler for Script {
+    fn decide(&mut self, _: &FlowKey, _: u64) -> (bool, u8) {
+        let keep = self.0.remove(0);
+        (keep, if keep { 0 } else { 3 })
+    }
+}
+
+#[test]
+fn a_kept_retransmission_retires_the_embryo() {
+    let mut t = WithEmbryos::default();
+    let mut script = Script(std::vec![false, true]);
+    let mut run = |p: &TcpPacket| {
+        track_sampled(
+            &mut t,
+            p,
+            1,
+            &mut crate::seq::LazyClock::new(|| 5),
+            &mut script,
+        )
+    };
+    run(&pkt(true, SYN, 100, 0, 0));
+    let e = run(&pkt(true, SYN, 100, 0, 0)).emit().expect("kept SYN");
+    assert_eq!(e.kind, EventKind::Syn as u8);
+    assert!(t.embryos.is_empty());
+    assert_eq!(t.flows.len(), 1);
+}
+
+#[test]
+fn a_promoted_connection_counts_its_handshake_segments() {
+    let mut t = WithEmbryos::default();
+    sampled_in(
+        &mut t,
+        &[
+            pkt(true, SYN, 100, 0, 0),
+            pkt(false, SYN | ACK, 500, 101, 0),
+            pkt(true, ACK, 101, 501, 0),
+        ],
+    );
+    let mut full = Table::default();
+    for p in [
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+    ] {
+        track(&mut full, &p, 1, &mut crate::seq::LazyClock::new(|| 5));
+    }
+    let a = t.flows.values().next().unwrap();
+    let b = full.values().next().unwrap();
+    assert_eq!(a.segs, b.segs);
 }

@@ -67,7 +67,7 @@ pub trait Sink {
         direction: Direction,
         kind: RetransKind,
         port: &str,
-        segs: u16,
+        segs: u64,
         bytes: u32,
     );
     fn out_of_order(&mut self, direction: Direction, segs: u16);
@@ -354,17 +354,30 @@ impl<S: Sink> Engine<S> {
     /// Evicts the oldest connections until there is room for one more; for a
     /// connection in its handshake, first the oldest half-open ones over their cap.
     fn make_room(&mut self, handshake: bool) {
-        while handshake && self.embryonic.len() >= self.cfg.max_embryonic.max(1) {
-            let Some((key, generation)) = self.embryonic.pop_front() else {
-                break;
-            };
-            // Entries that completed or ended since are skipped without eviction.
-            if self.conns.get(&key).is_some_and(|e| {
-                e.generation == generation && e.conn.ends.iter().any(|s| s.in_handshake())
-            }) {
-                self.conns.remove(&key);
-                self.evicted += 1;
-                self.out.sink.evicted();
+        let cap = self.cfg.max_embryonic.max(1);
+        if handshake && self.embryonic.len() >= cap {
+            // The queue also holds handshakes that completed or ended since: drop
+            // those, then, if half-open ones still fill it, give up on the oldest
+            // (a tenth of the cap at once, so this runs once per cap/10 handshakes).
+            let live = &self.conns;
+            self.embryonic.retain(|(k, g)| {
+                live.get(k).is_some_and(|e| {
+                    e.generation == *g && e.conn.ends.iter().any(|s| s.in_handshake())
+                })
+            });
+            let keep = cap - cap.div_ceil(10);
+            while self.embryonic.len() > keep {
+                let Some((key, _)) = self.embryonic.pop_front() else {
+                    break;
+                };
+                if let Some(mut e) = self.conns.remove(&key) {
+                    // Reported as the timeout it would have become, with its weight.
+                    if let Some(h) = e.conn.expire(e.conn.last_ns) {
+                        self.out.report(&mut e, &[h]);
+                    }
+                    self.evicted += 1;
+                    self.out.sink.evicted();
+                }
             }
         }
         while self.conns.len() >= self.cfg.max_connections {
@@ -526,7 +539,7 @@ impl<S: Sink> Reporter<S> {
                         RetransKind::Syn | RetransKind::SynAck => e.weight,
                         _ => 1,
                     };
-                    let segs = (*segs as u64 * w).min(u16::MAX as u64) as u16;
+                    let segs = *segs as u64 * w;
                     self.sink.retransmitted(dir, *kind, port, segs, *bytes);
                 }
                 Happening::OutOfOrder { from, segs } => {

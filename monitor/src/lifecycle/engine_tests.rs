@@ -43,7 +43,7 @@ impl Sink for Rec {
     fn record(&mut self, r: &ConnRecord) {
         self.records.push(r.clone());
     }
-    fn retransmitted(&mut self, d: Direction, k: RetransKind, port: &str, segs: u16, bytes: u32) {
+    fn retransmitted(&mut self, d: Direction, k: RetransKind, port: &str, segs: u64, bytes: u32) {
         self.calls.push(format!(
             "retrans {} {} {port} {segs} {bytes}",
             d.name(),
@@ -284,6 +284,23 @@ fn sampled_failures_stand_for_their_peers_and_half_open_is_bounded() {
         .iter()
         .filter(|c| c.contains("timeout"))
         .count();
-    assert_eq!(failed, 3, "{:?}", e.out.sink.calls);
-    assert_eq!(e.out.sink.weights, [8, 8, 8]);
+    // Evicted half-open entries count as the timeouts they would have become.
+    assert_eq!(failed, 10, "{:?}", e.out.sink.calls);
+    assert_eq!(e.out.sink.weights, [8; 10]);
+}
+
+#[test]
+fn completed_handshakes_do_not_push_out_half_open_ones() {
+    let cfg = Config {
+        max_embryonic: 4,
+        ..Config::default()
+    };
+    let mut e = engine(cfg);
+    e.on_event(&ev(false, 80, 41000, SYN, 100, 0, 0));
+    e.on_event(&ev(true, 80, 41000, SYN | ACK, 500, 101, 1));
+    for p in 0..20 {
+        served(&mut e, 40000 + p, 100 + 1000 * p as u64, true);
+    }
+    assert_eq!(e.evicted, 0);
+    assert_eq!(e.half_open_by_port().values().sum::<u64>(), 1);
 }

@@ -282,13 +282,13 @@ impl Sink for Outputs {
         direction: Direction,
         kind: RetransKind,
         port: &str,
-        segs: u16,
+        segs: u64,
         bytes: u32,
     ) {
         if let Some(m) = &self.metrics {
             m.retrans_segs
                 .with_label_values(&[direction.name(), kind.name(), port])
-                .inc_by(segs as u64);
+                .inc_by(segs);
             m.retrans_bytes
                 .with_label_values(&[direction.name(), port])
                 .inc_by(bytes as u64);

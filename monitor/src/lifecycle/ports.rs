@@ -41,6 +41,13 @@ impl PortLabels {
         }
     }
 
+    /// Admits every port `other` admitted (a copy updated without the engine lock).
+    pub fn admit_from(&mut self, other: &PortLabels) {
+        for p in &other.auto {
+            self.admit(*p);
+        }
+    }
+
     pub fn label(&self, port: Option<u16>) -> &'static str {
         port.and_then(|p| self.names.get(&p).copied())
             .unwrap_or(OTHER)

@@ -75,12 +75,18 @@ pub fn sum_percpu_u64<K: Pod + Default>(
             )
         };
         let err = (r < 0).then(std::io::Error::last_os_error);
-        let n = (attr.count as usize).min(chunk);
+        let errno = err.as_ref().and_then(|e| e.raw_os_error());
+        // The kernel reports a count only on success and on these two errors; on
+        // others (EINVAL from a kernel without batch lookups) it leaves ours alone.
+        let n = match errno {
+            None | Some(libc::ENOENT | libc::ENOSPC) => (attr.count as usize).min(chunk),
+            Some(_) => 0,
+        };
         for (i, k) in keys.iter().take(n).enumerate() {
             let v = &values[i * possible_cpus..(i + 1) * possible_cpus];
             out.push((*k, v.iter().sum()));
         }
-        match err.as_ref().and_then(|e| e.raw_os_error()) {
+        match errno {
             None => {}
             // The end of the map.
             Some(libc::ENOENT) => return Ok(out),

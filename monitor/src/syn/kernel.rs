@@ -15,6 +15,8 @@ pub const PORTS_MAP: &str = "SYN_PORTS";
 pub const PREFIXES_MAP: &str = "SYN_PREFIXES";
 pub const SKETCH_MAP: &str = "SYN_SKETCH";
 pub const SLOT_MAP: &str = "SKETCH_SLOT";
+/// Capacity of the kernel's per-port table (`SYN_PORTS`).
+pub const PORTS_CAPACITY: usize = 1024;
 
 /// What the SYN monitor needs from wherever the counts live (the kernel maps live,
 /// a fake in tests).
@@ -23,6 +25,9 @@ pub trait SynSource {
     fn ports(&mut self) -> anyhow::Result<Vec<(u16, PortSyn)>>;
     /// Cumulative SYNs per source prefix now in the table, summed over CPUs.
     fn prefixes(&mut self) -> anyhow::Result<HashMap<PrefixKey, u64>>;
+    /// Drops a port's counters from the kernel table (a port that is no service and
+    /// went quiet), so a scan cannot fill the table for good.
+    fn forget_port(&mut self, port: u16) -> anyhow::Result<()>;
     /// A slot's bank, merged over CPUs.
     fn bank(&mut self, slot: u32, bank: u32) -> anyhow::Result<Box<Registers>>;
     fn clear_bank(&mut self, slot: u32, bank: u32) -> anyhow::Result<()>;
@@ -55,17 +60,19 @@ fn take(bpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
 
 impl SynMaps {
     /// Takes the maps and writes the settings: a fresh random hash seed and the
-    /// per-CPU, per-window SYN budget derived from the host-wide `sample_rate`
-    /// (SYN events per second; 0 disables sampling).
+    /// per-window SYN budget of each CPU from `sample_rate` (new-connection SYN
+    /// events per second per CPU; 0 disables sampling).
     pub fn new(bpf: &mut aya::Ebpf, sample_rate: u32) -> anyhow::Result<SynMaps> {
         let ncpu = aya::util::nr_cpus()
             .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
             .get() as usize;
+        // Per CPU, not divided among them: a single-queue NIC or a veth puts a whole
+        // flood on one CPU, and sampling must not start at a fraction of the rate.
         let windows_per_sec = (1_000_000_000 / syn::SAMPLE_WINDOW_NS) as u32;
         let sample_limit = if sample_rate == 0 {
             0
         } else {
-            (sample_rate / ncpu as u32 / windows_per_sec).max(1)
+            sample_rate.div_ceil(windows_per_sec).max(1)
         };
         let mut maps = SynMaps {
             config: Array::try_from(take(bpf, CONFIG_MAP)?)?,
@@ -156,6 +163,11 @@ impl SynSource for SynMaps {
             }
         }
         self.prefixes_key_by_key()
+    }
+
+    fn forget_port(&mut self, port: u16) -> anyhow::Result<()> {
+        self.ports.remove(&(port as u32))?;
+        Ok(())
     }
 
     fn bank(&mut self, slot: u32, bank: u32) -> anyhow::Result<Box<Registers>> {

@@ -34,7 +34,7 @@ const RATE_TICKS: usize = 2;
 
 #[derive(Clone, Debug)]
 pub struct SynOptions {
-    /// Host-wide SYN events per second emitted at full rate (0: never sample).
+    /// SYN events per second per CPU emitted at full rate (0: never sample).
     pub sample_rate: u32,
     /// How many source prefixes to report.
     pub top_k: usize,
@@ -234,7 +234,10 @@ impl SynMonitor {
         kernel: KernelCounts,
     ) -> anyhow::Result<Vec<(&'static str, PortSyn)>> {
         let mut out = Vec::new();
-        for (port, now) in source.ports()? {
+        let ports = source.ports()?;
+        // Three quarters full (a scan): quiet ports that are no service make room.
+        let prune = ports.len() >= kernel::PORTS_CAPACITY * 3 / 4;
+        for (port, now) in ports {
             let last = self.last_ports.insert(port, now).unwrap_or_default();
             let d = PortSyn {
                 syn: now.syn.saturating_sub(last.syn),
@@ -242,6 +245,11 @@ impl SynMonitor {
                 acked: now.acked.saturating_sub(last.acked),
             };
             if d == PortSyn::default() {
+                if prune && labels.label(Some(port)) == OTHER {
+                    // Its counts are in the metrics already; a new entry starts at 0.
+                    source.forget_port(port)?;
+                    self.last_ports.remove(&port);
+                }
                 continue;
             }
             if d.synack > 0 {

@@ -36,6 +36,10 @@ impl SynSource for Fake {
     fn prefixes(&mut self) -> anyhow::Result<HashMap<PrefixKey, u64>> {
         Ok(self.prefixes.clone())
     }
+    fn forget_port(&mut self, port: u16) -> anyhow::Result<()> {
+        self.ports.remove(&port);
+        Ok(())
+    }
     fn bank(&mut self, slot: u32, bank: u32) -> anyhow::Result<Box<sketch::Registers>> {
         Ok(self
             .banks
@@ -202,5 +206,29 @@ fn refused_syns_stay_under_other() {
     assert!(
         r.text()
             .contains("tcpmon_syn_received_total{port=\"other\"} 12000")
+    );
+}
+
+#[test]
+fn a_scan_does_not_fill_the_port_table_for_good() {
+    let mut r = Run::new();
+    r.half_second(80, 10, 0, 10);
+    for p in 0..1000u16 {
+        r.fake.syn_from(10_000 + p, [10, 9, 0, 1]);
+    }
+    r.tick();
+    assert_eq!(r.fake.ports.len(), 1001);
+    // Quiet since: the scanned ports go, the service stays, the totals stay.
+    r.tick();
+    assert_eq!(
+        r.fake.ports.len(),
+        1,
+        "{:?}",
+        r.fake.ports.keys().take(3).collect::<Vec<_>>()
+    );
+    assert!(r.fake.ports.contains_key(&80));
+    assert!(
+        r.text()
+            .contains("tcpmon_syn_received_total{port=\"other\"} 1000")
     );
 }
