@@ -163,6 +163,21 @@ pub struct Embryo {
 
 const _: () = assert!(core::mem::size_of::<Embryo>() == 32);
 
+impl Embryo {
+    /// What a new embryo starts from.
+    pub const ZERO: Embryo = Embryo {
+        syn_ns: 0,
+        synack_ns: 0,
+        syn_seq: 0,
+        synack_seq: 0,
+        client_dir: 0,
+        shift: 0,
+        state: 0,
+        _pad0: 0,
+        _pad1: 0,
+    };
+}
+
 /// The flow map as the policy needs it: the kernel's LRU hash map, or a hash map in
 /// pcap replay. Entries are created in place (`create`) rather than built on the
 /// stack: the kernel has 512 bytes of it.
@@ -381,9 +396,7 @@ fn sampled_syn<T: FlowTable>(
     t: &mut Tracked,
 ) {
     t.sampled = EventKind::Syn as u8;
-    if table.lookup(key).is_some() {
-        table.remove(key);
-    }
+    table.remove(key);
     if let Some(e) = table.create_embryo(key) {
         e.client_dir = dir;
         e.syn_seq = pkt.seq;
@@ -476,9 +489,7 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             }
             // A retransmission kept after its first SYN was sampled out: the
             // connection is followed from here, not through the embryo.
-            if table.embryo(&key).is_some() {
-                table.remove_embryo(&key);
-            }
+            table.remove_embryo(&key);
             // A (re)transmitted SYN starts the connection afresh, including reuse of
             // a tuple still in TIME-WAIT.
             let Some(s) = table.create(&key) else {

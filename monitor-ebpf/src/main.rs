@@ -47,17 +47,7 @@ static FLOW_ZERO: FlowState = FlowState::ZERO;
 #[map]
 static EMBRYOS: LruHashMap<FlowKey, Embryo> = LruHashMap::with_max_entries(131072, 0);
 
-static EMBRYO_ZERO: Embryo = Embryo {
-    syn_ns: 0,
-    synack_ns: 0,
-    syn_seq: 0,
-    synack_seq: 0,
-    client_dir: 0,
-    shift: 0,
-    state: 0,
-    _pad0: 0,
-    _pad1: 0,
-};
+static EMBRYO_ZERO: Embryo = Embryo::ZERO;
 
 /// All counters of one CPU in one slot: one map lookup per packet.
 #[map]

@@ -226,7 +226,7 @@ pub async fn run_until(
     let syn_maps = SynMaps::new(&mut bpf, opts.syn.sample_rate)?;
     let metrics = Metrics::new(&preflight::kernel_release());
     let mut syn_monitor = SynMonitor::new(opts.syn.clone(), &metrics.registry);
-    syn_monitor.set_prefix_capacity(opts.load.prefix_entries);
+    syn_monitor.set_prefix_capacity(syn_maps.prefix_capacity());
     let lifecycle = Arc::new(LifecycleMetrics::new(&metrics.registry));
     let engine = opts
         .lifecycle

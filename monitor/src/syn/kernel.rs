@@ -95,6 +95,11 @@ impl SynMaps {
         Ok(maps)
     }
 
+    /// Capacity of the kernel's prefix table, as loaded.
+    pub fn prefix_capacity(&self) -> u32 {
+        self.prefix_capacity as u32
+    }
+
     /// The prefix table read one key at a time (kernels without batch lookups).
     pub fn prefixes_key_by_key(&self) -> anyhow::Result<HashMap<PrefixKey, u64>> {
         let map: PerCpuHashMap<&MapData, PrefixKey, u64> = PerCpuHashMap::try_from(&self.prefixes)?;
