@@ -205,8 +205,9 @@ impl<S: core::hash::BuildHasher> FlowTable for std::collections::HashMap<FlowKey
         self.get_mut(key)
     }
     fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
-        self.insert(*key, FlowState::ZERO);
-        self.get_mut(key)
+        let s = self.entry(*key).or_insert(FlowState::ZERO);
+        *s = FlowState::ZERO;
+        Some(s)
     }
     fn remove(&mut self, key: &FlowKey) {
         std::collections::HashMap::remove(self, key);

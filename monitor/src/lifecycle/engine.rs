@@ -15,6 +15,7 @@ use super::{
     ports::PortLabels,
     record::{ConnRecord, Endpoints},
     state::TcpState,
+    timers::{self, CHECKING, Timers, UNSCHEDULED},
 };
 use crate::event::Event;
 
@@ -132,6 +133,8 @@ struct Entry {
     activity: Option<u64>,
     /// Connections this entry stands for (2^shift of the kernel's sampler).
     weight: u64,
+    /// The timer bucket of its live record (see [`timers`]).
+    due_bucket: u64,
 }
 
 /// Where happenings are turned into sink calls; apart from the table so both can be
@@ -153,6 +156,7 @@ pub struct Engine<S: Sink> {
     order: VecDeque<(FlowKey, u64)>,
     /// Insertion order of entries that started with a handshake segment.
     embryonic: VecDeque<(FlowKey, u64)>,
+    timers: Timers,
     next_generation: u64,
     pub out: Reporter<S>,
     happenings: Vec<Happening>,
@@ -171,6 +175,7 @@ impl<S: Sink> Engine<S> {
             conns: FastMap::default(),
             order: VecDeque::new(),
             embryonic: VecDeque::new(),
+            timers: Timers::default(),
             next_generation: 0,
             out: Reporter {
                 ports,
@@ -334,6 +339,7 @@ impl<S: Sink> Engine<S> {
                     generation,
                     activity: None,
                     weight: 1u64 << seg.shift.min(32),
+                    due_bucket: UNSCHEDULED,
                 })
             }
         };
@@ -347,6 +353,8 @@ impl<S: Sink> Engine<S> {
         self.out.report(entry, &out);
         if entry.conn.done() {
             self.conns.remove(&key);
+        } else {
+            schedule(&self.cfg, &mut self.timers, key, entry);
         }
         self.happenings = out;
     }
@@ -394,6 +402,15 @@ impl<S: Sink> Engine<S> {
                 self.out.sink.evicted();
             }
         }
+        // Records of connections that went stay until their bucket comes; rebuild
+        // the schedule before they outnumber the live ones.
+        if self.timers.len() > 2 * self.conns.len() + 4096 {
+            self.timers.clear();
+            for (key, e) in self.conns.iter_mut() {
+                e.due_bucket = UNSCHEDULED;
+                schedule(&self.cfg, &mut self.timers, *key, e);
+            }
+        }
         // Keep the order queue from growing without bound with stale entries.
         if self.order.len() > 2 * self.cfg.max_connections.max(1024) {
             let live = &self.conns;
@@ -404,33 +421,52 @@ impl<S: Sink> Engine<S> {
 
     /// Expires TIME-WAIT, stale handshakes and idle connections as of `now_ns`.
     pub fn tick(&mut self, now_ns: u64, probe: &mut dyn ActivityProbe) {
+        let now_bucket = timers::bucket(now_ns);
         let mut ended = Vec::new();
-        for (key, e) in self.conns.iter_mut() {
+        // Still due within this bucket: checked again at the next tick.
+        let mut again = Vec::new();
+        for (b, key) in self.timers.take_due(now_bucket) {
+            let Some(e) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            if e.due_bucket != b {
+                continue;
+            }
+            e.due_bucket = CHECKING;
             let c = &e.conn;
             if let Some(since) = c.time_wait_since
                 && c.ends.contains(&TcpState::TimeWait)
                 && now_ns.saturating_sub(since) >= self.cfg.time_wait_ns
             {
-                ended.push(*key);
+                ended.push(key);
                 continue;
             }
             let quiet = now_ns.saturating_sub(c.last_ns);
-            let in_handshake = !c.mid_stream && c.ends.iter().any(|s| s.in_handshake());
-            let limit = if in_handshake {
-                self.cfg.handshake_timeout_ns
-            } else {
-                self.cfg.idle_timeout_ns
-            };
-            if c.finished.is_none() && quiet >= limit {
-                if !in_handshake {
-                    let mark = probe.activity(key);
-                    if mark.is_some() && mark != e.activity {
-                        e.activity = mark;
-                        e.conn.last_ns = now_ns;
-                        continue;
-                    }
+            let in_handshake = in_handshake(c);
+            if c.finished.is_none() && quiet >= quiet_limit(&self.cfg, c) {
+                let mark = if in_handshake {
+                    None
+                } else {
+                    probe.activity(&key)
+                };
+                if mark.is_none() || mark == e.activity {
+                    ended.push(key);
+                    continue;
                 }
-                ended.push(*key);
+                e.activity = mark;
+                e.conn.last_ns = now_ns;
+            }
+            e.due_bucket = UNSCHEDULED;
+            if due_ns(&self.cfg, &e.conn).is_some_and(|d| timers::bucket(d) <= now_bucket) {
+                again.push(key);
+            } else {
+                schedule(&self.cfg, &mut self.timers, key, e);
+            }
+        }
+        for key in again {
+            if let Some(e) = self.conns.get_mut(&key) {
+                e.due_bucket = now_bucket;
+                self.timers.schedule(key, now_bucket);
             }
         }
         for key in ended {
@@ -567,6 +603,47 @@ impl<S: Sink> Reporter<S> {
     fn write_record(&mut self, e: &Entry, how: &'static str, failed: bool) {
         let rec = ConnRecord::new(&e.conn, &e.eps, role(e).name(), how, failed, &self.to_unix);
         self.sink.record(&rec);
+    }
+}
+
+fn in_handshake(c: &Conn) -> bool {
+    !c.mid_stream && c.ends.iter().any(|s| s.in_handshake())
+}
+
+/// How long `c` may stay quiet before it times out.
+fn quiet_limit(cfg: &Config, c: &Conn) -> u64 {
+    if in_handshake(c) {
+        cfg.handshake_timeout_ns
+    } else {
+        cfg.idle_timeout_ns
+    }
+}
+
+/// The earliest instant `c` can expire (end of TIME-WAIT or of its quiet limit), if
+/// time can end it at all.
+fn due_ns(cfg: &Config, c: &Conn) -> Option<u64> {
+    let time_wait = c
+        .time_wait_since
+        .filter(|_| c.ends.contains(&TcpState::TimeWait))
+        .map(|since| since.saturating_add(cfg.time_wait_ns));
+    let quiet = c
+        .finished
+        .is_none()
+        .then(|| c.last_ns.saturating_add(quiet_limit(cfg, c)));
+    match (time_wait, quiet) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Gives `e` a record no later than it can expire, unless it has one already.
+fn schedule(cfg: &Config, timers: &mut Timers, key: FlowKey, e: &mut Entry) {
+    if let Some(due) = due_ns(cfg, &e.conn) {
+        let b = timers::bucket(due);
+        if b < e.due_bucket {
+            timers.schedule(key, b);
+            e.due_bucket = b;
+        }
     }
 }
 

@@ -304,3 +304,55 @@ fn completed_handshakes_do_not_push_out_half_open_ones() {
     assert_eq!(e.evicted, 0);
     assert_eq!(e.half_open_by_port().values().sum::<u64>(), 1);
 }
+
+#[test]
+fn a_tick_checks_only_what_is_due_and_stale_timer_records_stay_bounded() {
+    let mut e = engine(Config::default());
+    // 20000 connections reset right after their handshake go from the table at
+    // once and leave records of their handshake timeouts behind.
+    for i in 0..20_000u32 {
+        let (port, t) = (1024 + i as u16, i as u64 * 1000);
+        e.on_event(&ev(false, 80, port, SYN, 100, 0, t));
+        e.on_event(&ev(true, 80, port, SYN | ACK, 500, 101, t + 10));
+        e.on_event(&ev(false, 80, port, ACK, 101, 501, t + 60));
+        e.on_event(&ev(false, 80, port, RST | ACK, 101, 501, t + 70));
+    }
+    assert!(e.is_empty());
+    assert!(
+        e.timers.len() <= 2 * e.len() + 4096 + 1,
+        "{} records for {} connections",
+        e.timers.len(),
+        e.len()
+    );
+    // A connection that enters TIME-WAIT is due earlier than its idle limit.
+    let mut e = engine(Config::default());
+    served(&mut e, 5000, 0, true);
+    assert_eq!(e.len(), 1);
+    e.tick(59_000_000_000, &mut NoProbe);
+    assert_eq!(e.len(), 1);
+    e.tick(60_100_000_000, &mut NoProbe);
+    assert!(e.is_empty());
+}
+
+#[test]
+fn a_connection_due_within_the_current_bucket_is_checked_again_next_tick() {
+    let cfg = Config {
+        idle_timeout_ns: 1_500_000_000,
+        ..Config::default()
+    };
+    let mut e = engine(cfg);
+    e.on_event(&ev(false, 80, 7000, SYN, 1, 0, 0));
+    e.on_event(&ev(true, 80, 7000, SYN | ACK, 9, 2, 10));
+    e.on_event(&ev(false, 80, 7000, ACK, 2, 10, 20));
+    // Idle from 20 us: due at 1.50002 s. Ticks every 100 ms must end it on the first
+    // tick past that, not a bucket (about a second) later.
+    let mut ended_at = None;
+    for t in 1..40u64 {
+        e.tick(t * 100_000_000, &mut NoProbe);
+        if e.is_empty() {
+            ended_at = Some(t * 100_000_000);
+            break;
+        }
+    }
+    assert_eq!(ended_at, Some(1_600_000_000));
+}

@@ -11,7 +11,7 @@ use prometheus::{
 use super::{
     conn::{CloseHow, FailReason, Handshake, Phase, RetransKind},
     engine::{Direction, Engine, Role, Sink},
-    record::ConnRecord,
+    record::{ConnRecord, RecordSummary},
     state::TcpState,
 };
 
@@ -199,7 +199,9 @@ pub struct Outputs {
     pub metrics: Option<Arc<LifecycleMetrics>>,
     /// JSON-lines lifecycle log.
     pub log: Option<Box<dyn Write + Send>>,
-    /// Every record, kept (replay summaries).
+    /// What replay's summary needs of the records.
+    pub summary: Option<RecordSummary>,
+    /// Every record, kept (tests that look at single records).
     pub keep: Option<Vec<ConnRecord>>,
 }
 
@@ -265,6 +267,9 @@ impl Sink for Outputs {
                 tracing::warn!(error = %e, "writing the lifecycle log; disabling it");
                 self.log = None;
             }
+        }
+        if let Some(summary) = &mut self.summary {
+            summary.add(record, true);
         }
         if let Some(keep) = &mut self.keep {
             keep.push(record.clone());

@@ -7,5 +7,6 @@ pub mod metrics;
 pub mod ports;
 pub mod record;
 pub mod state;
+mod timers;
 
 pub use engine::{ActivityProbe, Config, Direction, Engine, NoProbe, Role, Sink};

@@ -4,7 +4,7 @@
 pub mod link;
 pub mod summary;
 
-use std::{collections::HashMap, fs::File, io::BufReader, path::Path, sync::Arc};
+use std::{collections::HashMap, fs::File, path::Path, sync::Arc};
 
 use monitor_common::{
     FlowKey, FlowState, TcpEvent,
@@ -66,11 +66,22 @@ pub struct Report {
 
 /// Reads `path` to the end (or to the first corrupt block) and runs the engine.
 pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayError> {
+    replay_with(path, opts, false)
+}
+
+/// [`replay`], keeping every connection's record when `keep_records` (for tests;
+/// the summary needs only what [`crate::lifecycle::record::RecordSummary`] keeps).
+pub fn replay_with(
+    path: &Path,
+    opts: &LifecycleOptions,
+    keep_records: bool,
+) -> Result<Report, ReplayError> {
     let file = File::open(path).map_err(|source| ReplayError::Open {
         path: path.display().to_string(),
         source,
     })?;
-    let mut reader = pcap_parser::create_reader(1 << 20, BufReader::new(file))
+    // The reader keeps its own buffer: a BufReader under it would copy twice.
+    let mut reader = pcap_parser::create_reader(1 << 20, file)
         .map_err(|_| ReplayError::NotCapture(path.display().to_string()))?;
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(LifecycleMetrics::new(&registry));
@@ -80,7 +91,8 @@ pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayErro
             path: "lifecycle log".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    engine.out.sink.keep = Some(Vec::new());
+    engine.out.sink.summary = Some(Default::default());
+    engine.out.sink.keep = keep_records.then(Vec::new);
     let mut r = Report {
         format: "pcap",
         linktypes: Vec::new(),

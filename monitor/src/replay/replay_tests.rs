@@ -74,7 +74,7 @@ fn conversation(raw_ip: bool) -> Vec<(u64, Vec<u8>)> {
 fn run(bytes: &[u8]) -> Report {
     let mut file = tempfile();
     file.1.write_all(bytes).unwrap();
-    let r = replay(&file.0, &LifecycleOptions::default()).unwrap();
+    let r = replay_with(&file.0, &LifecycleOptions::default(), true).unwrap();
     let _ = std::fs::remove_file(&file.0);
     r
 }

@@ -1,6 +1,6 @@
 //! The text summary `tcpmon replay` prints.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::fmt::Write as _;
 
 use monitor_common::parse::OUTCOME_NAMES;
 
@@ -30,7 +30,8 @@ fn latency_line(out: &mut String, what: &str, mut v: Vec<u64>) {
     );
 }
 
-/// Records of every connection: ended ones and those still open at the end.
+/// Records of every connection: ended ones (when the replay kept them) and those
+/// still open at the end.
 pub fn all_records(r: &Report) -> Vec<ConnRecord> {
     let mut v = r.engine.out.sink.keep.clone().unwrap_or_default();
     v.extend(r.engine.open_records());
@@ -60,74 +61,44 @@ pub fn render(r: &Report) -> String {
     if !other.is_empty() {
         let _ = writeln!(o, "not TCP: {}", other.join(" "));
     }
-    let recs = all_records(r);
-    let ended = r.engine.out.sink.keep.as_ref().map_or(0, |k| k.len());
-    let mut how: BTreeMap<String, usize> = BTreeMap::new();
-    for rec in &recs[..ended] {
-        let k = if rec.failed {
-            format!("failed:{}", rec.how)
-        } else {
-            format!("closed:{}", rec.how)
-        };
-        *how.entry(k).or_default() += 1;
+    let mut s = r.engine.out.sink.summary.clone().unwrap_or_default();
+    for rec in r.engine.open_records() {
+        s.add(&rec, false);
     }
     let _ = writeln!(
         o,
         "connections: {} ({} ended, {} open at end of capture, {} seen mid-stream)",
-        recs.len(),
-        ended,
-        recs.len() - ended,
-        recs.iter().filter(|r| r.mid_stream).count()
+        s.connections,
+        s.ended,
+        s.connections - s.ended,
+        s.mid_stream
     );
-    for (k, n) in &how {
+    for ((kind, how), n) in &s.how {
+        let k = format!("{kind}:{how}");
         let _ = writeln!(o, "  {k:<16} {n}");
     }
     let _ = writeln!(o, "handshake latency:");
-    latency_line(
-        &mut o,
-        "iRTT",
-        recs.iter().filter_map(|r| r.irtt_ns).collect(),
-    );
-    latency_line(
-        &mut o,
-        "SYN->SYN-ACK",
-        recs.iter().filter_map(|r| r.syn_to_synack_ns).collect(),
-    );
-    latency_line(
-        &mut o,
-        "SYN-ACK->ACK",
-        recs.iter().filter_map(|r| r.synack_to_ack_ns).collect(),
-    );
-    let mut states: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for rec in &recs[ended..] {
-        *states
-            .entry((rec.client_state, rec.server_state))
-            .or_default() += 1;
-    }
-    if !states.is_empty() {
+    latency_line(&mut o, "iRTT", s.irtt_ns);
+    latency_line(&mut o, "SYN->SYN-ACK", s.syn_to_synack_ns);
+    latency_line(&mut o, "SYN-ACK->ACK", s.synack_to_ack_ns);
+    if !s.open_states.is_empty() {
         let _ = writeln!(o, "open at end (client state / server state):");
-        for ((c, s), n) in states {
-            let _ = writeln!(o, "  {c} / {s}: {n}");
+        for ((c, st), n) in &s.open_states {
+            let _ = writeln!(o, "  {c} / {st}: {n}");
         }
     }
-    let sum = |f: fn(&ConnRecord) -> u32| recs.iter().map(|r| f(r) as u64).sum::<u64>();
     let _ = writeln!(
         o,
         "retransmitted segments: {} client->server, {} server->client; out of order: {}; duplicate ACKs: {}; zero window: {}",
-        sum(|r| r.retrans_client_to_server),
-        sum(|r| r.retrans_server_to_client),
-        sum(|r| r.out_of_order_client_to_server + r.out_of_order_server_to_client),
+        s.retrans_client_to_server,
+        s.retrans_server_to_client,
+        s.out_of_order,
         r.dup_acks,
         r.zero_windows
     );
-    let resets = recs.iter().filter(|r| r.reset_by.is_some()).count();
-    let _ = writeln!(o, "connections ended by RST: {resets}");
-    let mut compl: BTreeMap<u8, usize> = BTreeMap::new();
-    for rec in &recs {
-        *compl.entry(rec.completeness).or_default() += 1;
-    }
+    let _ = writeln!(o, "connections ended by RST: {}", s.ended_by_rst);
     let _ = writeln!(o, "completeness (Wireshark tcp.completeness: count):");
-    for (c, n) in compl {
+    for (c, n) in &s.completeness {
         let _ = writeln!(o, "  {c:>2}: {n}");
     }
     syn_section(&mut o, r);

@@ -4,6 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+/// Fast and seeded per process: the keys are whatever a capture's sources are.
+type Fast = foldhash::fast::RandomState;
+
 use monitor_common::{
     TcpPacket,
     event::Hook,
@@ -14,8 +17,8 @@ use super::{sketch, topk::prefix_label};
 
 pub struct SynTally {
     pub ports: BTreeMap<u16, PortSyn>,
-    prefixes: HashMap<PrefixKey, u64>,
-    sources: HashSet<(u8, [u32; 4])>,
+    prefixes: HashMap<PrefixKey, u64, Fast>,
+    sources: HashSet<(u8, [u32; 4]), Fast>,
     regs: Box<sketch::Registers>,
 }
 
@@ -23,8 +26,8 @@ impl Default for SynTally {
     fn default() -> Self {
         SynTally {
             ports: BTreeMap::new(),
-            prefixes: HashMap::new(),
-            sources: HashSet::new(),
+            prefixes: HashMap::default(),
+            sources: HashSet::default(),
             regs: Box::new([0; HLL_REGS]),
         }
     }
