@@ -513,6 +513,13 @@ fn replay_table(out: &mut String) {
 }
 
 fn main() {
+    // TCPMON_BENCH_PCAP=FILE writes the replay capture there and stops (to profile
+    // `tcpmon replay` on its own).
+    if let Some(path) = std::env::var_os("TCPMON_BENCH_PCAP") {
+        let n = write_pcap(std::path::Path::new(&path), 200_000);
+        println!("{n} packets written to {}", path.to_string_lossy());
+        return;
+    }
     tests::require_root();
     let mut out = String::from("# tcpmon benchmarks\n");
     let started = Instant::now();
