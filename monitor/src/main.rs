@@ -1,5 +1,8 @@
 //! `tcpmon`: watch TCP connections on this host and export them as metrics.
 
+#[global_allocator]
+static ALLOC: monitor::alloc::HugePageAlloc = monitor::alloc::HugePageAlloc;
+
 use std::net::SocketAddr;
 
 use anyhow::Context as _;

@@ -135,6 +135,8 @@ struct Entry {
     weight: u64,
     /// The timer bucket of its live record (see [`timers`]).
     due_bucket: u64,
+    /// Counted in [`Engine::half_open`].
+    half_open: bool,
 }
 
 /// Where happenings are turned into sink calls; apart from the table so both can be
@@ -156,6 +158,8 @@ pub struct Engine<S: Sink> {
     order: VecDeque<(FlowKey, u64)>,
     /// Insertion order of entries that started with a handshake segment.
     embryonic: VecDeque<(FlowKey, u64)>,
+    /// Entries in their handshake now (what `max_embryonic` caps).
+    half_open: usize,
     timers: Timers,
     next_generation: u64,
     pub out: Reporter<S>,
@@ -175,6 +179,7 @@ impl<S: Sink> Engine<S> {
             conns: FastMap::default(),
             order: VecDeque::new(),
             embryonic: VecDeque::new(),
+            half_open: 0,
             timers: Timers::default(),
             next_generation: 0,
             out: Reporter {
@@ -302,7 +307,7 @@ impl<S: Sink> Engine<S> {
         {
             // A new connection on the tuple (TIME-WAIT reuse, or a new attempt):
             // the old one ends here.
-            let mut e = self.conns.remove(&key).expect("present");
+            let mut e = self.remove(&key).expect("present");
             if let Some(h) = e.conn.expire(seg.ts_ns) {
                 self.out.report(&mut e, &[h]);
             }
@@ -340,6 +345,7 @@ impl<S: Sink> Engine<S> {
                     activity: None,
                     weight: 1u64 << seg.shift.min(32),
                     due_bucket: UNSCHEDULED,
+                    half_open: false,
                 })
             }
         };
@@ -351,34 +357,46 @@ impl<S: Sink> Engine<S> {
             });
         }
         self.out.report(entry, &out);
+        let half_open = in_handshake_states(&entry.conn);
+        if half_open != entry.half_open {
+            entry.half_open = half_open;
+            if half_open {
+                self.half_open += 1;
+            } else {
+                self.half_open -= 1;
+            }
+        }
         if entry.conn.done() {
-            self.conns.remove(&key);
+            self.remove(&key);
         } else {
             schedule(&self.cfg, &mut self.timers, key, entry);
         }
         self.happenings = out;
     }
 
+    fn remove(&mut self, key: &FlowKey) -> Option<Entry> {
+        let e = self.conns.remove(key)?;
+        self.half_open -= e.half_open as usize;
+        Some(e)
+    }
+
     /// Evicts the oldest connections until there is room for one more; for a
     /// connection in its handshake, first the oldest half-open ones over their cap.
     fn make_room(&mut self, handshake: bool) {
         let cap = self.cfg.max_embryonic.max(1);
-        if handshake && self.embryonic.len() >= cap {
-            // The queue also holds handshakes that completed or ended since: drop
-            // those, then, if half-open ones still fill it, give up on the oldest
-            // (a tenth of the cap at once, so this runs once per cap/10 handshakes).
-            let live = &self.conns;
-            self.embryonic.retain(|(k, g)| {
-                live.get(k).is_some_and(|e| {
-                    e.generation == *g && e.conn.ends.iter().any(|s| s.in_handshake())
-                })
-            });
+        if handshake && self.half_open >= cap {
+            // Give up on the oldest half-open ones, a tenth of the cap at once; the
+            // queue also holds handshakes that completed or ended since: skipped.
             let keep = cap - cap.div_ceil(10);
-            while self.embryonic.len() > keep {
-                let Some((key, _)) = self.embryonic.pop_front() else {
+            while self.half_open > keep {
+                let Some((key, generation)) = self.embryonic.pop_front() else {
                     break;
                 };
-                if let Some(mut e) = self.conns.remove(&key) {
+                let live = self
+                    .conns
+                    .get(&key)
+                    .is_some_and(|e| e.generation == generation && e.half_open);
+                if let Some(mut e) = live.then(|| self.remove(&key)).flatten() {
                     // Reported as the timeout it would have become, with its weight.
                     if let Some(h) = e.conn.expire(e.conn.last_ns) {
                         self.out.report(&mut e, &[h]);
@@ -387,6 +405,14 @@ impl<S: Sink> Engine<S> {
                     self.out.sink.evicted();
                 }
             }
+        }
+        // Without a flood the cap is never reached: keep the queue to what lives.
+        if self.embryonic.len() > 2 * cap + 1024 {
+            let live = &self.conns;
+            self.embryonic.retain(|(k, g)| {
+                live.get(k)
+                    .is_some_and(|e| e.generation == *g && e.half_open)
+            });
         }
         while self.conns.len() >= self.cfg.max_connections {
             let Some((key, generation)) = self.order.pop_front() else {
@@ -397,7 +423,7 @@ impl<S: Sink> Engine<S> {
                 .get(&key)
                 .is_some_and(|e| e.generation == generation)
             {
-                self.conns.remove(&key);
+                self.remove(&key);
                 self.evicted += 1;
                 self.out.sink.evicted();
             }
@@ -470,7 +496,7 @@ impl<S: Sink> Engine<S> {
             }
         }
         for key in ended {
-            let mut e = self.conns.remove(&key).expect("present");
+            let mut e = self.remove(&key).expect("present");
             if let Some(h) = e.conn.expire(now_ns) {
                 self.out.report(&mut e, &[h]);
             }
@@ -606,8 +632,14 @@ impl<S: Sink> Reporter<S> {
     }
 }
 
+/// Half-open, as the cap on them counts it.
+fn in_handshake_states(c: &Conn) -> bool {
+    c.ends.iter().any(|s| s.in_handshake())
+}
+
+/// In its handshake, as its timeout counts it.
 fn in_handshake(c: &Conn) -> bool {
-    !c.mid_stream && c.ends.iter().any(|s| s.in_handshake())
+    !c.mid_stream && in_handshake_states(c)
 }
 
 /// How long `c` may stay quiet before it times out.

@@ -28,6 +28,10 @@ use monitor_common::{
 };
 use tests::testrun::{Loaded, Prog};
 
+/// The agent's allocator, so the agent rows measure what the agent runs.
+#[global_allocator]
+static ALLOC: monitor::alloc::HugePageAlloc = monitor::alloc::HugePageAlloc;
+
 const ROUNDS: usize = 7;
 const REPEAT: u32 = 20_000;
 /// Event-emitting cases fill the ring buffer; keep each round well below its size.
