@@ -1,6 +1,6 @@
 //! Reading the kernel's per-CPU counters and flow map.
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, IterableMap, MapData, PerCpuArray};
 use monitor_common::{FlowKey, FlowState, counters};
 
 pub type Totals = [u64; counters::LEN as usize];
@@ -10,6 +10,9 @@ pub struct KernelStats {
     counters: PerCpuArray<MapData, Totals>,
     flows: HashMap<MapData, FlowKey, FlowState>,
     pub flow_capacity: u32,
+    /// Batch reads work on this kernel (else key by key).
+    batch: bool,
+    buf: Vec<u64>,
 }
 
 impl KernelStats {
@@ -26,6 +29,8 @@ impl KernelStats {
             counters,
             flows,
             flow_capacity,
+            batch: true,
+            buf: Vec::new(),
         })
     }
 
@@ -41,8 +46,29 @@ impl KernelStats {
         Ok(out)
     }
 
-    /// Entries in the flow map (walks the keys: call at scrape rate, not per event).
-    pub fn flow_entries(&self) -> usize {
+    /// Entries in the flow map (reads it whole: call at scrape rate, not per event).
+    pub fn flow_entries(&mut self) -> usize {
+        if self.batch {
+            let fd = std::os::fd::AsFd::as_fd(IterableMap::map(&self.flows).fd());
+            match crate::syn::batch::count_entries(
+                fd,
+                size_of::<FlowKey>(),
+                size_of::<FlowState>(),
+                self.flow_capacity as usize,
+                &mut self.buf,
+            ) {
+                Ok(n) => return n,
+                Err(e) => {
+                    tracing::info!(error = %e, "counting the flow map key by key");
+                    self.batch = false;
+                }
+            }
+        }
+        self.flow_entries_key_by_key()
+    }
+
+    /// The same, a syscall per key (kernels without batch lookups).
+    pub fn flow_entries_key_by_key(&self) -> usize {
         self.flows.keys().filter(|k| k.is_ok()).count()
     }
 }

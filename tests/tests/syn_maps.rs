@@ -191,4 +191,8 @@ fn the_prefix_table_reads_the_same_in_batches_and_key_by_key() {
     let total: u64 = batched.values().sum();
     let inserts = l.totals()[counters::PREFIX_INSERTS as usize] as usize;
     assert!(total >= batched.len() as u64 && inserts >= batched.len());
+    // The flow map's fill, counted in batches, is what a walk of its keys finds.
+    let walked = l.stats.flow_entries_key_by_key();
+    assert!(walked > 4096, "only {walked} flows");
+    assert_eq!(l.stats.flow_entries(), walked);
 }

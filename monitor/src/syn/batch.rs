@@ -1,6 +1,7 @@
-//! Whole-map reads of a per-CPU hash map with BPF_MAP_LOOKUP_BATCH (linux 5.6+), which
-//! aya 0.16 does not wrap. The prefix table is read once a second; one syscall per
-//! key and one per value made that walk most of the agent's CPU under a flood.
+//! Whole-map reads of hash maps with BPF_MAP_LOOKUP_BATCH (linux 5.6+), which aya
+//! 0.16 does not wrap. The prefix table is read once a second; one syscall per key
+//! and one per value made that walk most of the agent's CPU under a flood. The flow
+//! map's fill is counted the same way.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
@@ -40,17 +41,92 @@ pub fn sum_percpu_u64<K: Pod + Default>(
     possible_cpus: usize,
     capacity: usize,
 ) -> Result<Vec<(K, u64)>, BatchError> {
+    struct Sums<K> {
+        cpus: usize,
+        keys: Vec<K>,
+        values: Vec<u64>,
+        out: Vec<(K, u64)>,
+    }
+    impl<K: Pod + Default> Chunks for Sums<K> {
+        fn room(&mut self, chunk: usize) -> (*mut u8, *mut u8) {
+            self.keys.resize(chunk, K::default());
+            self.values.resize(chunk * self.cpus, 0);
+            (
+                self.keys.as_mut_ptr().cast(),
+                self.values.as_mut_ptr().cast(),
+            )
+        }
+        fn got(&mut self, n: usize) {
+            for (i, k) in self.keys.iter().take(n).enumerate() {
+                let v = &self.values[i * self.cpus..(i + 1) * self.cpus];
+                self.out.push((*k, v.iter().sum()));
+            }
+        }
+    }
+    let mut s = Sums {
+        cpus: possible_cpus,
+        keys: Vec::new(),
+        values: Vec::new(),
+        out: Vec::new(),
+    };
+    walk(map, capacity, &mut s)?;
+    Ok(s.out)
+}
+
+/// How many entries a hash map holds, read in batches into a buffer kept across
+/// calls (a walk key by key is a syscall per entry: a second of CPU per million).
+pub fn count_entries(
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    capacity: usize,
+    buf: &mut Vec<u64>,
+) -> Result<usize, BatchError> {
+    struct Count<'a> {
+        key_size: usize,
+        value_size: usize,
+        buf: &'a mut Vec<u64>,
+        total: usize,
+    }
+    impl Chunks for Count<'_> {
+        fn room(&mut self, chunk: usize) -> (*mut u8, *mut u8) {
+            let k = (chunk * self.key_size).div_ceil(8);
+            let v = (chunk * self.value_size).div_ceil(8);
+            self.buf.resize(k + v, 0);
+            let (keys, values) = self.buf.split_at_mut(k);
+            (keys.as_mut_ptr().cast(), values.as_mut_ptr().cast())
+        }
+        fn got(&mut self, n: usize) {
+            self.total += n;
+        }
+    }
+    let mut c = Count {
+        key_size,
+        value_size,
+        buf,
+        total: 0,
+    };
+    walk(map, capacity, &mut c)?;
+    Ok(c.total)
+}
+
+/// Where a batch walk puts what it reads.
+trait Chunks {
+    /// Buffers for `chunk` keys and as many values.
+    fn room(&mut self, chunk: usize) -> (*mut u8, *mut u8);
+    /// The buffers now hold `n` entries.
+    fn got(&mut self, n: usize);
+}
+
+/// Walks a hash map with BPF_MAP_LOOKUP_BATCH, a chunk at a time.
+fn walk(map: BorrowedFd<'_>, capacity: usize, to: &mut dyn Chunks) -> Result<(), BatchError> {
     let mut chunk = capacity.clamp(64, 4096);
-    let mut out = Vec::new();
-    let mut keys: Vec<K> = Vec::new();
-    let mut values: Vec<u64> = Vec::new();
     // The hash map's batch token is its bucket index.
     let mut token_in = 0u64;
     let mut token_out = 0u64;
     let mut first = true;
     loop {
-        keys.resize(chunk, K::default());
-        values.resize(chunk * possible_cpus, 0);
+        let (keys, values) = to.room(chunk);
         let mut attr = BatchAttr {
             in_batch: if first {
                 0
@@ -58,14 +134,14 @@ pub fn sum_percpu_u64<K: Pod + Default>(
                 &token_in as *const u64 as u64
             },
             out_batch: &mut token_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
+            keys: keys as u64,
+            values: values as u64,
             count: chunk as u32,
             map_fd: map.as_fd().as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: attr is a valid bpf_attr prefix for this command; keys and values
-        // have room for `count` entries of the map's key and per-CPU value sizes.
+        // SAFETY: attr is a valid bpf_attr prefix for this command; `room` gave
+        // buffers for `count` entries of the map's key and value sizes.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -82,14 +158,11 @@ pub fn sum_percpu_u64<K: Pod + Default>(
             None | Some(libc::ENOENT | libc::ENOSPC) => (attr.count as usize).min(chunk),
             Some(_) => 0,
         };
-        for (i, k) in keys.iter().take(n).enumerate() {
-            let v = &values[i * possible_cpus..(i + 1) * possible_cpus];
-            out.push((*k, v.iter().sum()));
-        }
+        to.got(n);
         match errno {
             None => {}
             // The end of the map.
-            Some(libc::ENOENT) => return Ok(out),
+            Some(libc::ENOENT) => return Ok(()),
             // A bucket holds more than the chunk: retry it with more room.
             Some(libc::ENOSPC) if n == 0 && chunk < 1 << 20 => {
                 chunk *= 4;

@@ -15,6 +15,10 @@ pub const PORTS_MAP: &str = "SYN_PORTS";
 pub const PREFIXES_MAP: &str = "SYN_PREFIXES";
 pub const SKETCH_MAP: &str = "SYN_SKETCH";
 pub const SLOT_MAP: &str = "SKETCH_SLOT";
+
+/// Cumulative SYNs per prefix, as read from the kernel: thousands of keys a second
+/// under a flood, so a fast hasher (seeded per process; sources are the sender's).
+pub type PrefixCounts = HashMap<PrefixKey, u64, foldhash::fast::RandomState>;
 /// Capacity of the kernel's per-port table (`SYN_PORTS`).
 pub const PORTS_CAPACITY: usize = 1024;
 
@@ -24,7 +28,7 @@ pub trait SynSource {
     /// Cumulative counts per port, summed over CPUs.
     fn ports(&mut self) -> anyhow::Result<Vec<(u16, PortSyn)>>;
     /// Cumulative SYNs per source prefix now in the table, summed over CPUs.
-    fn prefixes(&mut self) -> anyhow::Result<HashMap<PrefixKey, u64>>;
+    fn prefixes(&mut self) -> anyhow::Result<PrefixCounts>;
     /// Drops a port's counters from the kernel table (a port that is no service and
     /// went quiet), so a scan cannot fill the table for good.
     fn forget_port(&mut self, port: u16) -> anyhow::Result<()>;
@@ -101,9 +105,9 @@ impl SynMaps {
     }
 
     /// The prefix table read one key at a time (kernels without batch lookups).
-    pub fn prefixes_key_by_key(&self) -> anyhow::Result<HashMap<PrefixKey, u64>> {
+    pub fn prefixes_key_by_key(&self) -> anyhow::Result<PrefixCounts> {
         let map: PerCpuHashMap<&MapData, PrefixKey, u64> = PerCpuHashMap::try_from(&self.prefixes)?;
-        let mut out = HashMap::new();
+        let mut out = PrefixCounts::default();
         for item in map.iter() {
             // An entry evicted between listing and reading is simply skipped.
             let Ok((k, per_cpu)) = item else { continue };
@@ -151,7 +155,7 @@ impl SynSource for SynMaps {
         Ok(out)
     }
 
-    fn prefixes(&mut self) -> anyhow::Result<HashMap<PrefixKey, u64>> {
+    fn prefixes(&mut self) -> anyhow::Result<PrefixCounts> {
         if self.batch {
             let fd = prefix_data(&self.prefixes)?.fd();
             match super::batch::sum_percpu_u64::<PrefixKey>(

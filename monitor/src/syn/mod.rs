@@ -110,6 +110,11 @@ pub struct SynMonitor {
     prefixes: PrefixWindow,
     /// Prefix evictions already counted.
     evicted_seen: u64,
+    /// SYNs counted since the prefix table was last read, and its inserts then.
+    syns_since_read: u64,
+    inserts_at_read: u64,
+    /// The last second's prefix read was skipped as churn.
+    skipped_churn: bool,
     ticks: u64,
     last_ns: u64,
     snapshot: api::SynSnapshot,
@@ -129,6 +134,9 @@ impl SynMonitor {
             windows: (0..SKETCH_SLOTS).map(|_| Window::new(window - 1)).collect(),
             prefixes: PrefixWindow::new(window),
             evicted_seen: 0,
+            syns_since_read: 0,
+            inserts_at_read: 0,
+            skipped_churn: false,
             ticks: 0,
             last_ns: 0,
             snapshot: api::SynSnapshot {
@@ -142,6 +150,11 @@ impl SynMonitor {
 
     pub fn snapshot(&self) -> api::SynSnapshot {
         self.snapshot.clone()
+    }
+
+    /// Whether the kernel sampled new connections at the last tick.
+    pub fn sampling(&self) -> bool {
+        self.snapshot.sample_ratio < 1.0
     }
 
     /// One reading, every [`TICK_NS`]. `labels` is the engine's port-label set (a
@@ -168,6 +181,7 @@ impl SynMonitor {
             s.recent.push_back((dt, PortSyn::default()));
         }
         for (label, d) in deltas {
+            self.syns_since_read += d.syn;
             let s = self.labels.entry(label).or_default();
             if s.recent.is_empty() {
                 s.recent.push_back((dt, PortSyn::default()));
@@ -347,8 +361,23 @@ impl SynMonitor {
     }
 
     fn read_prefixes(&mut self, source: &mut dyn SynSource, inserts: u64) -> anyhow::Result<()> {
-        let read = source.prefixes()?;
-        let entries = read.len() as u64;
+        // Reading the table walks all its buckets (a fifth of the agent's CPU in a
+        // spoofed flood), so not when it cannot have changed (no SYN since), and
+        // only every other second while it turns over faster than it is read: then
+        // each read holds the heavy hitters, which stay resident with cumulative
+        // counts, plus the last moments of random sources.
+        let capacity = self.snapshot.prefix_table.capacity;
+        let churn = capacity > 0 && inserts.saturating_sub(self.inserts_at_read) > capacity;
+        let skip = self.syns_since_read == 0 || (churn && !self.skipped_churn);
+        if skip && self.prefixes.repeat_last() {
+            self.skipped_churn = self.syns_since_read > 0;
+        } else {
+            self.prefixes.push(source.prefixes()?);
+            self.syns_since_read = 0;
+            self.inserts_at_read = inserts;
+            self.skipped_churn = false;
+        }
+        let entries = self.prefixes.last().map_or(0, |r| r.len() as u64);
         self.metrics.prefix_entries.set(entries as i64);
         // Every insert not still present was evicted (the agent never deletes).
         let evicted = inserts.saturating_sub(entries);
@@ -363,7 +392,6 @@ impl SynMonitor {
             capacity: self.snapshot.prefix_table.capacity,
             evictions_total: self.metrics.prefix_evictions.get(),
         };
-        self.prefixes.push(read);
         let top = self.prefixes.top(self.opts.top_k);
         let window_total: u64 = self.prefixes.counts().iter().map(|(_, n)| n).sum();
         self.metrics.top_sources.reset();

@@ -8,11 +8,12 @@ use super::*;
 #[derive(Default)]
 struct Fake {
     ports: HashMap<u16, PortSyn>,
-    prefixes: HashMap<PrefixKey, u64>,
+    prefixes: kernel::PrefixCounts,
     banks: HashMap<(u32, u32), Box<sketch::Registers>>,
     bank: u32,
     slots: HashMap<u16, u8>,
     shift: u8,
+    prefix_reads: u32,
 }
 
 impl Fake {
@@ -33,7 +34,8 @@ impl SynSource for Fake {
     fn ports(&mut self) -> anyhow::Result<Vec<(u16, PortSyn)>> {
         Ok(self.ports.iter().map(|(p, s)| (*p, *s)).collect())
     }
-    fn prefixes(&mut self) -> anyhow::Result<HashMap<PrefixKey, u64>> {
+    fn prefixes(&mut self) -> anyhow::Result<kernel::PrefixCounts> {
+        self.prefix_reads += 1;
         Ok(self.prefixes.clone())
     }
     fn forget_port(&mut self, port: u16) -> anyhow::Result<()> {
@@ -231,4 +233,53 @@ fn a_scan_does_not_fill_the_port_table_for_good() {
         r.text()
             .contains("tcpmon_syn_received_total{port=\"other\"} 1000")
     );
+}
+
+#[test]
+fn the_prefix_table_is_read_when_it_can_have_changed() {
+    let mut r = Run::new();
+    r.mon.set_prefix_capacity(100);
+    let tick_with = |r: &mut Run, inserts: u64| {
+        r.now += TICK_NS;
+        let k = KernelCounts {
+            prefix_inserts: inserts,
+            ..KernelCounts::default()
+        };
+        r.mon
+            .tick(
+                r.now,
+                r.now / 1_000_000,
+                &mut r.fake,
+                &mut r.labels,
+                &HashMap::new(),
+                k,
+            )
+            .unwrap();
+    };
+    // Quiet: one read to start with, then none while no SYN comes.
+    for _ in 0..6 {
+        tick_with(&mut r, 0);
+    }
+    assert_eq!(r.fake.prefix_reads, 1);
+    // SYNs from a few sources: read every second.
+    r.fake.syn_from(80, [10, 1, 1, 1]);
+    tick_with(&mut r, 1);
+    tick_with(&mut r, 1);
+    assert_eq!(r.fake.prefix_reads, 2);
+    // The table turning over (more inserts than entries each second): every other
+    // second, and the heavy hitter's count stays exact.
+    let mut inserts = 1;
+    for s in 0..6u32 {
+        for i in 0..50 {
+            r.fake.syn_from(80, [10, 1, 1, 1]);
+            r.fake.syn_from(80, [172, 16, s as u8, i as u8]);
+        }
+        inserts += 300;
+        tick_with(&mut r, inserts);
+        tick_with(&mut r, inserts);
+    }
+    assert_eq!(r.fake.prefix_reads, 5, "three of six seconds read");
+    let top = r.mon.snapshot().top_sources;
+    assert_eq!(top[0].prefix, "10.1.1.0/24");
+    assert_eq!(top[0].syns, 1 + 6 * 50, "{top:?}");
 }

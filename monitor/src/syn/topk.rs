@@ -1,16 +1,18 @@
 //! Top source prefixes over a sliding window, from the kernel's cumulative per-prefix
 //! counters. Bounded by the kernel map: a prefix it evicted is forgotten here too.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use monitor_common::syn::PrefixKey;
+
+use super::kernel::PrefixCounts;
 
 /// Per-prefix SYN totals as read at each of the last `window + 1` reads.
 pub struct PrefixWindow {
     window: usize,
     /// Cumulative counts per read, oldest first; a prefix absent from a read counted 0
     /// in it (or was evicted and re-inserted: the difference is clamped at zero).
-    reads: VecDeque<HashMap<PrefixKey, u64>>,
+    reads: VecDeque<PrefixCounts>,
 }
 
 impl PrefixWindow {
@@ -22,11 +24,26 @@ impl PrefixWindow {
     }
 
     /// Adds one read of the kernel table.
-    pub fn push(&mut self, read: HashMap<PrefixKey, u64>) {
+    pub fn push(&mut self, read: PrefixCounts) {
         self.reads.push_back(read);
         while self.reads.len() > self.window + 1 {
             self.reads.pop_front();
         }
+    }
+
+    /// Adds a read equal to the last one (the table is known not to have changed, or
+    /// is not worth reading again yet); false if there is none.
+    pub fn repeat_last(&mut self) -> bool {
+        let Some(last) = self.reads.back().cloned() else {
+            return false;
+        };
+        self.push(last);
+        true
+    }
+
+    /// The last read.
+    pub fn last(&self) -> Option<&PrefixCounts> {
+        self.reads.back()
     }
 
     /// SYNs per prefix within the window: the latest total less the oldest.
@@ -85,15 +102,15 @@ mod tests {
     #[test]
     fn window_counts_are_differences() {
         let mut w = PrefixWindow::new(2);
-        w.push(HashMap::from([(p(1), 10), (p(2), 5)]));
+        w.push([(p(1), 10), (p(2), 5)].into_iter().collect());
         assert_eq!(w.top(1), vec![(p(1), 10)]);
-        w.push(HashMap::from([(p(1), 12), (p(2), 50)]));
-        w.push(HashMap::from([(p(1), 13), (p(2), 90), (p(3), 7)]));
+        w.push([(p(1), 12), (p(2), 50)].into_iter().collect());
+        w.push([(p(1), 13), (p(2), 90), (p(3), 7)].into_iter().collect());
         assert_eq!(w.top(3), vec![(p(2), 85), (p(3), 7), (p(1), 3)]);
         // The oldest read falls out: p(1)'s 10 leave the window.
-        w.push(HashMap::from([(p(1), 13), (p(2), 90), (p(3), 7)]));
+        w.push([(p(1), 13), (p(2), 90), (p(3), 7)].into_iter().collect());
         assert_eq!(w.top(3), vec![(p(2), 40), (p(3), 7), (p(1), 1)]);
-        w.push(HashMap::from([(p(1), 13), (p(2), 90), (p(3), 7)]));
+        w.push([(p(1), 13), (p(2), 90), (p(3), 7)].into_iter().collect());
         assert!(w.top(3).is_empty(), "nothing new in the window");
     }
 
