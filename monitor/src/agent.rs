@@ -3,7 +3,10 @@
 use std::{
     io::Write,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -89,6 +92,11 @@ pub struct Shared {
     syn: Mutex<SynMonitor>,
     syn_maps: Mutex<SynMaps>,
     conns: Mutex<ConnTracker>,
+    /// The kernel samples (a SYN flood): records of sampled connections do not wake
+    /// the reader, so it sweeps the ring often.
+    sampling: AtomicBool,
+    /// Events the kernel sampled out, as of the last SYN tick.
+    sampled_seen: AtomicU64,
 }
 
 impl Shared {
@@ -96,7 +104,7 @@ impl Shared {
     pub fn refresh(&self) {
         self.lifecycle
             .update_gauges(&self.engine.lock().expect("engine lock"));
-        let kernel = self.kernel.lock().expect("kernel stats lock");
+        let mut kernel = self.kernel.lock().expect("kernel stats lock");
         match kernel.totals() {
             Ok(t) => self.metrics.apply_kernel_totals(&t),
             Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
@@ -142,14 +150,14 @@ impl Shared {
         };
         let now = crate::event::monotonic_ns();
         let unix_ms = unix_ms();
-        let r = self.syn.lock().expect("syn lock").tick(
-            now,
-            unix_ms,
-            &mut *maps,
-            &mut labels,
-            &half_open,
-            counts,
-        );
+        let sampled = counts.sampled;
+        let mut syn = self.syn.lock().expect("syn lock");
+        let r = syn.tick(now, unix_ms, &mut *maps, &mut labels, &half_open, counts);
+        // Sampling now, or some time since the last tick (its windows are 100 ms).
+        let before = self.sampled_seen.swap(sampled, Ordering::Relaxed);
+        self.sampling
+            .store(syn.sampling() || sampled > before, Ordering::Relaxed);
+        drop(syn);
         // Service ports the tick admitted (they answered with a SYN-ACK).
         self.engine
             .lock()
@@ -238,6 +246,8 @@ pub async fn run_until(
         kernel: Mutex::new(KernelStats::new(&mut bpf, opts.load.flow_entries)?),
         last_flow_walk: Mutex::new(None),
         syn: Mutex::new(syn_monitor),
+        sampling: Default::default(),
+        sampled_seen: Default::default(),
         syn_maps: Mutex::new(syn_maps),
         conns: Mutex::new(ConnTracker::default()),
     });
@@ -316,6 +326,9 @@ pub async fn wait_for_signal() -> anyhow::Result<()> {
 const DRAIN_PAUSE: Duration = Duration::from_millis(5);
 /// How often the ring buffer is drained without a wakeup.
 const SWEEP: Duration = Duration::from_millis(50);
+/// The sweep when the kernel does not sample: a record written without wakeup just
+/// before sampling stopped waits at most this long.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 /// Reads the ring buffer whenever the kernel signals it, until told to stop; drains
 /// what is left before returning.
@@ -378,14 +391,22 @@ async fn drain_events(
         out.flush()?;
         anyhow::Ok(n)
     };
-    // Records of sampled connections (a SYN flood) do not wake the reader; this
-    // timer drains them.
-    let mut sweep = tokio::time::interval(SWEEP);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Records of sampled connections (a SYN flood) do not wake the reader; a sweep
+    // drains them, often while the kernel samples and rarely otherwise (the
+    // sweep's wakeups were most of an idle agent's CPU).
+    let period = || {
+        if shared.sampling.load(Ordering::Relaxed) {
+            SWEEP
+        } else {
+            IDLE_SWEEP
+        }
+    };
+    let mut next_sweep = tokio::time::Instant::now() + period();
     loop {
         tokio::select! {
-            _ = sweep.tick() => {
+            _ = tokio::time::sleep_until(next_sweep) => {
                 drain(fd.get_mut(), &mut out)?;
+                next_sweep = tokio::time::Instant::now() + period();
             }
             guard = fd.readable_mut() => {
                 let drained = {
@@ -394,6 +415,7 @@ async fn drain_events(
                     guard.clear_ready();
                     drained
                 };
+                next_sweep = tokio::time::Instant::now() + period();
                 if drained > 0 {
                     // Let records accumulate: under a flood one wakeup then serves a
                     // batch instead of one record (wakeups were half the agent's CPU at
