@@ -163,21 +163,6 @@ pub struct Embryo {
 
 const _: () = assert!(core::mem::size_of::<Embryo>() == 32);
 
-impl Embryo {
-    /// What a new embryo starts from.
-    pub const ZERO: Embryo = Embryo {
-        syn_ns: 0,
-        synack_ns: 0,
-        syn_seq: 0,
-        synack_seq: 0,
-        client_dir: 0,
-        shift: 0,
-        state: 0,
-        _pad0: 0,
-        _pad1: 0,
-    };
-}
-
 /// The flow map as the policy needs it: the kernel's LRU hash map, or a hash map in
 /// pcap replay. Entries are created in place (`create`) rather than built on the
 /// stack: the kernel has 512 bytes of it.
@@ -191,10 +176,8 @@ pub trait FlowTable {
     fn embryo(&mut self, _key: &FlowKey) -> Option<&mut Embryo> {
         None
     }
-    /// Inserts (or resets) an embryo to zero and returns it.
-    fn create_embryo(&mut self, _key: &FlowKey) -> Option<&mut Embryo> {
-        None
-    }
+    /// Inserts (or replaces) an embryo, whole: one map update, no lookup after.
+    fn insert_embryo(&mut self, _key: &FlowKey, _e: &Embryo) {}
     fn remove_embryo(&mut self, _key: &FlowKey) {}
 }
 
@@ -398,12 +381,21 @@ fn sampled_syn<T: FlowTable>(
 ) {
     t.sampled = EventKind::Syn as u8;
     table.remove(key);
-    if let Some(e) = table.create_embryo(key) {
-        e.client_dir = dir;
-        e.syn_seq = pkt.seq;
-        e.syn_ns = now;
-        e.shift = shift;
-    }
+    // Every field set: a partly zeroed struct would become a memset call in BPF.
+    table.insert_embryo(
+        key,
+        &Embryo {
+            syn_ns: now,
+            synack_ns: 0,
+            syn_seq: pkt.seq,
+            synack_seq: 0,
+            client_dir: dir,
+            shift,
+            state: 0,
+            _pad0: 0,
+            _pad1: 0,
+        },
+    );
 }
 
 /// For a segment of a tuple without a flow entry: if it belongs to a sampled-out

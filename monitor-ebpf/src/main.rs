@@ -47,8 +47,6 @@ static FLOW_ZERO: FlowState = FlowState::ZERO;
 #[map]
 static EMBRYOS: LruHashMap<FlowKey, Embryo> = LruHashMap::with_max_entries(131072, 0);
 
-static EMBRYO_ZERO: Embryo = Embryo::ZERO;
-
 /// All counters of one CPU in one slot: one map lookup per packet.
 #[map]
 static COUNTERS: PerCpuArray<[u64; counters::LEN as usize]> = PerCpuArray::with_max_entries(1, 0);
@@ -348,6 +346,12 @@ impl FlowTable for KernelFlows {
 
     #[inline(always)]
     fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        // An entry already there (a retransmitted SYN, a reused tuple) is reset in
+        // place: an LRU update would take a fresh element and free the old one.
+        if let Some(s) = self.lookup(key) {
+            *s = FLOW_ZERO;
+            return Some(s);
+        }
         // From read-only data, not the stack: the value is copied by the helper.
         FLOWS.insert(key, &FLOW_ZERO, 0).ok()?;
         self.lookup(key)
@@ -355,7 +359,11 @@ impl FlowTable for KernelFlows {
 
     #[inline(always)]
     fn remove(&mut self, key: &FlowKey) {
-        let _ = FLOWS.remove(key);
+        // A flood's spoofed tuples have none: a lookup takes no bucket lock.
+        // SAFETY: only tested for presence.
+        if unsafe { FLOWS.get(key) }.is_some() {
+            let _ = FLOWS.remove(key);
+        }
     }
 
     #[inline(always)]
@@ -365,14 +373,18 @@ impl FlowTable for KernelFlows {
     }
 
     #[inline(always)]
-    fn create_embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
-        EMBRYOS.insert(key, &EMBRYO_ZERO, 0).ok()?;
-        self.embryo(key)
+    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) {
+        // A full LRU map recycles its oldest: this cannot fail for lack of room.
+        let _ = EMBRYOS.insert(key, e, 0);
     }
 
     #[inline(always)]
     fn remove_embryo(&mut self, key: &FlowKey) {
-        let _ = EMBRYOS.remove(key);
+        // Usually there is none: a lookup takes no bucket lock, a delete does.
+        // SAFETY: only tested for presence.
+        if unsafe { EMBRYOS.get(key) }.is_some() {
+            let _ = EMBRYOS.remove(key);
+        }
     }
 }
 

@@ -276,9 +276,8 @@ impl FlowTable for WithEmbryos {
     fn embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
         self.embryos.get_mut(key)
     }
-    fn create_embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
-        self.embryos.insert(*key, Embryo::default());
-        self.embryos.get_mut(key)
+    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) {
+        self.embryos.insert(*key, *e);
     }
     fn remove_embryo(&mut self, key: &FlowKey) {
         self.embryos.remove(key);

@@ -205,6 +205,24 @@ fn kernel_table(out: &mut String) {
         let ns = k.repeated(prog, frame, repeat);
         rows.push((format!("{name} ({prog:?})"), ns, baseline));
     }
+    // New connections, not sampled (no flood): each SYN creates its flow entry,
+    // counts its port, prefix and source, and emits. Not repeatable in place (a
+    // repeat is a retransmission of an existing entry, the row above).
+    let fresh: Vec<Vec<u8>> = (0..3000u32)
+        .map(|i| {
+            Frame::v4([10, 20, (i >> 8) as u8, i as u8], 3000 + i as u16, B, 443)
+                .flags(SYN)
+                .tcp_options(20)
+                .build()
+        })
+        .collect();
+    let fresh_ns = per_call(&mut k, Some(Prog::Xdp), &fresh);
+    k.l.drain();
+    rows.push((
+        "SYN of a new connection, event emitted (XDP, per call)".into(),
+        fresh_ns,
+        base_call,
+    ));
     // A flood: every SYN a new spoofed source, sampling on (the agent's default
     // rate). Most are sampled out: per-port, prefix and sketch counts, an embryo, no
     // event.
