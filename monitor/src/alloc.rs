@@ -5,9 +5,20 @@
 //! so the table gets huge pages only if asked; this asks for blocks of 4 MiB and
 //! more (glibc's `glibc.malloc.hugetlb=1` tunable does the same, but only from the
 //! environment at start). Measured in `cargo xtask bench`: the agent's events/s
-//! rose by about 40 %, memory per connection by under 1 %.
+//! rose by about 40 %, memory per connection by under 1 %. A one-shot replay, which
+//! mostly fills fresh tables once, ran 5-15 % slower with them and turns them off.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether blocks allocated from now on are advised (on by default).
+pub fn set_huge_pages(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
 
 const HUGE_PAGE: usize = 2 << 20;
 const THRESHOLD: usize = 4 << 20;
@@ -16,7 +27,7 @@ pub struct HugePageAlloc;
 
 /// Advises the whole huge pages inside `[p, p + len)`.
 fn advise(p: *mut u8, len: usize) {
-    if p.is_null() || len < THRESHOLD {
+    if p.is_null() || len < THRESHOLD || !ENABLED.load(Ordering::Relaxed) {
         return;
     }
     let start = (p as usize).next_multiple_of(HUGE_PAGE);

@@ -223,6 +223,7 @@ fn replay(
     mut opts: LifecycleOptions,
 ) -> anyhow::Result<std::process::ExitCode> {
     opts.engine.local_addrs = local;
+    monitor::alloc::set_huge_pages(false);
     let report = monitor::replay::replay(file, &opts)?;
     print!("{}", monitor::replay::summary::render(&report));
     if metrics {
