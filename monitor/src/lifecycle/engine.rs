@@ -196,6 +196,10 @@ impl<S: Sink> Engine<S> {
         self.conns.len()
     }
 
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
     }

@@ -2,6 +2,7 @@
 //! lifecycle engine as live traffic.
 
 pub mod link;
+mod pipeline;
 pub mod summary;
 
 use std::{collections::HashMap, fs::File, path::Path, sync::Arc};
@@ -109,89 +110,109 @@ pub fn replay_with(
         metrics,
         registry,
     };
-    let mut flows = ReplayFlows::default();
-    // Per pcapng interface: link type, units per second, offset in seconds.
-    let mut ifaces: Vec<(i32, u64, i64)> = Vec::new();
-    let mut legacy: Option<(i32, bool)> = None;
-    let mut last_tick = 0u64;
-    loop {
-        match reader.next() {
-            Ok((offset, block)) => {
-                let packet: Option<(i32, u64, &[u8])> = match block {
-                    PcapBlockOwned::LegacyHeader(h) => {
-                        legacy = Some((h.network.0, h.is_nanosecond_precision()));
-                        r.linktypes.push(h.network.0);
-                        None
+    // The engine runs on its own thread meanwhile; it is put back when all is read.
+    let mut engine = std::mem::replace(
+        &mut r.engine,
+        Engine::new(
+            Default::default(),
+            crate::lifecycle::ports::PortLabels::new([], 0),
+            Outputs::default(),
+            |t| t as i128,
+        ),
+    );
+    pipeline::with_engine(&mut engine, |feed| {
+        let mut flows = ReplayFlows::default();
+        // Per pcapng interface: link type, units per second, offset in seconds.
+        let mut ifaces: Vec<(i32, u64, i64)> = Vec::new();
+        let mut legacy: Option<(i32, bool)> = None;
+        let mut last_tick = 0u64;
+        loop {
+            match reader.next() {
+                Ok((offset, block)) => {
+                    let packet: Option<(i32, u64, &[u8])> = match block {
+                        PcapBlockOwned::LegacyHeader(h) => {
+                            legacy = Some((h.network.0, h.is_nanosecond_precision()));
+                            r.linktypes.push(h.network.0);
+                            None
+                        }
+                        PcapBlockOwned::Legacy(b) => legacy.map(|(lt, nanos)| {
+                            let frac = b.ts_usec as u64 * if nanos { 1 } else { 1000 };
+                            (lt, b.ts_sec as u64 * 1_000_000_000 + frac, b.data)
+                        }),
+                        PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                            r.format = "pcapng";
+                            ifaces.clear();
+                            None
+                        }
+                        PcapBlockOwned::NG(Block::InterfaceDescription(i)) => {
+                            r.linktypes.push(i.linktype.0);
+                            ifaces.push((
+                                i.linktype.0,
+                                i.ts_resolution().unwrap_or(1_000_000),
+                                i.ts_offset(),
+                            ));
+                            None
+                        }
+                        PcapBlockOwned::NG(Block::EnhancedPacket(p)) => {
+                            ifaces.get(p.if_id as usize).map(|&(lt, res, off)| {
+                                let raw = ((p.ts_high as u128) << 32) | p.ts_low as u128;
+                                let ns = raw * 1_000_000_000 / res.max(1) as u128;
+                                let ns = (ns as i128 + off as i128 * 1_000_000_000) as u64;
+                                (lt, ns, p.data)
+                            })
+                        }
+                        PcapBlockOwned::NG(Block::SimplePacket(p)) => {
+                            ifaces.first().map(|&(lt, _, _)| (lt, last_tick, p.data))
+                        }
+                        PcapBlockOwned::NG(_) => None,
+                    };
+                    if let Some((lt, ts, data)) = packet {
+                        r.packets += 1;
+                        handle(&mut r, &mut flows, feed, lt, ts, data);
+                        if ts >= last_tick + 1_000_000_000 {
+                            feed.tick(ts, &mut flows);
+                            last_tick = ts;
+                        }
                     }
-                    PcapBlockOwned::Legacy(b) => legacy.map(|(lt, nanos)| {
-                        let frac = b.ts_usec as u64 * if nanos { 1 } else { 1000 };
-                        (lt, b.ts_sec as u64 * 1_000_000_000 + frac, b.data)
-                    }),
-                    PcapBlockOwned::NG(Block::SectionHeader(_)) => {
-                        r.format = "pcapng";
-                        ifaces.clear();
-                        None
-                    }
-                    PcapBlockOwned::NG(Block::InterfaceDescription(i)) => {
-                        r.linktypes.push(i.linktype.0);
-                        ifaces.push((
-                            i.linktype.0,
-                            i.ts_resolution().unwrap_or(1_000_000),
-                            i.ts_offset(),
-                        ));
-                        None
-                    }
-                    PcapBlockOwned::NG(Block::EnhancedPacket(p)) => {
-                        ifaces.get(p.if_id as usize).map(|&(lt, res, off)| {
-                            let raw = ((p.ts_high as u128) << 32) | p.ts_low as u128;
-                            let ns = raw * 1_000_000_000 / res.max(1) as u128;
-                            let ns = (ns as i128 + off as i128 * 1_000_000_000) as u64;
-                            (lt, ns, p.data)
-                        })
-                    }
-                    PcapBlockOwned::NG(Block::SimplePacket(p)) => {
-                        ifaces.first().map(|&(lt, _, _)| (lt, last_tick, p.data))
-                    }
-                    PcapBlockOwned::NG(_) => None,
-                };
-                if let Some((lt, ts, data)) = packet {
-                    r.packets += 1;
-                    handle(&mut r, &mut flows, lt, ts, data);
-                    if ts >= last_tick + 1_000_000_000 {
-                        r.engine.tick(ts, &mut flows);
-                        last_tick = ts;
+                    r.bytes_read += offset as u64;
+                    reader.consume(offset);
+                }
+                Err(PcapError::Eof) => break,
+                Err(PcapError::Incomplete(_)) => {
+                    if let Err(e) = reader.refill() {
+                        r.error = Some(format!("reading at byte {}: {e:?}", r.bytes_read));
+                        break;
                     }
                 }
-                r.bytes_read += offset as u64;
-                reader.consume(offset);
-            }
-            Err(PcapError::Eof) => break,
-            Err(PcapError::Incomplete(_)) => {
-                if let Err(e) = reader.refill() {
-                    r.error = Some(format!("reading at byte {}: {e:?}", r.bytes_read));
+                Err(PcapError::UnexpectedEof) => {
+                    r.error = Some(format!(
+                        "truncated: the file ends inside a block at byte {} (after {} packets)",
+                        r.bytes_read, r.packets
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    r.error = Some(format!(
+                        "corrupt block at byte {}: {e:?} (after {} packets)",
+                        r.bytes_read, r.packets
+                    ));
                     break;
                 }
             }
-            Err(PcapError::UnexpectedEof) => {
-                r.error = Some(format!(
-                    "truncated: the file ends inside a block at byte {} (after {} packets)",
-                    r.bytes_read, r.packets
-                ));
-                break;
-            }
-            Err(e) => {
-                r.error = Some(format!(
-                    "corrupt block at byte {}: {e:?} (after {} packets)",
-                    r.bytes_read, r.packets
-                ));
-                break;
-            }
         }
-    }
+    });
+    r.engine = engine;
     Ok(r)
 }
 
-fn handle(r: &mut Report, flows: &mut ReplayFlows, linktype: i32, ts: u64, data: &[u8]) {
+fn handle(
+    r: &mut Report,
+    flows: &mut ReplayFlows,
+    feed: &mut pipeline::Feed,
+    linktype: i32,
+    ts: u64,
+    data: &[u8],
+) {
     let pkt = match link::parse_frame(linktype, data) {
         Ok(p) => p,
         Err(link::FrameError::Parse(e)) => {
@@ -214,7 +235,7 @@ fn handle(r: &mut Report, flows: &mut ReplayFlows, linktype: i32, ts: u64, data:
     let raw = TcpEvent::new(&pkt, &emit, ts, Hook::Replay, 0, 1);
     if let Ok(ev) = Event::from_raw(raw) {
         r.events += 1;
-        r.engine.on_event(&ev);
+        feed.event(ev);
     }
 }
 

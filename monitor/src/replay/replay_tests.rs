@@ -210,3 +210,56 @@ fn syn_evidence_of_a_flood_capture() {
     let text = summary::render(&r);
     assert!(text.contains("3001 distinct"), "{text}");
 }
+
+/// A connection that moves data without control segments for longer than the idle
+/// timeout, beside one that goes silent: only the silent one times out. The first
+/// needs the activity probe, which the engine thread asks the reading thread.
+#[test]
+fn the_activity_probe_keeps_a_busy_connection_across_threads() {
+    let flow = |port: u16| {
+        let c = move |f: u8, seq, ack, len| {
+            Frame::v4(C, port, S, 443)
+                .flags(f)
+                .seq_ack(seq, ack)
+                .payload(len)
+        };
+        let s = move |f: u8, seq, ack| Frame::v4(S, 443, C, port).flags(f).seq_ack(seq, ack);
+        (c, s)
+    };
+    let (c1, s1) = flow(40001);
+    let (c2, s2) = flow(40002);
+    let sec = 1_000_000_000u64;
+    let mut frames = vec![
+        (T0, c1(SYN, 100, 0, 0).build()),
+        (T0 + 1000, s1(SYN | ACK, 900, 101).build()),
+        (T0 + 2000, c1(ACK, 101, 901, 0).build()),
+        (T0 + 3000, c2(SYN, 500, 0, 0).build()),
+        (T0 + 4000, s2(SYN | ACK, 700, 501).build()),
+        (T0 + 5000, c2(ACK, 501, 701, 0).build()),
+    ];
+    // 30 s of in-order data on the first, one segment a second: no events.
+    for i in 0..30u32 {
+        frames.push((
+            T0 + (i as u64 + 1) * sec,
+            c1(ACK | PSH, 101 + i * 10, 901, 10).build(),
+        ));
+    }
+    frames.push((T0 + 31 * sec, c1(FIN | ACK, 401, 901, 0).build()));
+    frames.push((T0 + 31 * sec + 1000, s1(FIN | ACK, 901, 402).build()));
+    frames.push((T0 + 31 * sec + 2000, c1(ACK, 402, 902, 0).build()));
+    let mut file = tempfile();
+    file.1.write_all(&pcap(1, true, &frames)).unwrap();
+    let mut opts = LifecycleOptions::default();
+    opts.engine.idle_timeout_ns = 5 * sec;
+    let r = replay_with(&file.0, &opts, true).unwrap();
+    let _ = std::fs::remove_file(&file.0);
+    let recs = summary::all_records(&r);
+    let how = |port: u16| {
+        recs.iter()
+            .find(|r| r.client.port() == port)
+            .map(|r| r.how)
+            .unwrap()
+    };
+    assert_eq!(how(40001), "fin", "{recs:?}");
+    assert_eq!(how(40002), "timeout", "{recs:?}");
+}
