@@ -62,7 +62,8 @@ fn syns_are_counted_by_port_prefix_and_sketch() {
         .map(|(p, s)| (*p, s.syn, s.synack, s.acked))
         .collect();
     assert_eq!(counts, [(80, 1, 1, 1), (443, 1, 0, 0)]);
-    let prefixes = maps.prefixes().unwrap();
+    let mut prefixes = Default::default();
+    maps.prefixes(&mut prefixes).unwrap();
     let p4 = PrefixKey::of(4, &v4_words([10, 1, 2, 0]));
     let mut w6 = [0u32; 4];
     for (i, w) in w6.iter_mut().enumerate() {
@@ -177,7 +178,8 @@ fn the_prefix_table_reads_the_same_in_batches_and_key_by_key() {
         l.run(Prog::Xdp, &f, 1);
     }
     let t = std::time::Instant::now();
-    let batched = maps.prefixes().unwrap();
+    let mut batched = Default::default();
+    maps.prefixes(&mut batched).unwrap();
     let t_batch = t.elapsed();
     let t = std::time::Instant::now();
     let walked = maps.prefixes_key_by_key().unwrap();

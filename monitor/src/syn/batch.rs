@@ -34,43 +34,55 @@ pub enum BatchError {
     Failed(std::io::Error),
 }
 
-/// Every entry of a per-CPU hash map with `u64` values, summed over CPUs.
-/// `possible_cpus` is the kernel's possible-CPU count (the per-CPU value stride).
+/// Key and per-CPU value buffers of [`sum_percpu_u64`], kept between reads.
+#[derive(Default)]
+pub struct PerCpuBufs<K> {
+    keys: Vec<K>,
+    values: Vec<u64>,
+}
+
+/// Every entry of a per-CPU hash map with `u64` values, summed over CPUs, into
+/// `out`. `possible_cpus` is the kernel's possible-CPU count (the value stride).
 pub fn sum_percpu_u64<K: Pod + Default>(
     map: BorrowedFd<'_>,
     possible_cpus: usize,
     capacity: usize,
-) -> Result<Vec<(K, u64)>, BatchError> {
-    struct Sums<K> {
+    bufs: &mut PerCpuBufs<K>,
+    out: &mut impl Extend<(K, u64)>,
+) -> Result<(), BatchError> {
+    struct Sums<'a, K, O> {
         cpus: usize,
-        keys: Vec<K>,
-        values: Vec<u64>,
-        out: Vec<(K, u64)>,
+        bufs: &'a mut PerCpuBufs<K>,
+        out: &'a mut O,
     }
-    impl<K: Pod + Default> Chunks for Sums<K> {
+    impl<K: Pod + Default, O: Extend<(K, u64)>> Chunks for Sums<'_, K, O> {
         fn room(&mut self, chunk: usize) -> (*mut u8, *mut u8) {
-            self.keys.resize(chunk, K::default());
-            self.values.resize(chunk * self.cpus, 0);
+            self.bufs.keys.resize(chunk, K::default());
+            self.bufs.values.resize(chunk * self.cpus, 0);
             (
-                self.keys.as_mut_ptr().cast(),
-                self.values.as_mut_ptr().cast(),
+                self.bufs.keys.as_mut_ptr().cast(),
+                self.bufs.values.as_mut_ptr().cast(),
             )
         }
         fn got(&mut self, n: usize) {
-            for (i, k) in self.keys.iter().take(n).enumerate() {
-                let v = &self.values[i * self.cpus..(i + 1) * self.cpus];
-                self.out.push((*k, v.iter().sum()));
-            }
+            let (keys, values, cpus) = (&self.bufs.keys, &self.bufs.values, self.cpus);
+            self.out.extend(
+                keys.iter()
+                    .take(n)
+                    .enumerate()
+                    .map(|(i, k)| (*k, values[i * cpus..(i + 1) * cpus].iter().sum())),
+            );
         }
     }
-    let mut s = Sums {
-        cpus: possible_cpus,
-        keys: Vec::new(),
-        values: Vec::new(),
-        out: Vec::new(),
-    };
-    walk(map, capacity, &mut s)?;
-    Ok(s.out)
+    walk(
+        map,
+        capacity,
+        &mut Sums {
+            cpus: possible_cpus,
+            bufs,
+            out,
+        },
+    )
 }
 
 /// How many entries a hash map holds, read in batches into a buffer kept across

@@ -28,7 +28,8 @@ pub trait SynSource {
     /// Cumulative counts per port, summed over CPUs.
     fn ports(&mut self) -> anyhow::Result<Vec<(u16, PortSyn)>>;
     /// Cumulative SYNs per source prefix now in the table, summed over CPUs.
-    fn prefixes(&mut self) -> anyhow::Result<PrefixCounts>;
+    /// Fills `into` (emptied first).
+    fn prefixes(&mut self, into: &mut PrefixCounts) -> anyhow::Result<()>;
     /// Drops a port's counters from the kernel table (a port that is no service and
     /// went quiet), so a scan cannot fill the table for good.
     fn forget_port(&mut self, port: u16) -> anyhow::Result<()>;
@@ -51,6 +52,7 @@ pub struct SynMaps {
     prefixes: Map,
     prefix_capacity: usize,
     batch: bool,
+    prefix_bufs: super::batch::PerCpuBufs<PrefixKey>,
     sketch: PerCpuArray<MapData, Registers>,
     slots: Array<MapData, u8>,
     cfg: SynConfig,
@@ -85,6 +87,7 @@ impl SynMaps {
             prefixes: take(bpf, PREFIXES_MAP)?,
             prefix_capacity: 0,
             batch: true,
+            prefix_bufs: Default::default(),
             sketch: PerCpuArray::try_from(take(bpf, SKETCH_MAP)?)?,
             slots: Array::try_from(take(bpf, SLOT_MAP)?)?,
             cfg: SynConfig {
@@ -155,15 +158,18 @@ impl SynSource for SynMaps {
         Ok(out)
     }
 
-    fn prefixes(&mut self) -> anyhow::Result<PrefixCounts> {
+    fn prefixes(&mut self, into: &mut PrefixCounts) -> anyhow::Result<()> {
+        into.clear();
         if self.batch {
             let fd = prefix_data(&self.prefixes)?.fd();
             match super::batch::sum_percpu_u64::<PrefixKey>(
                 std::os::fd::AsFd::as_fd(fd),
                 self.ncpu,
                 self.prefix_capacity,
+                &mut self.prefix_bufs,
+                into,
             ) {
-                Ok(v) => return Ok(v.into_iter().collect()),
+                Ok(()) => return Ok(()),
                 Err(e @ super::batch::BatchError::Unsupported(_)) => {
                     tracing::info!(error = %e, "reading the prefix table key by key");
                     self.batch = false;
@@ -171,7 +177,8 @@ impl SynSource for SynMaps {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.prefixes_key_by_key()
+        *into = self.prefixes_key_by_key()?;
+        Ok(())
     }
 
     fn forget_port(&mut self, port: u16) -> anyhow::Result<()> {

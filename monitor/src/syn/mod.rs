@@ -372,7 +372,9 @@ impl SynMonitor {
         if skip && self.prefixes.repeat_last() {
             self.skipped_churn = self.syns_since_read > 0;
         } else {
-            self.prefixes.push(source.prefixes()?);
+            let mut read = self.prefixes.take_spare();
+            source.prefixes(&mut read)?;
+            self.prefixes.push(read);
             self.syns_since_read = 0;
             self.inserts_at_read = inserts;
             self.skipped_churn = false;

@@ -34,9 +34,10 @@ impl SynSource for Fake {
     fn ports(&mut self) -> anyhow::Result<Vec<(u16, PortSyn)>> {
         Ok(self.ports.iter().map(|(p, s)| (*p, *s)).collect())
     }
-    fn prefixes(&mut self) -> anyhow::Result<kernel::PrefixCounts> {
+    fn prefixes(&mut self, into: &mut kernel::PrefixCounts) -> anyhow::Result<()> {
         self.prefix_reads += 1;
-        Ok(self.prefixes.clone())
+        into.clone_from(&self.prefixes);
+        Ok(())
     }
     fn forget_port(&mut self, port: u16) -> anyhow::Result<()> {
         self.ports.remove(&port);

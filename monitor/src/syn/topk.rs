@@ -13,6 +13,9 @@ pub struct PrefixWindow {
     /// Cumulative counts per read, oldest first; a prefix absent from a read counted 0
     /// in it (or was evicted and re-inserted: the difference is clamped at zero).
     reads: VecDeque<PrefixCounts>,
+    /// A read that left the window, kept for its memory (thousands of entries a
+    /// second under a flood).
+    spare: Option<PrefixCounts>,
 }
 
 impl PrefixWindow {
@@ -20,6 +23,7 @@ impl PrefixWindow {
         PrefixWindow {
             window: window_reads.max(1),
             reads: VecDeque::new(),
+            spare: None,
         }
     }
 
@@ -27,17 +31,26 @@ impl PrefixWindow {
     pub fn push(&mut self, read: PrefixCounts) {
         self.reads.push_back(read);
         while self.reads.len() > self.window + 1 {
-            self.reads.pop_front();
+            self.spare = self.reads.pop_front();
         }
+    }
+
+    /// An empty map for the next read, from one that left the window if any.
+    pub fn take_spare(&mut self) -> PrefixCounts {
+        let mut m = self.spare.take().unwrap_or_default();
+        m.clear();
+        m
     }
 
     /// Adds a read equal to the last one (the table is known not to have changed, or
     /// is not worth reading again yet); false if there is none.
     pub fn repeat_last(&mut self) -> bool {
-        let Some(last) = self.reads.back().cloned() else {
+        let mut copy = self.take_spare();
+        let Some(last) = self.reads.back() else {
             return false;
         };
-        self.push(last);
+        copy.extend(last.iter().map(|(k, n)| (*k, *n)));
+        self.push(copy);
         true
     }
 
