@@ -153,7 +153,9 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub struct Engine<S: Sink> {
     cfg: Config,
-    conns: FastMap<FlowKey, Entry>,
+    /// Entries boxed: growing the table or removing from it moves 48-byte buckets,
+    /// not 430-byte entries, and a power-of-two table of pointers wastes little.
+    conns: FastMap<FlowKey, Box<Entry>>,
     /// Insertion order for eviction; stale generations are skipped lazily.
     order: VecDeque<(FlowKey, u64)>,
     /// Insertion order of entries that started with a handshake segment.
@@ -340,7 +342,7 @@ impl<S: Sink> Engine<S> {
                     &key.addr_hi,
                     key.port_hi,
                 );
-                self.conns.entry(key).or_insert(Entry {
+                self.conns.entry(key).or_insert(Box::new(Entry {
                     conn,
                     eps,
                     local: None,
@@ -350,7 +352,7 @@ impl<S: Sink> Engine<S> {
                     weight: 1u64 << seg.shift.min(32),
                     due_bucket: UNSCHEDULED,
                     half_open: false,
-                })
+                }))
             }
         };
         if entry.local.is_none() {
@@ -378,7 +380,7 @@ impl<S: Sink> Engine<S> {
         self.happenings = out;
     }
 
-    fn remove(&mut self, key: &FlowKey) -> Option<Entry> {
+    fn remove(&mut self, key: &FlowKey) -> Option<Box<Entry>> {
         let e = self.conns.remove(key)?;
         self.half_open -= e.half_open as usize;
         Some(e)
