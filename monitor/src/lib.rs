@@ -2,7 +2,6 @@
 //! all drive the same code.
 
 pub mod agent;
-pub mod alloc;
 pub mod ebpf;
 pub mod event;
 pub mod iface;

@@ -1,8 +1,5 @@
 //! `tcpmon`: watch TCP connections on this host and export them as metrics.
 
-#[global_allocator]
-static ALLOC: monitor::alloc::HugePageAlloc = monitor::alloc::HugePageAlloc;
-
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
@@ -223,7 +220,6 @@ fn replay(
     mut opts: LifecycleOptions,
 ) -> anyhow::Result<std::process::ExitCode> {
     opts.engine.local_addrs = local;
-    monitor::alloc::set_huge_pages(false);
     let report = monitor::replay::replay(file, &opts)?;
     print!("{}", monitor::replay::summary::render(&report));
     if metrics {

@@ -28,10 +28,6 @@ use monitor_common::{
 };
 use tests::testrun::{Loaded, Prog};
 
-/// The agent's allocator, so the agent rows measure what the agent runs.
-#[global_allocator]
-static ALLOC: monitor::alloc::HugePageAlloc = monitor::alloc::HugePageAlloc;
-
 const ROUNDS: usize = 7;
 /// Flood rounds of the end-to-end CPU comparison.
 const FLOOD_ROUNDS: usize = 3;
