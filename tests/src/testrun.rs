@@ -21,7 +21,7 @@ pub enum Prog {
 impl Prog {
     pub const ALL: [Prog; 3] = [Prog::Xdp, Prog::TcIngress, Prog::TcEgress];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Prog::Xdp => "tcpmon_xdp",
             Prog::TcIngress => "tcpmon_tc_ingress",

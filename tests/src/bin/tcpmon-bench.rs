@@ -252,10 +252,26 @@ fn kernel_table(out: &mut String) {
         flood_ns,
         base_call,
     ));
+    // What the verifier saw: the program's size after rewriting, and the
+    // instructions it walked over all paths (how branchy the program is).
+    let sizes: Vec<String> = [Prog::Xdp, Prog::TcEgress]
+        .iter()
+        .filter_map(|p| {
+            let info = k.l.bpf.program(p.name())?.info().ok()?;
+            Some(format!(
+                "{}: {} instructions, {} verified over all paths",
+                p.name(),
+                info.size_translated().unwrap_or(0) / 8,
+                info.verified_instruction_count().unwrap_or(0)
+            ))
+        })
+        .collect();
     out.push_str(&format!(
         "\n## Kernel cost per packet (BPF_PROG_TEST_RUN, median of {ROUNDS} rounds)\n\n\
          baseline XDP_PASS: {baseline:.1} ns repeated x{REPEAT}, {base_call:.1} ns one run per call\n\n\
-         | path | ns/packet | x baseline |\n|---|---:|---:|\n"
+         programs: {}\n\n\
+         | path | ns/packet | x baseline |\n|---|---:|---:|\n",
+        sizes.join("; ")
     ));
     for (name, ns, base) in rows {
         out.push_str(&format!("| {name} | {ns:.1} | {:.2} |\n", ns / base));
