@@ -137,6 +137,8 @@ struct Entry {
     due_bucket: u64,
     /// Counted in [`Engine::half_open`].
     half_open: bool,
+    /// The server port it is counted under in [`Engine::server_half_open`].
+    server_half_open: Option<u16>,
 }
 
 /// Where happenings are turned into sink calls; apart from the table so both can be
@@ -162,6 +164,10 @@ pub struct Engine<S: Sink> {
     embryonic: VecDeque<(FlowKey, u64)>,
     /// Entries in their handshake now (what `max_embryonic` caps).
     half_open: usize,
+    /// Weight of half-open connections where this host is the server, by its port:
+    /// kept as entries change, so the gauge costs nothing per tick however many
+    /// connections there are.
+    server_half_open: HashMap<u16, u64>,
     timers: Timers,
     next_generation: u64,
     pub out: Reporter<S>,
@@ -182,6 +188,7 @@ impl<S: Sink> Engine<S> {
             order: VecDeque::new(),
             embryonic: VecDeque::new(),
             half_open: 0,
+            server_half_open: HashMap::new(),
             timers: Timers::default(),
             next_generation: 0,
             out: Reporter {
@@ -352,6 +359,7 @@ impl<S: Sink> Engine<S> {
                     weight: 1u64 << seg.shift.min(32),
                     due_bucket: UNSCHEDULED,
                     half_open: false,
+                    server_half_open: None,
                 }))
             }
         };
@@ -372,6 +380,14 @@ impl<S: Sink> Engine<S> {
                 self.half_open -= 1;
             }
         }
+        let port = server_half_open(entry);
+        if port != entry.server_half_open {
+            uncount(&mut self.server_half_open, entry);
+            entry.server_half_open = port;
+            if let Some(p) = port {
+                *self.server_half_open.entry(p).or_default() += entry.weight;
+            }
+        }
         if entry.conn.done() {
             self.remove(&key);
         } else {
@@ -383,6 +399,7 @@ impl<S: Sink> Engine<S> {
     fn remove(&mut self, key: &FlowKey) -> Option<Box<Entry>> {
         let e = self.conns.remove(key)?;
         self.half_open -= e.half_open as usize;
+        uncount(&mut self.server_half_open, &e);
         Some(e)
     }
 
@@ -524,14 +541,8 @@ impl<S: Sink> Engine<S> {
     /// no ACK yet. Works with SYN cookies, where the kernel keeps no request socket.
     pub fn half_open_by_port(&self) -> HashMap<&'static str, u64> {
         let mut m = HashMap::new();
-        for e in self.conns.values() {
-            if let (Some(l), Some(s)) = (e.local, e.conn.server())
-                && l == s
-                && e.conn.ends[s] == TcpState::SynReceived
-            {
-                let port = self.out.ports.label(Some(e.eps.addrs[s].port()));
-                *m.entry(port).or_default() += e.weight;
-            }
+        for (port, n) in &self.server_half_open {
+            *m.entry(self.out.ports.label(Some(*port))).or_default() += n;
         }
         m
     }
@@ -635,6 +646,28 @@ impl<S: Sink> Reporter<S> {
     fn write_record(&mut self, e: &Entry, how: &'static str, failed: bool) {
         let rec = ConnRecord::new(&e.conn, &e.eps, role(e).name(), how, failed, &self.to_unix);
         self.sink.record(&rec);
+    }
+}
+
+/// The server port of a half-open connection where this host is the server.
+fn server_half_open(e: &Entry) -> Option<u16> {
+    match (e.local, e.conn.server()) {
+        (Some(l), Some(s)) if l == s && e.conn.ends[s] == TcpState::SynReceived => {
+            Some(e.eps.addrs[s].port())
+        }
+        _ => None,
+    }
+}
+
+/// Takes `e` out of the per-port half-open counts.
+fn uncount(counts: &mut HashMap<u16, u64>, e: &Entry) {
+    if let Some(p) = e.server_half_open
+        && let Some(n) = counts.get_mut(&p)
+    {
+        *n -= e.weight;
+        if *n == 0 {
+            counts.remove(&p);
+        }
     }
 }
 

@@ -356,3 +356,43 @@ fn a_connection_due_within_the_current_bucket_is_checked_again_next_tick() {
     }
     assert_eq!(ended_at, Some(1_600_000_000));
 }
+
+/// The per-port half-open counts kept as entries change equal a scan of the table,
+/// through handshakes, half-open servers, resets, evictions and timeouts.
+#[test]
+fn half_open_counts_follow_the_table() {
+    let scan = |e: &Engine<Rec>| {
+        let mut m: HashMap<&'static str, u64> = HashMap::new();
+        for en in e.conns.values() {
+            if let Some(p) = server_half_open(en) {
+                *m.entry(e.out.ports.label(Some(p))).or_default() += en.weight;
+            }
+        }
+        m
+    };
+    let cfg = Config {
+        max_embryonic: 50,
+        ..Config::default()
+    };
+    let mut e = engine(cfg);
+    for i in 0..400u32 {
+        let port = 1024 + i as u16;
+        let srv = [80u16, 443, 8080][i as usize % 3];
+        let t = i as u64 * 100;
+        e.on_event(&ev(false, srv, port, SYN, 100, 0, t));
+        e.on_event(&ev(true, srv, port, SYN | ACK, 500, 101, t + 10));
+        match i % 4 {
+            // Completed.
+            0 => e.on_event(&ev(false, srv, port, ACK, 101, 501, t + 20)),
+            // Reset by the client while half-open.
+            1 => e.on_event(&ev(false, srv, port, RST, 101, 0, t + 20)),
+            // Left half-open (the cap of 50 evicts the oldest of them).
+            _ => {}
+        }
+        assert_eq!(e.half_open_by_port(), scan(&e), "after connection {i}");
+    }
+    assert!(!e.half_open_by_port().is_empty());
+    e.tick(200_000_000_000, &mut NoProbe);
+    assert_eq!(e.half_open_by_port(), scan(&e));
+    assert!(e.half_open_by_port().is_empty(), "all timed out");
+}
