@@ -869,7 +869,7 @@ fn flood_memory_table(out: &mut String) {
         "\n## Spoofed SYN flood: memory and CPU (tc ingress, random 32-bit sources, {SECS} s)\n\n\
          | measure | value |\n|---|---:|\n\
          | SYNs sent by hping3 (all distinct sources) | {sent} ({:.0}/s) |\n\
-         | SYNs counted (tcpmon_syn_received_total) | {:.0} |\n\
+         | SYNs counted (tcpmon_syn_received_total, all ports: the bench's own metrics connection included) | {:.0} |\n\
          | distinct sources, last 10 s (estimate) | {:.0} |\n\
          | events emitted / sampled out / lost | {:.0} / {:.0} / {:.0} |\n\
          | prefixes evicted from the kernel's LRU table | {:.0} |\n\
