@@ -201,19 +201,18 @@ fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) 
     let emit = tracked.event;
     // Kinds come from a closed enum; the fallback index is never taken.
     let kind = EventKind::from_u8(emit.kind).unwrap_or(EventKind::Syn);
+    let now = clock.now();
+    // While this CPU's sampler is on (a SYN flood) the agent drains on its own
+    // timer: waking it for every record would cost more than the record. The
+    // sampler's state now, not the connection's: one admitted during a flood and
+    // closing after it must wake the agent again.
+    let sampling = SAMPLER
+        .get(0)
+        .is_some_and(|st| syn::current_shift(st, now) > 0);
     match EVENTS.reserve::<TcpEvent>(0) {
         Some(mut slot) => {
-            slot.write(TcpEvent::new(
-                &tcp,
-                &emit,
-                clock.now(),
-                hook,
-                ifindex,
-                gso_segs,
-            ));
-            // Under a SYN flood (a sampled connection) the agent drains on its own
-            // timer: waking it for every record would cost more than the record.
-            slot.submit(if emit.shift > 0 { BPF_RB_NO_WAKEUP } else { 0 });
+            slot.write(TcpEvent::new(&tcp, &emit, now, hook, ifindex, gso_segs));
+            slot.submit(if sampling { BPF_RB_NO_WAKEUP } else { 0 });
             bump(c, counters::submitted(kind), 1);
         }
         None => bump(c, counters::lost(kind), 1),

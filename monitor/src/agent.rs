@@ -359,10 +359,12 @@ async fn drain_events(
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
     let counters = shared.metrics.event_counters();
     // One engine lock per batch of records, not per record.
+    // Returns whether the record is of a sampled connection.
     let handle =
-        |bytes: &[u8], engine: &mut Engine<Outputs>, out: &mut dyn Write| -> anyhow::Result<()> {
+        |bytes: &[u8], engine: &mut Engine<Outputs>, out: &mut dyn Write| -> anyhow::Result<bool> {
             match Event::decode(bytes) {
                 Ok(ev) => {
+                    let sampled = ev.raw.sample_shift > 0;
                     counters[ev.kind as usize].inc();
                     engine.on_event(&ev);
                     if json {
@@ -373,51 +375,54 @@ async fn drain_events(
                         serde_json::to_writer(&mut *out, &EventRecord::new(&ev, &clock, name))?;
                         out.write_all(b"\n")?;
                     }
+                    return Ok(sampled);
                 }
                 Err(e) => {
                     shared.metrics.decode_errors.inc();
                     tracing::warn!(error = %e, "undecodable event");
                 }
             }
-            Ok(())
+            Ok(false)
         };
-    // Everything in the ring, under one engine lock; returns how many records.
+    // Everything in the ring, under one engine lock; returns how many records, and
+    // whether any was of a sampled connection.
     let drain = |ring: &mut RingBuf<MapData>, out: &mut Box<dyn Write + Send>| {
         let mut engine = shared.engine.lock().expect("engine lock");
-        let mut n = 0usize;
+        let (mut n, mut sampled) = (0usize, false);
         while let Some(item) = ring.next() {
-            handle(&item, &mut engine, &mut **out)?;
+            sampled |= handle(&item, &mut engine, &mut **out)?;
             n += 1;
         }
         drop(engine);
         out.flush()?;
-        anyhow::Ok(n)
+        anyhow::Ok((n, sampled))
     };
-    // Records of sampled connections (a SYN flood) do not wake the reader; a sweep
-    // drains them, often while the kernel samples and rarely otherwise (the
-    // sweep's wakeups were most of an idle agent's CPU).
-    let period = || {
-        if shared.sampling.load(Ordering::Relaxed) {
+    // While the kernel samples (a SYN flood), records do not wake the reader; a
+    // sweep drains them, often while the SYN tick sees sampling or the last drain
+    // held sampled records, rarely otherwise (the sweep's wakeups were most of an
+    // idle agent's CPU).
+    let period = |recent: bool| {
+        if recent || shared.sampling.load(Ordering::Relaxed) {
             SWEEP
         } else {
             IDLE_SWEEP
         }
     };
-    let mut next_sweep = tokio::time::Instant::now() + period();
+    let mut next_sweep = tokio::time::Instant::now() + period(false);
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next_sweep) => {
-                drain(fd.get_mut(), &mut out)?;
-                next_sweep = tokio::time::Instant::now() + period();
+                let (_, sampled) = drain(fd.get_mut(), &mut out)?;
+                next_sweep = tokio::time::Instant::now() + period(sampled);
             }
             guard = fd.readable_mut() => {
-                let drained = {
+                let (drained, sampled) = {
                     let mut guard = guard?;
                     let drained = drain(guard.get_inner_mut(), &mut out)?;
                     guard.clear_ready();
                     drained
                 };
-                next_sweep = tokio::time::Instant::now() + period();
+                next_sweep = tokio::time::Instant::now() + period(sampled);
                 if drained > 0 {
                     // Let records accumulate: under a flood one wakeup then serves a
                     // batch instead of one record (wakeups were half the agent's CPU at

@@ -58,10 +58,12 @@ impl KernelStats {
                 &mut self.buf,
             ) {
                 Ok(n) => return n,
-                Err(e) => {
+                Err(e @ crate::syn::batch::BatchError::Unsupported(_)) => {
                     tracing::info!(error = %e, "counting the flow map key by key");
                     self.batch = false;
                 }
+                // A failure of this read only: try again next time.
+                Err(e) => tracing::warn!(error = %e, "counting the flow map in batches"),
             }
         }
         self.flow_entries_key_by_key()

@@ -371,7 +371,9 @@ impl<S: Sink> Engine<S> {
             });
         }
         self.out.report(entry, &out);
-        let half_open = in_handshake_states(&entry.conn);
+        // As the cap counts: only connections that began with a handshake segment
+        // (those in the embryonic queue), not one seen mid-stream.
+        let half_open = in_handshake(&entry.conn);
         if half_open != entry.half_open {
             entry.half_open = half_open;
             if half_open {
@@ -671,14 +673,10 @@ fn uncount(counts: &mut HashMap<u16, u64>, e: &Entry) {
     }
 }
 
-/// Half-open, as the cap on them counts it.
-fn in_handshake_states(c: &Conn) -> bool {
-    c.ends.iter().any(|s| s.in_handshake())
-}
-
-/// In its handshake, as its timeout counts it.
+/// In its handshake (as its timeout and the half-open cap count it): an end in
+/// SYN-SENT or SYN-RECEIVED of a connection not first seen mid-stream.
 fn in_handshake(c: &Conn) -> bool {
-    !c.mid_stream && in_handshake_states(c)
+    !c.mid_stream && c.ends.iter().any(|s| s.in_handshake())
 }
 
 /// How long `c` may stay quiet before it times out.

@@ -396,3 +396,26 @@ fn half_open_counts_follow_the_table() {
     assert_eq!(e.half_open_by_port(), scan(&e));
     assert!(e.half_open_by_port().is_empty(), "all timed out");
 }
+
+/// A connection first seen mid-stream that then sees a SYN-ACK is not a half-open
+/// handshake: it must not fill the cap and push out real half-open ones.
+#[test]
+fn mid_stream_connections_do_not_count_as_half_open() {
+    let cfg = Config {
+        max_embryonic: 4,
+        ..Config::default()
+    };
+    let mut e = engine(cfg);
+    for i in 0..10u16 {
+        e.on_event(&ev(false, 80, 2000 + i, ACK | PSH, 5000, 9000, 10));
+        e.on_event(&ev(true, 80, 2000 + i, SYN | ACK, 8999, 5000, 20));
+    }
+    assert_eq!(e.half_open, 0);
+    // Real half-open ones still fit under the cap alongside.
+    for i in 0..4u16 {
+        e.on_event(&ev(false, 80, 3000 + i, SYN, 1, 0, 30));
+        e.on_event(&ev(true, 80, 3000 + i, SYN | ACK, 9, 2, 40));
+    }
+    assert_eq!(e.half_open, 4);
+    assert_eq!(e.evicted, 0);
+}

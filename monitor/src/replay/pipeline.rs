@@ -53,7 +53,10 @@ pub struct Feed {
 impl Feed {
     pub fn event(&mut self, ev: Event) {
         let r = &ev.raw;
-        for t in [r.ts_ns, r.syn_ns, r.synack_ns] {
+        // The event's own time counts even when 0 (a pcapng simple packet before
+        // any timestamp); the handshake times only when set.
+        self.min_ts = self.min_ts.min(r.ts_ns);
+        for t in [r.syn_ns, r.synack_ns] {
             if t != 0 {
                 self.min_ts = self.min_ts.min(t);
             }

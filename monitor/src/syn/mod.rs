@@ -381,8 +381,9 @@ impl SynMonitor {
         }
         let entries = self.prefixes.last().map_or(0, |r| r.len() as u64);
         self.metrics.prefix_entries.set(entries as i64);
-        // Every insert not still present was evicted (the agent never deletes).
-        let evicted = inserts.saturating_sub(entries);
+        // Every insert not still present was evicted (the agent never deletes): the
+        // inserts as of the read the entries come from.
+        let evicted = self.inserts_at_read.saturating_sub(entries);
         if evicted > self.evicted_seen {
             self.metrics
                 .prefix_evictions
