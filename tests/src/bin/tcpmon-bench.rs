@@ -350,15 +350,6 @@ fn event_stream(conns: u32, flood: u32) -> Vec<Vec<u8>> {
     out
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn agent_table(out: &mut String) {
     let stream = event_stream(100_000, 200_000);
     let registry = prometheus::Registry::new();
@@ -419,11 +410,12 @@ fn agent_table(out: &mut String) {
     }
     .build(None, WallClock::identity())
     .unwrap();
-    let before = rss_kib();
+    let rss = || tests::flood::rss_bytes(std::process::id());
+    let before = rss();
     for ev in &events {
         engine.on_event(ev);
     }
-    let per_conn = (rss_kib().saturating_sub(before)) as f64 * 1024.0 / engine.len() as f64;
+    let per_conn = rss().saturating_sub(before) as f64 / engine.len() as f64;
     out.push_str(&format!(
         "\n## Agent (one core): decode + lifecycle engine + metrics\n\n\
          | measure | value |\n|---|---:|\n\
