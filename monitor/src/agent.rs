@@ -17,6 +17,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 use monitor_common::{counters, event::EventKind};
 
 use crate::{
+    attach::{self, TcAttachMode, TcOwner},
     event::{Event, EventRecord, WallClock},
     iface,
     kstats::KernelStats,
@@ -36,6 +37,10 @@ use crate::{
 pub struct AgentOptions {
     pub ifaces: Vec<String>,
     pub ingress: IngressMode,
+    /// How tc programs are attached.
+    pub tc_attach: TcAttachMode,
+    /// Where what tcpmon adds through netlink is recorded.
+    pub state_dir: std::path::PathBuf,
     pub load: LoadOptions,
     /// Where to serve /metrics; None serves nothing.
     pub listen: Option<SocketAddr>,
@@ -206,8 +211,23 @@ pub async fn run_until(
     stop: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     preflight::check_capabilities()?;
-    preflight::check_kernel()?;
+    let features = preflight::KernelFeatures::probe()?;
+    features.check()?;
     preflight::raise_memlock();
+    let tc_backend = attach::choose(opts.tc_attach, features.has(preflight::Feature::Tcx))?;
+    tracing::info!(
+        method = tc_backend.name(),
+        "{}",
+        match (opts.tc_attach, tc_backend) {
+            (TcAttachMode::Auto, attach::TcBackend::Tcx) =>
+                "tc programs attach through TCX links (the kernel has them)",
+            (TcAttachMode::Auto, attach::TcBackend::Netlink) =>
+                "no TCX links in this kernel: tc programs attach as netlink filters on a clsact qdisc",
+            (_, attach::TcBackend::Tcx) => "tc programs attach through TCX links (--tc-attach)",
+            (_, attach::TcBackend::Netlink) =>
+                "tc programs attach as netlink filters on a clsact qdisc (--tc-attach)",
+        }
+    );
 
     let ifaces = if opts.ifaces.is_empty() {
         let name = iface::default_route()?;
@@ -223,9 +243,23 @@ pub async fn run_until(
     };
 
     let mut bpf = loader::load(&opts.load)?;
-    let attachments = loader::attach(&mut bpf, &ifaces, opts.ingress)?;
+    let targets = ifaces
+        .iter()
+        .map(|n| Ok((n.clone(), iface::index_of(n)?)))
+        .collect::<Result<Vec<_>, iface::IfaceError>>()?;
+    // Declared after `bpf`, so dropped before it on any early return: the netlink
+    // filters it owns go first, then the programs and links.
+    let mut tc = TcOwner::prepare(&opts.state_dir, &targets, tc_backend)
+        .context("preparing the tc attach")?;
+    let attachments = loader::attach(&mut bpf, &ifaces, opts.ingress, &mut tc)?;
     for a in &attachments {
-        tracing::info!(iface = %a.iface, hook = a.hook.name(), mode = a.mode, "attached");
+        tracing::info!(
+            iface = %a.iface,
+            hook = a.hook.name(),
+            mode = a.mode,
+            bpf_link = a.bpf_link,
+            "attached"
+        );
     }
     let ring = RingBuf::try_from(
         bpf.take_map(loader::EVENTS_MAP)
@@ -233,6 +267,8 @@ pub async fn run_until(
     )?;
     let syn_maps = SynMaps::new(&mut bpf, opts.syn.sample_rate)?;
     let metrics = Metrics::new(&preflight::kernel_release());
+    metrics.set_kernel_features(&features);
+    metrics.add_leftovers(tc.removed);
     let mut syn_monitor = SynMonitor::new(opts.syn.clone(), &metrics.registry);
     syn_monitor.set_prefix_capacity(syn_maps.prefix_capacity());
     let lifecycle = Arc::new(LifecycleMetrics::new(&metrics.registry));
@@ -306,9 +342,13 @@ pub async fn run_until(
     ticker.abort();
     syn_ticker.abort();
     shared.refresh();
-    // Dropping the object closes every link fd: programs detach here (and would on
-    // any exit, SIGKILL included, since nothing is pinned).
+    // Exactly what this run added through netlink (a SIGKILL skips this: the next
+    // start removes it).
+    let released = tc.release();
+    // Dropping the object closes every link fd: XDP and TCX programs detach here (and
+    // would on any exit, SIGKILL included, since nothing is pinned).
     drop(bpf);
+    released.context("removing tcpmon's tc filters")?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! all drive the same code.
 
 pub mod agent;
+pub mod attach;
 pub mod ebpf;
 pub mod event;
 pub mod iface;

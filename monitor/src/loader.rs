@@ -1,14 +1,18 @@
 //! Loading the embedded object and attaching its programs, with errors that say what
-//! to do. Every attachment is a BPF link owned by this process: it is detached when
-//! the process exits, however it exits.
+//! to do. XDP and TCX attachments are BPF links owned by this process, detached when it
+//! exits however it exits; tc programs attached through netlink are owned by
+//! [`crate::attach::TcOwner`], which removes them.
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{ProgramError, SchedClassifier, Xdp, XdpMode},
 };
 use monitor_common::event::Hook;
 
-use crate::{ebpf, iface};
+use crate::{
+    attach::{AttachError, TcBackend, TcHook, TcOwner},
+    ebpf, iface,
+};
 
 pub const EVENTS_MAP: &str = "EVENTS";
 pub const FLOWS_MAP: &str = "FLOWS";
@@ -16,8 +20,10 @@ pub const EMBRYOS_MAP: &str = "EMBRYOS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
 const PROG_XDP: &str = "tcpmon_xdp";
-const PROG_TC_INGRESS: &str = "tcpmon_tc_ingress";
-const PROG_TC_EGRESS: &str = "tcpmon_tc_egress";
+/// The tc programs' names: also the names their netlink filters carry, by which
+/// tcpmon recognises its own.
+pub const PROG_TC_INGRESS: &str = "tcpmon_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "tcpmon_tc_egress";
 
 /// How ingress packets are observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,8 +70,11 @@ pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
     pub hook: Hook,
-    /// "native", "generic" or "tcx"/"tc".
+    /// What was really used: "native" or "generic" (XDP), "tcx" or "netlink" (tc).
     pub mode: &'static str,
+    /// Held by a BPF link this process owns (gone with the process, even on SIGKILL);
+    /// false for netlink attachments.
+    pub bpf_link: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +106,8 @@ pub enum LoadError {
         iface: String,
         detail: String,
     },
+    #[error(transparent)]
+    Tc(crate::attach::AttachError),
 }
 
 /// Loads the monitor object with the requested map sizes (programs are loaded later,
@@ -185,40 +196,46 @@ fn classifier<'a>(
     Ok(prog)
 }
 
-/// Loads (once) and attaches a classifier through TCX where the kernel has it.
+/// Loads (once) and attaches a classifier by the method `tc` was prepared with;
+/// returns the method used.
 fn attach_tc(
     bpf: &mut Ebpf,
-    program: &'static str,
+    tc: &mut TcOwner,
     iface: &str,
     ifindex: u32,
-    hook: TcAttachType,
-) -> Result<(), LoadError> {
-    classifier(bpf, program)?
-        .attach(ifindex, hook)
-        .map(|_| ())
-        .map_err(|e| LoadError::Attach {
-            program,
-            iface: iface.to_string(),
-            detail: describe(&e),
+    hook: TcHook,
+) -> Result<&'static str, LoadError> {
+    let program = hook.program();
+    tc.attach(classifier(bpf, program)?, ifindex, hook)
+        .map_err(|e| match e {
+            AttachError::Program(e) => LoadError::Attach {
+                program,
+                iface: iface.to_string(),
+                detail: describe(&e),
+            },
+            e => LoadError::Tc(e),
         })
 }
 
-/// Attaches ingress and egress observation to every interface in `ifaces`.
+/// Attaches ingress and egress observation to every interface in `ifaces`; tc
+/// programs by the method `tc` was prepared with, netlink filters owned by it.
 pub fn attach(
     bpf: &mut Ebpf,
     ifaces: &[String],
     mode: IngressMode,
+    tc: &mut TcOwner,
 ) -> Result<Vec<Attachment>, LoadError> {
     let mut out = Vec::new();
     for name in ifaces {
         let ifindex = iface::index_of(name)?;
-        out.push(attach_ingress(bpf, name, ifindex, mode)?);
-        attach_tc(bpf, PROG_TC_EGRESS, name, ifindex, TcAttachType::Egress)?;
+        out.push(attach_ingress(bpf, tc, name, ifindex, mode)?);
+        let mode = attach_tc(bpf, tc, name, ifindex, TcHook::Egress)?;
         out.push(Attachment {
             iface: name.clone(),
             ifindex,
             hook: Hook::TcEgress,
-            mode: "tcx",
+            mode,
+            bpf_link: mode == TcBackend::Tcx.name(),
         });
     }
     Ok(out)
@@ -226,15 +243,34 @@ pub fn attach(
 
 fn attach_ingress(
     bpf: &mut Ebpf,
+    tc: &mut TcOwner,
     name: &str,
     ifindex: u32,
     mode: IngressMode,
 ) -> Result<Attachment, LoadError> {
-    let done = |hook, mode| Attachment {
+    let done = |hook, mode, bpf_link| Attachment {
         iface: name.to_string(),
         ifindex,
         hook,
         mode,
+        bpf_link,
+    };
+    // aya attaches XDP through netlink where the kernel has no XDP links (before
+    // 5.9) without saying so; the process's own link fds tell.
+    let xdp_link = |bpf: &Ebpf| {
+        let id = bpf
+            .program(PROG_XDP)
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id());
+        let held = id.is_some_and(|id| crate::attach::holds_link(id, "xdp"));
+        if !held {
+            tracing::warn!(
+                iface = name,
+                "XDP attached through netlink, not a BPF link: a SIGKILL leaves it attached \
+                 (`ip link set dev IFACE xdp off` removes it)"
+            );
+        }
+        held
     };
     let attach_err = |program, e: &ProgramError| match errno(e) {
         Some(libc::EBUSY) | Some(libc::EEXIST) => LoadError::XdpBusy {
@@ -259,19 +295,19 @@ fn attach_ingress(
     };
     match mode {
         IngressMode::Tc => {
-            attach_tc(bpf, PROG_TC_INGRESS, name, ifindex, TcAttachType::Ingress)?;
-            Ok(done(Hook::TcIngress, "tcx"))
+            let mode = attach_tc(bpf, tc, name, ifindex, TcHook::Ingress)?;
+            Ok(done(Hook::TcIngress, mode, mode == TcBackend::Tcx.name()))
         }
         IngressMode::XdpGeneric => {
             xdp(bpf)?
                 .attach(ifindex, XdpMode::Skb)
                 .map_err(|e| attach_err(PROG_XDP, &e))?;
-            Ok(done(Hook::XdpIngress, "generic"))
+            Ok(done(Hook::XdpIngress, "generic", xdp_link(bpf)))
         }
         IngressMode::XdpNative | IngressMode::Xdp | IngressMode::Auto => {
             let prog = xdp(bpf)?;
             match prog.attach(ifindex, XdpMode::Driver) {
-                Ok(_) => Ok(done(Hook::XdpIngress, "native")),
+                Ok(_) => Ok(done(Hook::XdpIngress, "native", xdp_link(bpf))),
                 Err(e)
                     if mode == IngressMode::Xdp
                         && !matches!(errno(&e), Some(libc::EBUSY | libc::EEXIST)) =>
@@ -283,7 +319,7 @@ fn attach_ingress(
                     );
                     prog.attach(ifindex, XdpMode::Skb)
                         .map_err(|e| attach_err(PROG_XDP, &e))?;
-                    Ok(done(Hook::XdpIngress, "generic"))
+                    Ok(done(Hook::XdpIngress, "generic", xdp_link(bpf)))
                 }
                 Err(e) => Err(attach_err(PROG_XDP, &e)),
             }

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use monitor::{
     DEFAULT_PORT,
     agent::{self, AgentOptions, LifecycleOptions},
+    attach::{DEFAULT_STATE_DIR, TcAttachMode},
     lifecycle,
     loader::{IngressMode, LoadOptions},
     syn::{SynOptions, detector::FloodConfig},
@@ -42,6 +43,16 @@ struct AttachArgs {
     /// How to observe ingress packets.
     #[arg(long, value_enum, default_value = "auto", global = true)]
     ingress: IngressMode,
+
+    /// How tc programs are attached: auto uses TCX links where the kernel has them
+    /// (probed; Linux 6.6), else netlink filters on a clsact qdisc.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    tc_attach: TcAttachMode,
+
+    /// Where tcpmon records the tc filters and qdisc it adds through netlink, so a
+    /// stop removes exactly those and a start after a crash removes what is left.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, global = true)]
+    state_dir: std::path::PathBuf,
 
     /// Ring buffer size in bytes (power of two).
     #[arg(long, default_value_t = LoadOptions::default().ring_bytes, global = true)]
@@ -352,6 +363,8 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
     let opts = AgentOptions {
         ifaces: cli.attach.ifaces,
         ingress: cli.attach.ingress,
+        tc_attach: cli.attach.tc_attach,
+        state_dir: cli.attach.state_dir,
         load: LoadOptions {
             ring_bytes: cli.attach.ring_bytes,
             flow_entries: cli.attach.flow_entries,

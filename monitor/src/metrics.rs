@@ -11,7 +11,7 @@ use monitor_common::{
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::{kstats::Totals, loader::Attachment};
+use crate::{attach::Leftovers, kstats::Totals, loader::Attachment, preflight::KernelFeatures};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -28,6 +28,8 @@ pub struct Metrics {
     flow_entries: IntGauge,
     flow_capacity: IntGauge,
     attachments: IntGaugeVec,
+    kernel_features: IntGaugeVec,
+    leftovers: IntCounterVec,
     /// Kernel totals already added to the counters.
     last: Mutex<Totals>,
 }
@@ -133,6 +135,24 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            kernel_features: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "tcpmon_kernel_feature",
+                        "Kernel features as probed at start (1 present, 0 missing): ringbuf, bpf_link, xdp_link, tcx, batch_ops, btf",
+                    ),
+                    &["feature"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            leftovers: counter_vec(
+                &r,
+                "tcpmon_tc_leftovers_removed_total",
+                "tc filters and clsact qdiscs a killed tcpmon left (netlink attach), removed at start",
+                &["object"],
+            ),
             last: Mutex::new([0; counters::LEN as usize]),
             registry: r,
         };
@@ -171,6 +191,23 @@ impl Metrics {
                 .with_label_values(&[&a.iface, a.hook.name(), a.mode])
                 .set(1);
         }
+    }
+
+    pub fn set_kernel_features(&self, features: &KernelFeatures) {
+        for (f, has) in features.iter() {
+            self.kernel_features
+                .with_label_values(&[f.name()])
+                .set(has as i64);
+        }
+    }
+
+    pub fn add_leftovers(&self, removed: Leftovers) {
+        self.leftovers
+            .with_label_values(&["filter"])
+            .inc_by(removed.filters);
+        self.leftovers
+            .with_label_values(&["qdisc"])
+            .inc_by(removed.qdiscs);
     }
 
     pub fn set_flow_table(&self, entries: usize, capacity: u32) {
@@ -258,5 +295,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tcpmon_build_info{kernel=\"test\""), "{text}");
+    }
+
+    #[test]
+    fn kernel_features_and_leftovers() {
+        use crate::preflight::Feature;
+        let m = Metrics::new("test");
+        m.set_kernel_features(&KernelFeatures::from_fn(|f| f != Feature::Tcx));
+        m.add_leftovers(Leftovers {
+            filters: 2,
+            qdiscs: 1,
+        });
+        let text = m.render();
+        for (series, v) in [
+            ("tcpmon_kernel_feature{feature=\"tcx\"}", 0),
+            ("tcpmon_kernel_feature{feature=\"ringbuf\"}", 1),
+            ("tcpmon_kernel_feature{feature=\"btf\"}", 1),
+            ("tcpmon_tc_leftovers_removed_total{object=\"filter\"}", 2),
+            ("tcpmon_tc_leftovers_removed_total{object=\"qdisc\"}", 1),
+        ] {
+            assert!(
+                text.contains(&format!("{series} {v}\n")),
+                "{series}: {text}"
+            );
+        }
     }
 }

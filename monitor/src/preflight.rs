@@ -2,6 +2,11 @@
 
 use aya::maps::MapType;
 
+/// Test hook: a comma-separated list of feature names ([`Feature::name`]) whose
+/// probes report them missing, to exercise the refusals and degradations on a
+/// kernel that has everything.
+pub const FAIL_HOOK: &str = "TCPMON_PREFLIGHT_FAIL";
+
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -16,13 +21,16 @@ pub enum PreflightError {
          CAP_PERFMON lets the verifier accept packet-pointer arithmetic)"
     )]
     Capabilities { missing: String },
-    #[error(
-        "this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux >= 5.8); \
-         tcpmon needs it to stream events"
-    )]
-    NoRingBuffer,
+    #[error("this kernel has no {what} (Linux >= {since}); tcpmon needs it {why}")]
+    Missing {
+        what: &'static str,
+        since: &'static str,
+        why: &'static str,
+    },
     #[error("probing kernel features: {0}")]
     Probe(String),
+    #[error("{FAIL_HOOK}: unknown feature {0:?} (known: {known})", known = feature_names())]
+    FailHook(String),
 }
 
 /// Effective capabilities of this process, from /proc/self/status.
@@ -65,19 +73,6 @@ pub fn check_capabilities() -> Result<(), PreflightError> {
     }
 }
 
-pub fn check_kernel() -> Result<(), PreflightError> {
-    match aya::sys::is_map_supported(MapType::RingBuf) {
-        Ok(true) => {}
-        Ok(false) => return Err(PreflightError::NoRingBuffer),
-        Err(e) => return Err(PreflightError::Probe(e.to_string())),
-    }
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        // The programs use no CO-RE, so they load without kernel BTF; say so once.
-        tracing::warn!("kernel BTF (/sys/kernel/btf/vmlinux) not found: continuing without it");
-    }
-    Ok(())
-}
-
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 pub fn raise_memlock() {
     let rlim = libc::rlimit {
@@ -96,9 +91,317 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Kernel features tcpmon uses, each probed by asking the kernel, never by its
+/// version string: distribution kernels (RHEL's above all) carry backports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    RingBuf,
+    BpfLink,
+    XdpLink,
+    Tcx,
+    BatchOps,
+    Btf,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 6] = [
+        Feature::RingBuf,
+        Feature::BpfLink,
+        Feature::XdpLink,
+        Feature::Tcx,
+        Feature::BatchOps,
+        Feature::Btf,
+    ];
+
+    /// The `feature` label of `tcpmon_kernel_feature`, and the name [`FAIL_HOOK`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::RingBuf => "ringbuf",
+            Feature::BpfLink => "bpf_link",
+            Feature::XdpLink => "xdp_link",
+            Feature::Tcx => "tcx",
+            Feature::BatchOps => "batch_ops",
+            Feature::Btf => "btf",
+        }
+    }
+
+    /// The upstream release that brought it.
+    pub fn since(self) -> &'static str {
+        match self {
+            Feature::RingBuf => "5.8",
+            Feature::BpfLink => "5.7",
+            Feature::XdpLink => "5.9",
+            Feature::Tcx => "6.6",
+            Feature::BatchOps => "5.6",
+            Feature::Btf => "5.4",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Feature::RingBuf => "BPF ring buffer (BPF_MAP_TYPE_RINGBUF)",
+            Feature::BpfLink => "BPF links (BPF_LINK_CREATE)",
+            Feature::XdpLink => "XDP BPF links",
+            Feature::Tcx => "TCX links (BPF_TCX_INGRESS/EGRESS)",
+            Feature::BatchOps => "batch map reads (BPF_MAP_LOOKUP_BATCH)",
+            Feature::Btf => "kernel BTF (/sys/kernel/btf/vmlinux)",
+        }
+    }
+
+    /// Why tcpmon cannot start without it (required features).
+    fn needed_for(self) -> Option<&'static str> {
+        match self {
+            Feature::RingBuf => Some("to stream events"),
+            _ => None,
+        }
+    }
+
+    /// What changes without it (optional features).
+    fn without(self) -> &'static str {
+        match self {
+            Feature::RingBuf => "",
+            Feature::BpfLink | Feature::XdpLink => {
+                "XDP programs are attached through netlink, which a SIGKILL leaves attached \
+                 (`ip link set dev IFACE xdp off` removes one); prefer --ingress tc"
+            }
+            Feature::Tcx => {
+                "tc programs are attached as netlink filters on a clsact qdisc \
+                 (recorded in the state directory, removed on stop and after a kill)"
+            }
+            Feature::BatchOps => "kernel maps are read key by key (more CPU per read)",
+            Feature::Btf => "nothing: tcpmon's programs use no CO-RE relocations",
+        }
+    }
+
+    fn probe(self) -> Result<bool, String> {
+        match self {
+            Feature::RingBuf => {
+                aya::sys::is_map_supported(MapType::RingBuf).map_err(|e| e.to_string())
+            }
+            Feature::BpfLink => probe_link_create(BPF_CGROUP_INET_INGRESS),
+            Feature::XdpLink => probe_link_create(BPF_XDP),
+            Feature::Tcx => probe_tcx(),
+            Feature::BatchOps => probe_batch(),
+            Feature::Btf => Ok(std::path::Path::new("/sys/kernel/btf/vmlinux").exists()),
+        }
+    }
+}
+
+fn feature_names() -> String {
+    Feature::ALL.map(Feature::name).join(", ")
+}
+
+/// What the kernel has, as probed at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelFeatures {
+    present: [bool; Feature::ALL.len()],
+}
+
+impl KernelFeatures {
+    /// Probes every feature; those named in [`FAIL_HOOK`] report missing.
+    pub fn probe() -> Result<KernelFeatures, PreflightError> {
+        let fail = std::env::var(FAIL_HOOK).unwrap_or_default();
+        let fail = parse_fail_hook(&fail)?;
+        let mut present = [false; Feature::ALL.len()];
+        for (i, f) in Feature::ALL.into_iter().enumerate() {
+            present[i] = if fail.contains(&f) {
+                tracing::warn!(feature = f.name(), "{FAIL_HOOK}: reporting it missing");
+                false
+            } else {
+                match f.probe() {
+                    Ok(p) => p,
+                    Err(e) if f.needed_for().is_some() => return Err(PreflightError::Probe(e)),
+                    // Assume the older way: it works everywhere.
+                    Err(e) => {
+                        tracing::warn!(feature = f.name(), error = %e, "feature probe failed: assuming missing");
+                        false
+                    }
+                }
+            };
+        }
+        Ok(KernelFeatures { present })
+    }
+
+    pub fn from_fn(has: impl Fn(Feature) -> bool) -> KernelFeatures {
+        KernelFeatures {
+            present: Feature::ALL.map(has),
+        }
+    }
+
+    pub fn has(&self, f: Feature) -> bool {
+        self.present[Feature::ALL.iter().position(|x| *x == f).expect("listed")]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Feature, bool)> + '_ {
+        Feature::ALL.into_iter().zip(self.present)
+    }
+
+    /// Refuses a kernel without a required feature; says what changes without each
+    /// optional one.
+    pub fn check(&self) -> Result<(), PreflightError> {
+        if let Some(f) = self
+            .iter()
+            .find_map(|(f, has)| (!has && f.needed_for().is_some()).then_some(f))
+        {
+            return Err(PreflightError::Missing {
+                what: f.what(),
+                since: f.since(),
+                why: f.needed_for().unwrap_or_default(),
+            });
+        }
+        for (f, has) in self.iter() {
+            if !has {
+                tracing::warn!(feature = f.name(), "{}", missing_line(f));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The log line for a missing optional feature.
+pub fn missing_line(f: Feature) -> String {
+    format!(
+        "this kernel has no {} (Linux >= {}): {}",
+        f.what(),
+        f.since(),
+        f.without()
+    )
+}
+
+fn parse_fail_hook(s: &str) -> Result<Vec<Feature>, PreflightError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            Feature::ALL
+                .into_iter()
+                .find(|f| f.name() == n)
+                .ok_or_else(|| PreflightError::FailHook(n.to_string()))
+        })
+        .collect()
+}
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_CGROUP_INET_INGRESS: u32 = 0;
+const BPF_XDP: u32 = 37;
+const BPF_TCX_INGRESS: u32 = 46;
+
+/// A bpf(2) command on a zeroed `union bpf_attr` with `fields` (byte offset, value)
+/// set; its errno, or None if it succeeded. The probes below pass arguments that can
+/// only fail, so they change nothing on the host, and read the answer from which
+/// check failed first.
+fn bpf_errno(cmd: libc::c_long, fields: &[(usize, u32)]) -> Option<i32> {
+    let mut attr = [0u8; 128];
+    for (off, v) in fields {
+        attr[*off..*off + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    // SAFETY: a 128-byte buffer, at least as large as every member these commands
+    // read; the kernel zero-extends a shorter attr.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if r >= 0 {
+        if cmd == BPF_LINK_CREATE {
+            // SAFETY: a link fd we were just given.
+            unsafe { libc::close(r as i32) };
+        }
+        return None;
+    }
+    std::io::Error::last_os_error().raw_os_error()
+}
+
+fn answer(errno: Option<i32>, present: i32, missing: i32) -> Result<bool, String> {
+    match errno {
+        Some(e) if e == present => Ok(true),
+        Some(e) if e == missing => Ok(false),
+        None => Ok(true),
+        Some(e) => Err(std::io::Error::from_raw_os_error(e).to_string()),
+    }
+}
+
+/// BPF_LINK_CREATE with program fd -1: a kernel that knows the command and maps the
+/// attach type to a program type (XDP: 5.9) gets as far as looking the fd up (EBADF);
+/// one without the command, or (5.7, 5.8) without XDP links, says EINVAL first.
+fn probe_link_create(attach_type: u32) -> Result<bool, String> {
+    // link_create: prog_fd @0, target_fd @4, attach_type @8.
+    let e = bpf_errno(BPF_LINK_CREATE, &[(0, u32::MAX), (8, attach_type)]);
+    answer(e, libc::EBADF, libc::EINVAL)
+}
+
+/// BPF_PROG_QUERY for BPF_TCX_INGRESS on ifindex 0: a kernel with TCX looks the
+/// device up and says ENODEV; one without rejects the attach type with EINVAL. A
+/// query changes nothing, unlike a trial attach (on loopback, say).
+fn probe_tcx() -> Result<bool, String> {
+    // query: target_ifindex @0, attach_type @4.
+    let e = bpf_errno(BPF_PROG_QUERY, &[(0, 0), (4, BPF_TCX_INGRESS)]);
+    answer(e, libc::ENODEV, libc::EINVAL)
+}
+
+/// BPF_MAP_LOOKUP_BATCH on map fd -1: EBADF where the command exists, EINVAL before.
+fn probe_batch() -> Result<bool, String> {
+    // batch: map_fd @36.
+    let e = bpf_errno(BPF_MAP_LOOKUP_BATCH, &[(36, u32::MAX)]);
+    answer(e, libc::EBADF, libc::EINVAL)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fail_hook_names_features() {
+        assert_eq!(parse_fail_hook("").unwrap(), []);
+        assert_eq!(
+            parse_fail_hook("tcx, ringbuf").unwrap(),
+            [Feature::Tcx, Feature::RingBuf]
+        );
+        let e = parse_fail_hook("tcx,bogus").unwrap_err().to_string();
+        assert!(e.contains("\"bogus\""), "{e}");
+        assert!(
+            e.contains("ringbuf, bpf_link, xdp_link, tcx, batch_ops, btf"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_ring_buffer_refuses_with_its_version() {
+        let k = KernelFeatures::from_fn(|f| f != Feature::RingBuf);
+        let e = k.check().unwrap_err().to_string();
+        assert!(e.contains("BPF ring buffer"), "{e}");
+        assert!(e.contains("Linux >= 5.8"), "{e}");
+    }
+
+    #[test]
+    fn optional_features_only_degrade() {
+        let k = KernelFeatures::from_fn(|f| f == Feature::RingBuf);
+        k.check().unwrap();
+        assert!(!k.has(Feature::Tcx));
+        assert!(k.has(Feature::RingBuf));
+        for (f, since) in [
+            (Feature::Tcx, "6.6"),
+            (Feature::XdpLink, "5.9"),
+            (Feature::BpfLink, "5.7"),
+            (Feature::BatchOps, "5.6"),
+            (Feature::Btf, "5.4"),
+        ] {
+            let line = missing_line(f);
+            assert!(line.contains(&format!("Linux >= {since}")), "{line}");
+        }
+        assert!(missing_line(Feature::Tcx).contains("netlink"));
+    }
+
+    #[test]
+    fn probe_answers() {
+        assert_eq!(
+            answer(Some(libc::EBADF), libc::EBADF, libc::EINVAL),
+            Ok(true)
+        );
+        assert_eq!(
+            answer(Some(libc::EINVAL), libc::EBADF, libc::EINVAL),
+            Ok(false)
+        );
+        assert!(answer(Some(libc::EPERM), libc::EBADF, libc::EINVAL).is_err());
+    }
 
     #[test]
     fn names_what_is_missing() {
