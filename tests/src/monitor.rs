@@ -29,13 +29,18 @@ impl Monitor {
     /// Starts `tcpmon events --listen 127.0.0.1:19393 ARGS` in `ns` and waits until
     /// it serves metrics (everything attached by then).
     pub fn start(lab: &Lab, ns: &str, args: &[&str]) -> Monitor {
-        Monitor::spawn(lab, ns, &[], &crate::target_bin("tcpmon"), true, args)
+        Monitor::spawn(lab, ns, &[], &crate::target_bin("tcpmon"), true, &[], args)
     }
 
     /// The agent as deployed: `tcpmon --listen 127.0.0.1:19393 ARGS`, metrics only,
     /// no per-event JSON (the stopped monitor's events are then empty).
     pub fn start_agent(lab: &Lab, ns: &str, args: &[&str]) -> Monitor {
-        Monitor::spawn(lab, ns, &[], &crate::target_bin("tcpmon"), false, args)
+        Monitor::spawn(lab, ns, &[], &crate::target_bin("tcpmon"), false, &[], args)
+    }
+
+    /// As [`Monitor::start_agent`], with extra environment variables.
+    pub fn start_agent_env(lab: &Lab, ns: &str, env: &[(&str, &str)], args: &[&str]) -> Monitor {
+        Monitor::spawn(lab, ns, &[], &crate::target_bin("tcpmon"), false, env, args)
     }
 
     /// As [`Monitor::start`], with `wrapper` (e.g. setpriv ...) in front of `bin`.
@@ -46,7 +51,7 @@ impl Monitor {
         bin: &std::path::Path,
         args: &[&str],
     ) -> Monitor {
-        Monitor::spawn(lab, ns, wrapper, bin, true, args)
+        Monitor::spawn(lab, ns, wrapper, bin, true, &[], args)
     }
 
     fn spawn(
@@ -55,6 +60,7 @@ impl Monitor {
         wrapper: &[&str],
         bin: &std::path::Path,
         events: bool,
+        env: &[(&str, &str)],
         args: &[&str],
     ) -> Monitor {
         let dir = scratch_dir("monitor");
@@ -74,6 +80,7 @@ impl Monitor {
             .args(args)
             .env("TCPMON_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(dir.join("events.json")).unwrap())
             .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
             .spawn()
@@ -176,11 +183,17 @@ pub fn scratch_dir(what: &str) -> PathBuf {
 
 /// Runs tcpmon in `ns` expecting it to fail within 20 s, returning its stderr.
 pub fn expect_failure(lab: &Lab, ns: &str, args: &[&str]) -> String {
+    expect_failure_env(lab, ns, &[], args)
+}
+
+/// As [`expect_failure`], with extra environment variables.
+pub fn expect_failure_env(lab: &Lab, ns: &str, env: &[(&str, &str)], args: &[&str]) -> String {
     let dir = scratch_dir("failure");
     let mut child = lab
         .cmd(ns, crate::target_bin("tcpmon"))
         .args(args)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
