@@ -29,8 +29,11 @@ pub const SYNACK_PORT_OVERFLOW: u32 = SYN_PORT_OVERFLOW + 1;
 pub const PREFIX_INSERTS: u32 = SYNACK_PORT_OVERFLOW + 1;
 /// Prefix updates that failed (the map refused an insert).
 pub const PREFIX_FAILURES: u32 = PREFIX_INSERTS + 1;
+/// Packets whose stage-two program could not be tail-called (not loaded): parsed
+/// and counted, but not tracked.
+pub const TAIL_CALL_FAILURES: u32 = PREFIX_FAILURES + 1;
 /// Slots in the array.
-pub const LEN: u32 = PREFIX_FAILURES + 1;
+pub const LEN: u32 = TAIL_CALL_FAILURES + 1;
 
 #[inline(always)]
 pub const fn sampled(kind: EventKind) -> u32 {
@@ -104,6 +107,7 @@ mod tests {
             SYNACK_PORT_OVERFLOW,
             PREFIX_INSERTS,
             PREFIX_FAILURES,
+            TAIL_CALL_FAILURES,
         ] {
             mark(i);
         }

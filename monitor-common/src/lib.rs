@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod counters;
+pub mod datapath;
 pub mod event;
 pub mod flags;
 pub mod flow;

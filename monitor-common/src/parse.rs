@@ -95,6 +95,9 @@ impl PacketBytes for [u8] {
 
 /// The fields of one TCP segment the monitor cares about. Addresses are kept as the
 /// raw network-order words (IPv4 in word 0), ports and sequence numbers in host order.
+/// `repr(C)`: the kernel hands it from its parse program to its tracking program
+/// through a per-CPU map slot.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpPacket {
     pub saddr: [u32; 4],
@@ -111,7 +114,10 @@ pub struct TcpPacket {
     /// VLAN ID of the outermost tag, 0 if untagged.
     pub vlan_id: u16,
     pub vlan_depth: u8,
+    pub _pad0: u8,
 }
+
+const _: () = assert!(core::mem::size_of::<TcpPacket>() == 56);
 
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {

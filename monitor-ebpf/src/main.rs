@@ -1,7 +1,9 @@
-//! tcpmon's kernel side: XDP on ingress, tc (TCX) on egress (and optionally ingress).
+//! tcpmon's kernel side: XDP on ingress, tc on egress (and optionally ingress).
 //!
 //! Every path returns a pass verdict: the monitor never drops, changes or delays a
-//! packet. Parsing, the flow key and the emit policy live in `monitor-common`.
+//! packet. Each hook is two programs: stage one parses and counts, then tail-calls
+//! the hook's stage two (SYN accounting, flow policy, event), so that each is
+//! verified on its own. The logic of both lives in `monitor-common::datapath`.
 #![no_std]
 #![no_main]
 // aya's #[classifier] expands to a pub entry point taking the kernel's raw context
@@ -11,23 +13,35 @@
 mod packet;
 
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext,
     bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{
+        Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
     programs::{TcContext, XdpContext},
 };
 use monitor_common::{
     FlowKey, FlowState, TcpEvent, counters,
+    datapath::{self, Counters as _, Parsed, PortField, PrefixAdd, SynTables, Tables},
     event::{EventKind, Hook},
-    flags::FlagClass,
-    flow::{Embryo, FlowTable, Sampler, track_sampled},
-    parse::{OUTCOME_TCP, TcpPacket, parse_ethernet},
+    flow::{Embryo, FlowTable, Sampler},
     seq::LazyClock,
-    syn::{self, HLL_REGS, PortSyn, PrefixKey, SamplerState, SynConfig, SynCount},
+    syn::{self, HLL_REGS, PortSyn, PrefixKey, SamplerState, SynConfig},
 };
 use packet::Packet;
+
+/// Each hook's stage-two program, at [`datapath::track_slot`]; filled by the agent.
+/// Two arrays: the kernel lets programs of one type only share a program array.
+#[map]
+static TRACK_XDP: ProgramArray = ProgramArray::with_max_entries(datapath::TRACK_SLOTS, 0);
+#[map]
+static TRACK_TC: ProgramArray = ProgramArray::with_max_entries(datapath::TRACK_SLOTS, 0);
+
+/// The parsed segment stage one leaves for stage two, per CPU.
+#[map]
+static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
 
 /// Events for userspace. The agent resizes it at load time (`--ring-bytes`).
 #[map]
@@ -82,20 +96,44 @@ static SKETCH_SLOT: Array<u8> = Array::with_max_entries(65536, 0);
 #[xdp]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
     let pkt = Packet::new(ctx.data(), ctx.data_end(), 0);
-    observe(&pkt, Hook::XdpIngress, ctx.ingress_ifindex() as u32, 1, 0);
+    if stage_one(&pkt, Hook::XdpIngress, ctx.ingress_ifindex() as u32, 1, 0) {
+        to_stage_two(&TRACK_XDP, &ctx, Hook::XdpIngress);
+    }
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn tcpmon_trk_xdp(_ctx: XdpContext) -> u32 {
+    stage_two(Hook::XdpIngress);
     xdp_action::XDP_PASS
 }
 
 #[classifier]
 pub fn tcpmon_tc_egress(ctx: TcContext) -> i32 {
-    observe_skb(&ctx, Hook::TcEgress);
+    if observe_skb(&ctx, Hook::TcEgress) {
+        to_stage_two(&TRACK_TC, &ctx, Hook::TcEgress);
+    }
     // TCX_NEXT / "unspecified": let whatever is attached after us decide.
     TC_ACT_UNSPEC
 }
 
 #[classifier]
+pub fn tcpmon_trk_tceg(_ctx: TcContext) -> i32 {
+    stage_two(Hook::TcEgress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
 pub fn tcpmon_tc_ingress(ctx: TcContext) -> i32 {
-    observe_skb(&ctx, Hook::TcIngress);
+    if observe_skb(&ctx, Hook::TcIngress) {
+        to_stage_two(&TRACK_TC, &ctx, Hook::TcIngress);
+    }
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tcpmon_trk_tcin(_ctx: TcContext) -> i32 {
+    stage_two(Hook::TcIngress);
     TC_ACT_UNSPEC
 }
 
@@ -108,8 +146,9 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 /// Bytes of headers wanted in the linear part of an skb before parsing.
 const PULL_LEN: u32 = 128;
 
+/// Stage one of an skb hook. True when a TCP segment waits for stage two.
 #[inline(always)]
-fn observe_skb(ctx: &TcContext, hook: Hook) {
+fn observe_skb(ctx: &TcContext, hook: Hook) -> bool {
     let skb = ctx.as_ptr() as *const __sk_buff;
     // SAFETY: the context pointer of a classifier program is a valid __sk_buff for the
     // duration of the run; these are plain field reads the verifier rewrites.
@@ -136,65 +175,62 @@ fn observe_skb(ctx: &TcContext, hook: Hook) {
     };
     let pkt = Packet::new(ctx.data(), ctx.data_end(), len as usize);
     let segs = if gso_segs > 1 { gso_segs as u16 } else { 1 };
-    observe(&pkt, hook, ifindex, segs, vlan);
+    stage_one(&pkt, hook, ifindex, segs, vlan)
 }
 
-/// Parses, counts and maybe emits. `hw_vlan` is 0x8000 | VID for a tag held in skb
-/// metadata.
+/// Parses and counts; a TCP segment is left in this CPU's scratch slot for stage two.
 #[inline(always)]
-fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) {
-    let Some(c) = COUNTERS.get_ptr_mut(0) else {
+fn stage_one(pkt: &Packet, hook: Hook, ifindex: u32, segs: u16, hw_vlan: u16) -> bool {
+    let (Some(c), Some(slot)) = (COUNTERS.get_ptr_mut(0), SCRATCH.get_ptr_mut(0)) else {
+        return false;
+    };
+    // SAFETY: per-CPU slots of this CPU; programs do not migrate mid-run, and the tail
+    // call that reads the scratch slot runs on this CPU before any other program can.
+    let (c, slot) = unsafe { (&mut *c, &mut *slot) };
+    match datapath::parse_stage(c, pkt, hook, ifindex, segs, hw_vlan) {
+        Some(p) => {
+            *slot = p;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Jumps to the hook's stage-two program; returns only if the jump failed.
+#[inline(always)]
+fn to_stage_two<C: EbpfContext>(track: &ProgramArray, ctx: &C, hook: Hook) {
+    // SAFETY: the slot holds a program of this context's type (the loader fills it
+    // with the hook's stage-two program) or nothing; either way control comes back
+    // only on failure.
+    unsafe { track.tail_call(ctx, datapath::track_slot(hook)) };
+    if let Some(c) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: as in stage_one.
+        unsafe { &mut *c }.bump(counters::TAIL_CALL_FAILURES, 1);
+    }
+}
+
+/// Stage two: SYN accounting, the flow policy, and the event if one is due.
+#[inline(always)]
+fn stage_two(hook: Hook) {
+    let (Some(c), Some(p)) = (COUNTERS.get_ptr_mut(0), SCRATCH.get(0)) else {
         return;
     };
-    // SAFETY: per-CPU slot of this CPU; programs do not migrate mid-run.
+    // SAFETY: as in stage_one.
     let c = unsafe { &mut *c };
-    let mut tcp = match parse_ethernet(pkt) {
-        Ok(tcp) => tcp,
-        Err(e) => {
-            bump(c, counters::outcome(hook, e as usize), 1);
-            return;
-        }
-    };
-    if hw_vlan != 0 {
-        tcp.vlan_id = hw_vlan & 0x0fff;
-        tcp.vlan_depth += 1;
-    }
-    bump(c, counters::outcome(hook, OUTCOME_TCP), 1);
-    bump(
-        c,
-        counters::packets(hook, FlagClass::of(tcp.flags, tcp.payload_len)),
-        1,
-    );
-    bump(c, counters::segments(hook), gso_segs as u64);
-
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let mut clock = LazyClock::new(|| unsafe { bpf_ktime_get_ns() });
-    // Only SYNs need the agent's settings (the sampler runs for new connections).
-    let is_syn = tcp.flags & monitor_common::flags::SYN != 0;
-    let cfg = if is_syn {
+    let cfg = if datapath::needs_config(&p.tcp) {
         SYN_CONFIG.get(0).copied().unwrap_or_default()
     } else {
         SynConfig::default()
     };
-    // Counted before the flow policy runs: kept apart, the verifier need not follow
-    // values across the policy's branches.
-    if is_syn {
-        count_syn(c, &tcp, hook, cfg);
-    }
-    let mut sampler = KernelSampler { cfg };
-    let tracked = track_sampled(&mut KernelFlows, &tcp, gso_segs, &mut clock, &mut sampler);
-    if tracked.completed && syn::counts_ack(hook) {
-        port_count(c, tcp.dport, PortField::Acked, None);
-    }
-    if let Some(kind) = EventKind::from_u8(tracked.sampled) {
-        bump(c, counters::sampled(kind), 1);
-    }
-    if tracked.dup_ack {
-        bump(c, counters::dup_acks(hook), 1);
-    }
-    if tracked.zero_window {
-        bump(c, counters::zero_windows(hook), 1);
-    }
+    let mut tables = Tables {
+        counters: &mut *c,
+        flows: &mut KernelFlows,
+        sampler: &mut KernelSampler { cfg },
+        syn: &mut KernelSyn,
+    };
+    let tracked = datapath::track_stage(&mut tables, &mut clock, p, hook, cfg);
     if !tracked.emits {
         return;
     }
@@ -211,11 +247,11 @@ fn observe(pkt: &Packet, hook: Hook, ifindex: u32, gso_segs: u16, hw_vlan: u16) 
         .is_some_and(|st| syn::current_shift(st, now) > 0);
     match EVENTS.reserve::<TcpEvent>(0) {
         Some(mut slot) => {
-            slot.write(TcpEvent::new(&tcp, &emit, now, hook, ifindex, gso_segs));
+            slot.write(TcpEvent::new(&p.tcp, &emit, now, hook, p.ifindex, p.segs));
             slot.submit(if sampling { BPF_RB_NO_WAKEUP } else { 0 });
-            bump(c, counters::submitted(kind), 1);
+            c.bump(counters::submitted(kind), 1);
         }
-        None => bump(c, counters::lost(kind), 1),
+        None => c.bump(counters::lost(kind), 1),
     }
 }
 
@@ -238,45 +274,6 @@ impl Sampler for KernelSampler {
     }
 }
 
-/// Per-port, per-prefix and distinct-source accounting of a SYN or SYN-ACK.
-#[inline(always)]
-fn count_syn(c: &mut Counters, tcp: &TcpPacket, hook: Hook, cfg: SynConfig) {
-    match syn::count_of(tcp, hook) {
-        Some(SynCount::Syn(port)) => {
-            port_count(c, port, PortField::Syn, Some(counters::SYN_PORT_OVERFLOW));
-            let prefix = PrefixKey::of(tcp.family, &tcp.saddr);
-            match SYN_PREFIXES.get_ptr_mut(&prefix) {
-                // SAFETY: this CPU's value of a live entry, for this run.
-                Some(n) => unsafe { *n += 1 },
-                // NOEXIST: when another CPU inserted it meanwhile, this is no new
-                // entry (the insert count tells evictions apart) and it sets only this
-                // CPU's value.
-                None => match SYN_PREFIXES.insert(&prefix, &1, BPF_NOEXIST) {
-                    Ok(()) => bump(c, counters::PREFIX_INSERTS, 1),
-                    Err(_) => match SYN_PREFIXES.get_ptr_mut(&prefix) {
-                        // SAFETY: as above.
-                        Some(n) => unsafe { *n += 1 },
-                        None => bump(c, counters::PREFIX_FAILURES, 1),
-                    },
-                },
-            }
-            let slot = SKETCH_SLOT.get(port as u32).copied().unwrap_or(0) as u32;
-            if let Some(regs) = SYN_SKETCH.get_ptr_mut(syn::sketch_index(slot, cfg.bank)) {
-                // SAFETY: this CPU's registers; hll_add bounds-checks the index.
-                let regs = unsafe { &mut *regs };
-                syn::hll_add(regs, syn::source_hash(cfg.seed, tcp.family, &tcp.saddr));
-            }
-        }
-        Some(SynCount::SynAck(port)) => port_count(
-            c,
-            port,
-            PortField::SynAck,
-            Some(counters::SYNACK_PORT_OVERFLOW),
-        ),
-        None => {}
-    }
-}
-
 /// A new port entry: one SYN, one SYN-ACK or one ACK.
 static PORT_ONE: [PortSyn; 3] = [
     PortSyn {
@@ -296,38 +293,61 @@ static PORT_ONE: [PortSyn; 3] = [
     },
 ];
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum PortField {
-    Syn,
-    SynAck,
-    Acked,
-}
+/// The SYN aggregation maps behind the shared SYN accounting.
+struct KernelSyn;
 
-/// Adds one to `field` of `port`'s counters, creating them; a full map is counted in
-/// `overflow` (handshake ACKs of a port that never got counters are not).
-#[inline(always)]
-fn port_count(c: &mut Counters, port: u16, field: PortField, overflow: Option<u32>) {
-    let key = port as u32;
-    if let Some(p) = SYN_PORTS.get_ptr_mut(&key) {
-        // SAFETY: this CPU's value of a live entry, for this run.
-        let p = unsafe { &mut *p };
-        match field {
-            PortField::Syn => p.syn += 1,
-            PortField::SynAck => p.synack += 1,
-            PortField::Acked => p.acked += 1,
+impl SynTables for KernelSyn {
+    #[inline(always)]
+    fn port_add(&mut self, port: u16, field: PortField) -> bool {
+        let key = port as u32;
+        if let Some(p) = SYN_PORTS.get_ptr_mut(&key) {
+            // SAFETY: this CPU's value of a live entry, for this run.
+            let p = unsafe { &mut *p };
+            match field {
+                PortField::Syn => p.syn += 1,
+                PortField::SynAck => p.synack += 1,
+                PortField::Acked => p.acked += 1,
+            }
+            return true;
         }
-        return;
+        // From read-only data: a zeroed stack struct plus one store becomes a memset.
+        let v = match field {
+            PortField::Syn => &PORT_ONE[0],
+            PortField::SynAck => &PORT_ONE[1],
+            PortField::Acked => &PORT_ONE[2],
+        };
+        SYN_PORTS.insert(&key, v, 0).is_ok()
     }
-    // From read-only data: a zeroed stack struct plus one store becomes a memset call.
-    let v = match field {
-        PortField::Syn => &PORT_ONE[0],
-        PortField::SynAck => &PORT_ONE[1],
-        PortField::Acked => &PORT_ONE[2],
-    };
-    if SYN_PORTS.insert(&key, v, 0).is_err()
-        && let Some(o) = overflow
-    {
-        bump(c, o, 1);
+
+    #[inline(always)]
+    fn prefix_add(&mut self, prefix: &PrefixKey) -> PrefixAdd {
+        if let Some(n) = SYN_PREFIXES.get_ptr_mut(prefix) {
+            // SAFETY: this CPU's value of a live entry, for this run.
+            unsafe { *n += 1 };
+            return PrefixAdd::Counted;
+        }
+        // NOEXIST: when another CPU inserted it meanwhile, this is no new entry (the
+        // insert count tells evictions apart) and it sets only this CPU's value.
+        if SYN_PREFIXES.insert(prefix, &1, BPF_NOEXIST).is_ok() {
+            return PrefixAdd::Inserted;
+        }
+        match SYN_PREFIXES.get_ptr_mut(prefix) {
+            Some(n) => {
+                // SAFETY: as above.
+                unsafe { *n += 1 };
+                PrefixAdd::Counted
+            }
+            None => PrefixAdd::Failed,
+        }
+    }
+
+    #[inline(always)]
+    fn sketch_add(&mut self, port: u16, bank: u32, hash: u64) {
+        let slot = SKETCH_SLOT.get(port as u32).copied().unwrap_or(0) as u32;
+        if let Some(regs) = SYN_SKETCH.get_ptr_mut(syn::sketch_index(slot, bank)) {
+            // SAFETY: this CPU's registers; hll_add bounds-checks the index.
+            syn::hll_add(unsafe { &mut *regs }, hash);
+        }
     }
 }
 
@@ -384,15 +404,6 @@ impl FlowTable for KernelFlows {
         if unsafe { EMBRYOS.get(key) }.is_some() {
             let _ = EMBRYOS.remove(key);
         }
-    }
-}
-
-type Counters = [u64; counters::LEN as usize];
-
-#[inline(always)]
-fn bump(c: &mut Counters, idx: u32, by: u64) {
-    if let Some(v) = c.get_mut(idx as usize) {
-        *v += by;
     }
 }
 

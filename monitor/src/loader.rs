@@ -4,10 +4,11 @@
 //! [`crate::attach::TcOwner`], which removes them.
 
 use aya::{
-    Ebpf, EbpfLoader,
-    programs::{ProgramError, SchedClassifier, Xdp, XdpMode},
+    Ebpf, EbpfLoader, VerifierLogLevel,
+    maps::ProgramArray,
+    programs::{Program, ProgramError, ProgramFd, SchedClassifier, Xdp, XdpMode},
 };
-use monitor_common::event::Hook;
+use monitor_common::{datapath, event::Hook};
 
 use crate::{
     attach::{AttachError, TcBackend, TcHook, TcOwner},
@@ -18,6 +19,10 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const FLOWS_MAP: &str = "FLOWS";
 pub const EMBRYOS_MAP: &str = "EMBRYOS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Each hook's stage-two program (see `monitor_common::datapath`), one array per
+/// program type.
+pub const TRACK_XDP_MAP: &str = "TRACK_XDP";
+pub const TRACK_TC_MAP: &str = "TRACK_TC";
 
 const PROG_XDP: &str = "tcpmon_xdp";
 /// The tc programs' names: also the names their netlink filters carry, by which
@@ -113,6 +118,12 @@ pub enum LoadError {
 /// Loads the monitor object with the requested map sizes (programs are loaded later,
 /// only those that get attached).
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
+    load_with_log(opts, VerifierLogLevel::default())
+}
+
+/// [`load`] with the verifier log level the programs will be loaded with (the
+/// verifier statistics of the kernel matrix ask for `STATS` alone).
+pub fn load_with_log(opts: &LoadOptions, log: VerifierLogLevel) -> Result<Ebpf, LoadError> {
     if let Some(why) = ebpf::missing_reason() {
         return Err(LoadError::NotBuilt(why));
     }
@@ -120,6 +131,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         return Err(LoadError::RingSize(opts.ring_bytes));
     }
     EbpfLoader::new()
+        .verifier_log_level(log)
         .map_max_entries(EVENTS_MAP, opts.ring_bytes)
         .map_max_entries(FLOWS_MAP, opts.flow_entries)
         .map_max_entries(crate::syn::kernel::PREFIXES_MAP, opts.prefix_entries.max(1))
@@ -164,36 +176,69 @@ fn errno(e: &ProgramError) -> Option<i32> {
 }
 
 fn xdp(bpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
-    let prog: &mut Xdp = bpf
+    prepare(bpf, Hook::XdpIngress)?;
+    Ok(bpf
         .program_mut(PROG_XDP)
         .expect("object has the XDP program")
         .try_into()
-        .expect("tcpmon_xdp is an XDP program");
-    if prog.fd().is_err() {
-        prog.load().map_err(|e| LoadError::Program {
-            program: PROG_XDP,
-            detail: describe(&e),
-        })?;
-    }
-    Ok(prog)
+        .expect("tcpmon_xdp is an XDP program"))
 }
 
 fn classifier<'a>(
     bpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, LoadError> {
-    let prog: &mut SchedClassifier = bpf
+    let hook = match name {
+        PROG_TC_INGRESS => Hook::TcIngress,
+        _ => Hook::TcEgress,
+    };
+    prepare(bpf, hook)?;
+    Ok(bpf
         .program_mut(name)
         .expect("object has the tc program")
         .try_into()
-        .expect("tc programs are classifiers");
-    if prog.fd().is_err() {
-        prog.load().map_err(|e| LoadError::Program {
-            program: name,
-            detail: describe(&e),
+        .expect("tc programs are classifiers"))
+}
+
+/// Loads (once) `hook`'s two programs and puts the second in the program array, so
+/// that the first one's tail call finds it. Stage two goes in first: an attached
+/// stage one never runs without it.
+pub fn prepare(bpf: &mut Ebpf, hook: Hook) -> Result<(), LoadError> {
+    let slot = datapath::track_slot(hook);
+    let (entry, track) = datapath::PROGRAMS[slot as usize];
+    let track_fd = load_program(bpf, track)?;
+    let array = match hook {
+        Hook::XdpIngress => TRACK_XDP_MAP,
+        _ => TRACK_TC_MAP,
+    };
+    let map = bpf.map_mut(array).expect("object has the program arrays");
+    ProgramArray::try_from(map)
+        .and_then(|mut a| a.set(slot, &track_fd, 0))
+        .map_err(|e| LoadError::Program {
+            program: track,
+            detail: format!("putting it in {array}: {e}"),
         })?;
+    load_program(bpf, entry).map(|_| ())
+}
+
+/// Loads a program of the object unless it is loaded; returns its descriptor.
+fn load_program(bpf: &mut Ebpf, name: &'static str) -> Result<ProgramFd, LoadError> {
+    let prog = bpf.program_mut(name).expect("object has every program");
+    let refused = |e: ProgramError| LoadError::Program {
+        program: name,
+        detail: describe(&e),
+    };
+    if prog.fd().is_err() {
+        match prog {
+            Program::Xdp(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            _ => unreachable!("tcpmon has only XDP and tc programs"),
+        }
+        .map_err(refused)?;
     }
-    Ok(prog)
+    prog.fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::IOError))
+        .map_err(refused)
 }
 
 /// Loads (once) and attaches a classifier by the method `tc` was prepared with;

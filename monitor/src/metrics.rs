@@ -23,6 +23,7 @@ pub struct Metrics {
     lost: IntCounterVec,
     sampled: IntCounterVec,
     pub decode_errors: IntCounter,
+    untracked: IntCounter,
     dup_acks: IntCounterVec,
     zero_windows: IntCounterVec,
     flow_entries: IntGauge,
@@ -92,6 +93,15 @@ impl Metrics {
                 "Events the kernel did not emit because their connection was sampled out under a SYN flood (kernel counters stay exact)",
                 &["kind"],
             ),
+            untracked: {
+                let c = IntCounter::new(
+                    "tcpmon_untracked_packets_total",
+                    "TCP packets parsed and counted whose tracking program could not be tail-called (no connection state, no event): should stay 0",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             decode_errors: {
                 let c = IntCounter::new(
                     "tcpmon_event_decode_errors_total",
@@ -254,6 +264,7 @@ impl Metrics {
                 .with_label_values(&[k.name()])
                 .inc_by(delta(counters::sampled(k)));
         }
+        self.untracked.inc_by(delta(counters::TAIL_CALL_FAILURES));
         *last = *now;
     }
 

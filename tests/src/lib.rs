@@ -10,6 +10,7 @@ pub mod flood;
 pub mod lab;
 pub mod monitor;
 pub mod testrun;
+pub mod verifier;
 pub mod vlan;
 
 use std::process::{Command, Output};

@@ -9,6 +9,7 @@ use monitor::{
     kstats::{KernelStats, Totals},
     loader::{self, LoadOptions},
 };
+use monitor_common::event::Hook;
 
 /// Which program to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,18 +57,9 @@ impl Loaded {
         crate::require_root();
         let opts = LoadOptions::default();
         let mut bpf = loader::load(&opts).expect("load monitor object");
-        for p in Prog::ALL {
-            let prog = bpf.program_mut(p.name()).unwrap();
-            match p {
-                Prog::Xdp => {
-                    let x: &mut Xdp = prog.try_into().unwrap();
-                    x.load().expect("verifier accepts XDP program");
-                }
-                _ => {
-                    let c: &mut SchedClassifier = prog.try_into().unwrap();
-                    c.load().expect("verifier accepts tc program");
-                }
-            }
+        // Both stages of every hook, linked as the agent links them.
+        for hook in [Hook::XdpIngress, Hook::TcIngress, Hook::TcEgress] {
+            loader::prepare(&mut bpf, hook).expect("verifier accepts both stages");
         }
         let ring = RingBuf::try_from(bpf.take_map(loader::EVENTS_MAP).unwrap()).unwrap();
         let stats = KernelStats::new(&mut bpf, opts.flow_entries).unwrap();

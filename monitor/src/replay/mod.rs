@@ -9,10 +9,12 @@ use std::{collections::HashMap, fs::File, path::Path, sync::Arc};
 
 use monitor_common::{
     FlowKey, FlowState, TcpEvent,
+    datapath::{self, NoCounters, Parsed, Tables},
     event::Hook,
-    flow::track,
+    flow::FullRate,
     parse::{OUTCOME_COUNT, OUTCOME_TCP},
     seq::LazyClock,
+    syn::SynConfig,
 };
 use pcap_parser::{PcapBlockOwned, PcapError, pcapng::Block};
 
@@ -225,10 +227,30 @@ fn handle(
         }
     };
     r.outcomes[OUTCOME_TCP] += 1;
-    let tracked = track(flows, &pkt, 1, &mut LazyClock::new(|| ts));
+    let parsed = Parsed {
+        tcp: pkt,
+        ifindex: 0,
+        segs: 1,
+        _pad0: 0,
+    };
+    // The kernel's stage two over host maps; replay never samples, and the
+    // kernel's SYN hash seed is random per start, replay's a fixed 0.
+    let mut tables = Tables {
+        counters: &mut NoCounters,
+        flows,
+        sampler: &mut FullRate,
+        syn: &mut r.syn,
+    };
+    let clock = &mut LazyClock::new(|| ts);
+    let tracked = datapath::track_stage(
+        &mut tables,
+        clock,
+        &parsed,
+        Hook::Replay,
+        SynConfig::default(),
+    );
     r.dup_acks += tracked.dup_ack as u64;
     r.zero_windows += tracked.zero_window as u64;
-    r.syn.packet(&pkt, tracked.completed);
     let Some(emit) = tracked.emit() else {
         return;
     };

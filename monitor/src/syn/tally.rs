@@ -1,16 +1,15 @@
 //! SYN evidence of a whole capture, for `tcpmon replay`: the kernel's accounting
-//! (the same `count_of`, prefix and sketch functions) on host maps, plus the exact
+//! (`monitor_common::datapath::count_syn`) on host maps, plus the exact
 //! distinct-source count a file allows.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, hash_map::Entry};
 
 /// Fast and seeded per process: the keys are whatever a capture's sources are.
 type Fast = foldhash::fast::RandomState;
 
 use monitor_common::{
-    TcpPacket,
-    event::Hook,
-    syn::{self, HLL_REGS, PortSyn, PrefixKey, SynCount},
+    datapath::{PortField, PrefixAdd, SynTables},
+    syn::{self, HLL_REGS, PortSyn, PrefixKey},
 };
 
 use super::{sketch, topk::prefix_label};
@@ -36,30 +35,46 @@ impl Default for SynTally {
     }
 }
 
-impl SynTally {
-    pub fn packet(&mut self, pkt: &TcpPacket, completed: bool) {
-        match syn::count_of(pkt, Hook::Replay) {
-            Some(SynCount::Syn(port)) => {
-                self.ports.entry(port).or_default().syn += 1;
-                *self
-                    .prefixes
-                    .entry(PrefixKey::of(pkt.family, &pkt.saddr))
-                    .or_default() += 1;
-                if pkt.family == monitor_common::parse::FAMILY_IPV4 {
-                    self.sources_v4.insert(pkt.saddr[0]);
-                } else {
-                    self.sources.insert((pkt.family, pkt.saddr));
-                }
-                syn::hll_add(&mut self.regs, syn::source_hash(0, pkt.family, &pkt.saddr));
-            }
-            Some(SynCount::SynAck(port)) => self.ports.entry(port).or_default().synack += 1,
-            None => {}
+/// Host maps behind the kernel's SYN accounting (`monitor_common::datapath`): the
+/// same counts, prefixes and sketch, unbounded, plus the exact distinct sources.
+impl SynTables for SynTally {
+    fn port_add(&mut self, port: u16, field: PortField) -> bool {
+        let p = self.ports.entry(port).or_default();
+        match field {
+            PortField::Syn => p.syn += 1,
+            PortField::SynAck => p.synack += 1,
+            PortField::Acked => p.acked += 1,
         }
-        if completed {
-            self.ports.entry(pkt.dport).or_default().acked += 1;
+        true
+    }
+
+    fn prefix_add(&mut self, prefix: &PrefixKey) -> PrefixAdd {
+        match self.prefixes.entry(*prefix) {
+            Entry::Occupied(mut e) => {
+                *e.get_mut() += 1;
+                PrefixAdd::Counted
+            }
+            Entry::Vacant(e) => {
+                e.insert(1);
+                PrefixAdd::Inserted
+            }
         }
     }
 
+    fn sketch_add(&mut self, _port: u16, _bank: u32, hash: u64) {
+        syn::hll_add(&mut self.regs, hash);
+    }
+
+    fn source(&mut self, family: u8, saddr: &[u32; 4]) {
+        if family == monitor_common::parse::FAMILY_IPV4 {
+            self.sources_v4.insert(saddr[0]);
+        } else {
+            self.sources.insert((family, *saddr));
+        }
+    }
+}
+
+impl SynTally {
     pub fn distinct_sources(&self) -> usize {
         self.sources_v4.len() + self.sources.len()
     }

@@ -254,13 +254,15 @@ fn kernel_table(out: &mut String) {
     ));
     // What the verifier saw: the program's size after rewriting, and the
     // instructions it walked over all paths (how branchy the program is).
-    let sizes: Vec<String> = [Prog::Xdp, Prog::TcEgress]
+    // Both stages of each hook (stage one tail-calls stage two).
+    let sizes: Vec<String> = monitor_common::datapath::PROGRAMS
         .iter()
-        .filter_map(|p| {
-            let info = k.l.bpf.program(p.name())?.info().ok()?;
+        .flat_map(|(entry, track)| [*entry, *track])
+        .filter_map(|name| {
+            let info = k.l.bpf.program(name)?.info().ok()?;
             Some(format!(
                 "{}: {} instructions, {} verified over all paths",
-                p.name(),
+                name,
                 info.size_translated().unwrap_or(0) / 8,
                 info.verified_instruction_count().unwrap_or(0)
             ))
