@@ -1,6 +1,8 @@
-//! Developer tasks: run the monitor, run every test, show the SYN-flood demo. Building
-//! is cargo's job (the eBPF object is built by monitor/build.rs); this only sequences
-//! what a person would type.
+//! Developer tasks: run the monitor, run every test, show the SYN-flood demo, check
+//! the kernel matrix. Building is cargo's job (the eBPF object is built by
+//! monitor/build.rs); this only sequences what a person would type.
+
+mod matrix;
 
 use std::{
     path::{Path, PathBuf},
@@ -31,7 +33,13 @@ enum Task {
         /// Skip fmt/clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the kernel matrix (qemu guests) after the integration tests.
+        #[arg(long)]
+        no_kernel_matrix: bool,
     },
+    /// tcpmon on real kernels (needs root): Debian 5.10, 6.1 and 6.12 cloud kernels in
+    /// qemu, and the host's kernel natively; prints kernel × mode results.
+    KernelMatrix(matrix::Options),
     /// A spoofed SYN flood between lab namespaces, watched live with `tcpmon top`
     /// (needs root; everything is torn down on q, Ctrl-C or after the duration).
     Demo {
@@ -49,6 +57,14 @@ fn root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// Cargo's target directory (CARGO_TARGET_DIR, else target/ in the workspace).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn cargo() -> Command {
@@ -145,7 +161,7 @@ fn nightly() -> anyhow::Result<String> {
         .context("EBPF_NIGHTLY not found in monitor/build.rs")
 }
 
-fn test(no_lint: bool) -> anyhow::Result<()> {
+fn test(no_lint: bool, kernel_matrix: bool) -> anyhow::Result<()> {
     if !no_lint {
         step(
             "cargo fmt --check",
@@ -181,7 +197,12 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     let result = run_tests(&mut tally);
     // One plain closing line over every test binary of both phases.
     println!("\ntcpmon: {} passed, {} failed", tally.passed, tally.failed);
-    result
+    result?;
+    if kernel_matrix {
+        eprintln!("\n==> kernel matrix (Debian 5.10, 6.1, 6.12 in qemu; the host natively)");
+        matrix::run(&matrix::Options::standing_gate())?;
+    }
+    Ok(())
 }
 
 fn run_tests(tally: &mut Tally) -> anyhow::Result<()> {
@@ -227,11 +248,16 @@ fn bench() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmarks run BPF_PROG_TEST_RUN: run `cargo xtask bench` as root");
     }
-    let release = root().join("target/release");
+    let release = target_dir().join("release");
     step(
         "benchmarks",
         Command::new(release.join("tcpmon-bench")).env("TCPMON_BIN", release.join("tcpmon")),
-    )
+    )?;
+    // The verifier's work per program and kernel: the last matrix results if they are
+    // for this build, else a --verify-only matrix run (a few minutes of TCG guests).
+    eprintln!("\n==> verifier: processed instructions per program per kernel");
+    println!("\n{}", matrix::bench_verifier_table()?);
+    Ok(())
 }
 
 fn demo(seconds: u64) -> anyhow::Result<()> {
@@ -245,7 +271,7 @@ fn demo(seconds: u64) -> anyhow::Result<()> {
             "the demo creates network namespaces and attaches programs: run `cargo xtask demo` as root"
         );
     }
-    let bin = root().join("target/debug/tcpmon-demo");
+    let bin = target_dir().join("debug/tcpmon-demo");
     eprintln!("\n==> {} --seconds {seconds}", bin.display());
     // Exec, not spawn: with no xtask left in the terminal's process group, Ctrl-C
     // reaches only the demo (which tears down) and tcpmon top.
@@ -261,7 +287,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         "build tcpmon (release)",
         cargo().args(["build", "--release", "-p", "monitor"]),
     )?;
-    let bin = root().join("target/release/tcpmon");
+    let bin = target_dir().join("release/tcpmon");
     eprintln!("\n==> {} {}", bin.display(), args.join(" "));
     use std::os::unix::process::CommandExt as _;
     let err = Command::new(&bin).args(args).exec();
@@ -271,7 +297,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 fn main() {
     let result = match Cli::parse().cmd {
         Task::Run { args } => run(&args),
-        Task::Test { no_lint } => test(no_lint),
+        Task::Test {
+            no_lint,
+            no_kernel_matrix,
+        } => test(no_lint, !no_kernel_matrix),
+        Task::KernelMatrix(opts) => matrix::run(&opts),
         Task::Bench => bench(),
         Task::Demo { seconds } => demo(seconds),
     };
