@@ -200,7 +200,7 @@ fn unix_ms() -> u64 {
 
 /// Runs until SIGINT/SIGTERM. Returns after everything is detached.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    run_until(opts, |_| {}, wait_for_signal()).await
+    run_until(opts, |_| {}, stop_signals()?).await
 }
 
 /// Runs until `stop` completes, handing the shared state to `ready` once everything
@@ -265,7 +265,12 @@ pub async fn run_until(
         bpf.take_map(loader::EVENTS_MAP)
             .context("EVENTS map missing from object")?,
     )?;
-    let syn_maps = SynMaps::new(&mut bpf, opts.syn.sample_rate)?;
+    let mut syn_maps = SynMaps::new(&mut bpf, opts.syn.sample_rate)?;
+    let mut kernel = KernelStats::new(&mut bpf, opts.load.flow_entries)?;
+    if !features.has(preflight::Feature::BatchOps) {
+        syn_maps.without_batches();
+        kernel.without_batches();
+    }
     let metrics = Metrics::new(&preflight::kernel_release());
     metrics.set_kernel_features(&features);
     metrics.add_leftovers(tc.removed);
@@ -279,7 +284,7 @@ pub async fn run_until(
         metrics,
         lifecycle,
         engine: Mutex::new(engine),
-        kernel: Mutex::new(KernelStats::new(&mut bpf, opts.load.flow_entries)?),
+        kernel: Mutex::new(kernel),
         last_flow_walk: Mutex::new(None),
         syn: Mutex::new(syn_monitor),
         sampling: Default::default(),
@@ -352,14 +357,20 @@ pub async fn run_until(
     Ok(())
 }
 
-pub async fn wait_for_signal() -> anyhow::Result<()> {
+/// SIGTERM or SIGINT, listened for from the call on: a signal that comes while
+/// programs are being loaded and attached (seconds on an old kernel) is kept until
+/// the agent waits for it, and then stops it cleanly, instead of killing the process
+/// with netlink filters in place.
+pub fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    })
 }
 
 /// Pause after a non-empty drain of the ring buffer.

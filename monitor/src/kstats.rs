@@ -16,6 +16,12 @@ pub struct KernelStats {
 }
 
 impl KernelStats {
+    /// Counts the flow map key by key from the start (preflight found no batch
+    /// lookups: Linux < 5.6).
+    pub fn without_batches(&mut self) {
+        self.batch = false;
+    }
+
     pub fn new(bpf: &mut aya::Ebpf, flow_capacity: u32) -> anyhow::Result<KernelStats> {
         let counters = PerCpuArray::try_from(
             bpf.take_map(crate::loader::COUNTERS_MAP)

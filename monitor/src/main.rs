@@ -257,18 +257,22 @@ fn top_attached(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = std::thread::spawn(move || {
-        rt.block_on(agent::run_until(
-            opts,
-            move |shared| {
-                let _ = ready_tx.send(shared);
-            },
-            async move {
-                tokio::select! {
-                    r = agent::wait_for_signal() => r,
-                    _ = stop_rx => Ok(()),
-                }
-            },
-        ))
+        rt.block_on(async move {
+            let signals = agent::stop_signals()?;
+            agent::run_until(
+                opts,
+                move |shared| {
+                    let _ = ready_tx.send(shared);
+                },
+                async move {
+                    tokio::select! {
+                        r = signals => r,
+                        _ = stop_rx => Ok(()),
+                    }
+                },
+            )
+            .await
+        })
     });
     let Ok(shared) = ready_rx.recv() else {
         // The agent failed before attaching: its error says why.

@@ -68,6 +68,12 @@ impl SynMaps {
     /// Takes the maps and writes the settings: a fresh random hash seed and the
     /// per-window SYN budget of each CPU from `sample_rate` (new-connection SYN
     /// events per second per CPU; 0 disables sampling).
+    /// Reads the prefix table key by key from the start (preflight found no batch
+    /// lookups: Linux < 5.6).
+    pub fn without_batches(&mut self) {
+        self.batch = false;
+    }
+
     pub fn new(bpf: &mut aya::Ebpf, sample_rate: u32) -> anyhow::Result<SynMaps> {
         let ncpu = aya::util::nr_cpus()
             .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
