@@ -24,11 +24,11 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const TRACK_XDP_MAP: &str = "TRACK_XDP";
 pub const TRACK_TC_MAP: &str = "TRACK_TC";
 
-const PROG_XDP: &str = "tcpmon_xdp";
+const PROG_XDP: &str = datapath::PROGRAMS[Hook::XdpIngress as usize].0;
 /// The tc programs' names: also the names their netlink filters carry, by which
 /// tcpmon recognises its own.
-pub const PROG_TC_INGRESS: &str = "tcpmon_tc_ingress";
-pub const PROG_TC_EGRESS: &str = "tcpmon_tc_egress";
+pub const PROG_TC_INGRESS: &str = datapath::PROGRAMS[Hook::TcIngress as usize].0;
+pub const PROG_TC_EGRESS: &str = datapath::PROGRAMS[Hook::TcEgress as usize].0;
 
 /// How ingress packets are observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -184,17 +184,16 @@ fn xdp(bpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
         .expect("tcpmon_xdp is an XDP program"))
 }
 
-fn classifier<'a>(
-    bpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, LoadError> {
-    let hook = match name {
-        PROG_TC_INGRESS => Hook::TcIngress,
-        _ => Hook::TcEgress,
-    };
-    prepare(bpf, hook)?;
+fn classifier(bpf: &mut Ebpf, hook: TcHook) -> Result<&mut SchedClassifier, LoadError> {
+    prepare(
+        bpf,
+        match hook {
+            TcHook::Ingress => Hook::TcIngress,
+            TcHook::Egress => Hook::TcEgress,
+        },
+    )?;
     Ok(bpf
-        .program_mut(name)
+        .program_mut(hook.program())
         .expect("object has the tc program")
         .try_into()
         .expect("tc programs are classifiers"))
@@ -251,7 +250,7 @@ fn attach_tc(
     hook: TcHook,
 ) -> Result<&'static str, LoadError> {
     let program = hook.program();
-    tc.attach(classifier(bpf, program)?, ifindex, hook)
+    tc.attach(classifier(bpf, hook)?, ifindex, hook)
         .map_err(|e| match e {
             AttachError::Program(e) => LoadError::Attach {
                 program,
