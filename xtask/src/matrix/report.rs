@@ -342,3 +342,61 @@ pub fn verifier_table(results: &Value) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(records: Vec<Value>) -> KernelRun {
+        KernelRun {
+            series: "6.1".into(),
+            label: "6.1.0-57-cloud-amd64 (qemu TCG)".into(),
+            outcome: Outcome {
+                records,
+                exit: Some(0),
+                ..Outcome::default()
+            },
+        }
+    }
+
+    fn cell(status: &str, short: &str) -> Value {
+        json!({"status": status, "short": short, "detail": ""})
+    }
+
+    #[test]
+    fn refused_program_fails_the_loads_cell_and_the_table() {
+        let verify = json!({"kind": "verify", "programs": [
+            {"program": "tcpmon_xdp", "loaded": true, "processed": 12809},
+            {"program": "tcpmon_tc_egress", "loaded": false, "processed": 1000001,
+             "detail": "processed 1000001 insns (limit 1000000)"},
+        ]});
+        let mut cells = serde_json::Map::new();
+        for (k, _) in COLUMNS {
+            cells.insert(k.to_string(), cell("pass", "ok"));
+        }
+        let mode = json!({"kind": "mode", "mode": "tc", "cells": cells});
+        let done = json!({"kind": "done"});
+        let r = Report::new(
+            &[run(vec![verify.clone(), mode, done])],
+            Duration::from_secs(9),
+        );
+        assert!(!r.passed());
+        let md = r.markdown();
+        assert!(
+            md.contains("tc_egress REFUSED (1000001), xdp 12809"),
+            "{md}"
+        );
+        assert!(md.contains("processed 1000001 insns"), "{md}");
+        let t = verifier_table(r.json());
+        assert!(t.contains("| refused at 1000001 | 12809 |"), "{t}");
+    }
+
+    #[test]
+    fn an_unfinished_guest_fails_with_its_reason() {
+        let mut r = run(vec![]);
+        r.outcome.error = Some("timed out after 1500 s".into());
+        let report = Report::new(&[r], Duration::from_secs(1500));
+        assert!(!report.passed());
+        assert!(report.markdown().contains("FAIL: timed out after 1500 s"));
+    }
+}

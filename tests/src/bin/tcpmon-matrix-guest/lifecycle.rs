@@ -16,7 +16,18 @@ fn left_over(pair: &Pair, ids: &[u32], our_clsact: bool) -> anyhow::Result<Vec<S
     let alive = programs_alive(ids);
     let view = View::of(pair)?;
     let mut left = view.leftovers(our_clsact);
-    left.extend(alive.iter().map(|id| format!("prog id {id} still loaded")));
+    // A program a leftover filter holds is named with that filter already.
+    let held: Vec<u32> = view
+        .filters
+        .iter()
+        .filter_map(|f| Some(f.prog.as_ref()?.1))
+        .collect();
+    left.extend(
+        alive
+            .iter()
+            .filter(|id| !held.contains(id))
+            .map(|id| format!("prog id {id} still loaded")),
+    );
     Ok(left)
 }
 

@@ -5,7 +5,7 @@
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -55,34 +55,42 @@ fn listen(at: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(l)
 }
 
-/// Accepts on `listeners` until `client_done` and nothing is pending (or the phase
-/// limit), handing each connection to `serve`.
+/// Set by the client side once it knows how many connections it established.
+const UNKNOWN: usize = usize::MAX;
+
+/// Accepts on `listeners` until it has accepted `expected` connections (or the phase
+/// limit), handing each to `serve`. A client counts a connection as established on
+/// the SYN-ACK; the server's kernel only on the ACK after it, so returning when the
+/// client is done would take the server's counters a few handshakes early.
 fn accept_loop(
     listeners: &[TcpListener],
-    client_done: &AtomicBool,
+    expected: &AtomicUsize,
     serve: impl Fn(TcpStream) -> Result<(), String>,
-) -> (usize, Vec<String>) {
-    let (mut handled, mut failures) = (0, Vec::new());
+) -> Vec<String> {
+    let (mut accepted, mut failures) = (0, Vec::new());
     let deadline = Instant::now() + PHASE_LIMIT;
     loop {
-        let done = client_done.load(Ordering::SeqCst);
         let mut idle = true;
         for l in listeners {
             match l.accept() {
                 Ok((s, _)) => {
                     idle = false;
+                    accepted += 1;
                     let _ = s.set_nonblocking(false);
-                    match serve(s) {
-                        Ok(()) => handled += 1,
-                        Err(e) => failures.push(format!("server: {e}")),
+                    if let Err(e) = serve(s) {
+                        failures.push(format!("server: {e}"));
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => failures.push(format!("accept: {e}")),
             }
         }
-        if (idle && done) || Instant::now() > deadline || crate::interrupted() {
-            return (handled, failures);
+        let all = accepted >= expected.load(Ordering::SeqCst);
+        if all || Instant::now() > deadline || crate::interrupted() {
+            if !all {
+                failures.push(format!("server accepted only {accepted}"));
+            }
+            return failures;
         }
         if idle {
             std::thread::sleep(Duration::from_millis(1));
@@ -122,10 +130,10 @@ pub fn exchange(pair: &Pair, x: Exchange) -> anyhow::Result<Done> {
     })?;
     let [v4, v6] = listeners;
     let listeners = [v4?, v6?];
-    let client_done = AtomicBool::new(false);
+    let expected = AtomicUsize::new(UNKNOWN);
     let payload = vec![b'x'; x.payload];
     std::thread::scope(|s| {
-        let server = s.spawn(|| accept_loop(&listeners, &client_done, serve_request));
+        let server = s.spawn(|| accept_loop(&listeners, &expected, serve_request));
         let client = netns::within(&pair.client, || {
             let mut d = Done::default();
             for v4 in [true, false] {
@@ -148,8 +156,9 @@ pub fn exchange(pair: &Pair, x: Exchange) -> anyhow::Result<Done> {
             }
             d
         });
-        client_done.store(true, Ordering::SeqCst);
-        let (_, server_failures) = server.join().expect("server thread");
+        let established = client.as_ref().map_or(0, |d| d.completed);
+        expected.store(established, Ordering::SeqCst);
+        let server_failures = server.join().expect("server thread");
         let mut d = client?;
         d.failures.extend(server_failures);
         Ok(d)
@@ -160,7 +169,7 @@ pub fn exchange(pair: &Pair, x: Exchange) -> anyhow::Result<Done> {
 pub fn burst(pair: &Pair, count: usize) -> anyhow::Result<Done> {
     const THREADS: usize = 8;
     let listener = netns::within(&pair.server, || listen(addr(true, BURST_PORT)))??;
-    let client_done = AtomicBool::new(false);
+    let expected = AtomicUsize::new(UNKNOWN);
     let connected = AtomicUsize::new(0);
     let errors = std::sync::Mutex::new(Vec::<String>::new());
     let connect_all = |n: usize| {
@@ -178,18 +187,21 @@ pub fn burst(pair: &Pair, count: usize) -> anyhow::Result<Done> {
     };
     let server_failures = std::thread::scope(|s| -> anyhow::Result<Vec<String>> {
         let server =
-            s.spawn(|| accept_loop(std::slice::from_ref(&listener), &client_done, |_| Ok(())));
+            s.spawn(|| accept_loop(std::slice::from_ref(&listener), &expected, |_| Ok(())));
         let clients: Vec<_> = (0..THREADS)
             .map(|t| {
                 let n = count / THREADS + usize::from(t < count % THREADS);
                 s.spawn(move || netns::within(&pair.client, || connect_all(n)))
             })
             .collect();
-        for c in clients {
-            c.join().expect("client thread")?;
-        }
-        client_done.store(true, Ordering::SeqCst);
-        Ok(server.join().expect("server thread").1)
+        let joined: anyhow::Result<Vec<()>> = clients
+            .into_iter()
+            .map(|c| c.join().expect("client thread"))
+            .collect();
+        expected.store(connected.load(Ordering::SeqCst), Ordering::SeqCst);
+        let server_failures = server.join().expect("server thread");
+        joined?;
+        Ok(server_failures)
     })?;
     let mut failures = server_failures;
     let errors = errors.into_inner().unwrap();
