@@ -44,8 +44,8 @@ pub fn build(
     }
     // iproute2 keeps named namespaces in /var/run/netns.
     std::os::unix::fs::symlink("../run", root.join("var/run"))?;
-    let busybox = which("busybox")?;
-    copy(&busybox, &root.join("bin/busybox"))?;
+    // busybox-static has no libraries to copy; a dynamic busybox gets its own.
+    copy_with_libs(&which("busybox")?, &root, "bin")?;
     for a in APPLETS {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
     }
@@ -60,6 +60,8 @@ pub fn build(
     write_init(&root, guest_args)?;
     let cpio = dir.join("initramfs.cpio");
     pack(&root, &cpio)?;
+    // The archive is all the guest needs; the tree would double the disk use.
+    std::fs::remove_dir_all(&root)?;
     Ok(cpio)
 }
 

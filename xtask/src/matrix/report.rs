@@ -73,6 +73,9 @@ const COLUMNS: &[(&str, &str)] = &[
     ("foreign", "foreign filter survives"),
 ];
 
+/// The mode column of a kernel's row when the checker ran only the verifier step.
+const VERIFY_ONLY: &str = "(verify only)";
+
 struct Row {
     kernel: String,
     mode: String,
@@ -160,7 +163,7 @@ fn rows(run: &KernelRun) -> Vec<Row> {
         rows.push(Row {
             kernel: run.label.clone(),
             mode: if verify.is_some() && rows.is_empty() {
-                "(verify only)".into()
+                VERIFY_ONLY.into()
             } else {
                 "-".into()
             },
@@ -213,7 +216,36 @@ impl Report {
         self.rows.iter().all(row_passes)
     }
 
+    pub fn rows(&self) -> super::Rows {
+        let passed = self.rows.iter().filter(|r| row_passes(r)).count() as u64;
+        super::Rows {
+            passed,
+            failed: self.rows.len() as u64 - passed,
+        }
+    }
+
     pub fn markdown(&self) -> String {
+        let mut s = if self.rows.iter().all(|r| r.mode == VERIFY_ONLY) {
+            // Only the loads column would have anything in it: programs as columns.
+            verifier_table(&self.json)
+        } else {
+            self.table()
+        };
+        s.push_str("\nWall time per kernel:\n\n");
+        for (label, wall, boot) in &self.per_kernel {
+            let boot = boot.map_or(String::new(), |b| format!(" (booted in {b:.0} s)"));
+            let _ = writeln!(s, "- {label}: {:.0} s{boot}", wall.as_secs_f64());
+        }
+        let _ = writeln!(s, "- total: {:.0} s", self.wall.as_secs_f64());
+        let details = self.failure_details();
+        if !details.is_empty() {
+            s.push_str("\nFailures:\n\n");
+            s.push_str(&details);
+        }
+        s
+    }
+
+    fn table(&self) -> String {
         let mut s = String::from("| kernel | mode | loads (processed insns) |");
         for (_, title) in COLUMNS {
             let _ = write!(s, " {title} |");
@@ -227,17 +259,6 @@ impl Report {
                 let _ = write!(s, " {} |", c.render().replace('|', "/"));
             }
             s.push('\n');
-        }
-        s.push_str("\nWall time per kernel:\n\n");
-        for (label, wall, boot) in &self.per_kernel {
-            let boot = boot.map_or(String::new(), |b| format!(" (booted in {b:.0} s)"));
-            let _ = writeln!(s, "- {label}: {:.0} s{boot}", wall.as_secs_f64());
-        }
-        let _ = writeln!(s, "- total: {:.0} s", self.wall.as_secs_f64());
-        let details = self.failure_details();
-        if !details.is_empty() {
-            s.push_str("\nFailures:\n\n");
-            s.push_str(&details);
         }
         s
     }
