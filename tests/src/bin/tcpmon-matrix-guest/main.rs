@@ -175,6 +175,7 @@ fn run_modes(args: &Args, flags: agent::Flags, tcx: bool) -> anyhow::Result<bool
     let ctx = mode::Ctx {
         tcpmon: args.tcpmon.clone(),
         flags,
+        tcx,
         scratch: scratch.clone(),
     };
     let mut ok = true;

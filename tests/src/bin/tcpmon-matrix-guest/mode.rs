@@ -61,6 +61,8 @@ pub fn specs(flags: Flags, tcx: bool) -> Vec<Spec> {
 pub struct Ctx {
     pub tcpmon: PathBuf,
     pub flags: Flags,
+    /// The checker's own TCX probe.
+    pub tcx: bool,
     pub scratch: PathBuf,
 }
 
@@ -147,7 +149,8 @@ fn checks(ctx: &Ctx, spec: &Spec, cells: &mut Cells) -> anyhow::Result<()> {
         Err(e) => return Err(e),
     };
     let metrics = agent.metrics()?;
-    cells.set("attach", attach_cell(spec, &metrics, &View::of(&pair)?));
+    let attach = attach_cell(spec, &metrics, &View::of(&pair)?);
+    cells.set("attach", features_agree(attach, &metrics, ctx.tcx));
     let ids = agent.prog_ids();
     crate::progress(&format!("{}: traffic", spec.name));
     let (c, base) = counts::exchange(&pair, &agent)?;
@@ -205,4 +208,29 @@ fn attach_cell(spec: &Spec, m: &Metrics, view: &View) -> Cell {
         Status::Fail
     };
     Cell::new(status, short)
+}
+
+/// tcpmon's `tcpmon_kernel_feature` series go to the detail; its TCX probe must agree
+/// with the checker's (a build without the metric is noted, not failed).
+fn features_agree(mut cell: Cell, m: &Metrics, tcx: bool) -> Cell {
+    let features: Vec<String> = m
+        .series("tcpmon_kernel_feature")
+        .map(|s| format!("{}={}", s.label("feature").unwrap_or("?"), s.value))
+        .collect();
+    if features.is_empty() {
+        cell.detail = "no tcpmon_kernel_feature metric in this build".into();
+        return cell;
+    }
+    cell.detail = format!("tcpmon_kernel_feature: {}", features.join(", "));
+    let says = m
+        .series("tcpmon_kernel_feature")
+        .find(|s| s.label("feature") == Some("tcx"))
+        .map(|s| s.value >= 1.0);
+    if says.is_some_and(|t| t != tcx) {
+        cell.status = Status::Fail;
+        cell.short.push_str(&format!(
+            " (tcpmon's TCX probe says {says:?}, the kernel {tcx})"
+        ));
+    }
+    cell
 }
