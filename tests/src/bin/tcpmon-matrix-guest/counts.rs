@@ -81,86 +81,129 @@ fn settle(
     }
 }
 
+/// The exchange's comparisons: tcpmon's totals (nothing else crossed the veth)
+/// against the kernel deltas and the requests completed.
+fn exchange_cmps(t: &Counters, d: &Deltas, completed: u64) -> Vec<Cmp> {
+    let (s, c) = (&d.server, &d.client);
+    let passive = s("TcpPassiveOpens");
+    let server = &[("role", "server")];
+    vec![
+        Cmp::new(
+            "done",
+            completed,
+            2 * EXCHANGE.connections as u64,
+            "requested",
+        ),
+        Cmp::new(
+            "opened",
+            t.sum("tcpmon_connections_opened_total", server),
+            passive,
+            "server TcpPassiveOpens",
+        ),
+        Cmp::new(
+            "handshakes",
+            t.sum("tcpmon_handshake_duration_seconds_count", server),
+            passive,
+            "server TcpPassiveOpens",
+        ),
+        Cmp::new(
+            "refused",
+            t.sum("tcpmon_connection_failures_total", &[("reason", "refused")]),
+            c("TcpAttemptFails"),
+            "client TcpAttemptFails",
+        ),
+        Cmp::new(
+            "rst-sent",
+            t.sum("tcpmon_resets_total", &[("direction", "sent")]),
+            s("TcpOutRsts"),
+            "server TcpOutRsts",
+        ),
+        syn_cmp(t, d),
+        synack_cmp(t, d),
+        Cmp::new(
+            "fin-closed",
+            t.sum("tcpmon_connections_closed_total", &[("how", "fin")]),
+            completed,
+            "exchanges completed",
+        ),
+        Cmp::new(
+            "events",
+            t.sum("tcpmon_events_total", &[]),
+            t.sum("tcpmon_events_emitted_total", &[]),
+            "events emitted",
+        ),
+        lost_cmp(t),
+    ]
+}
+
+/// Every SYN the client sent reached the monitored interface (retransmissions too).
+fn syn_cmp(t: &Counters, d: &Deltas) -> Cmp {
+    let sent = (d.client)("TcpActiveOpens") + (d.client)("TcpExtTCPSynRetrans");
+    Cmp::new(
+        "syn",
+        t.sum("tcpmon_syn_received_total", &[]),
+        sent,
+        "client TcpActiveOpens + TCPSynRetrans",
+    )
+}
+
+/// One SYN-ACK per connection the server completed, plus its retransmitted ones.
+fn synack_cmp(t: &Counters, d: &Deltas) -> Cmp {
+    let sent = (d.server)("TcpPassiveOpens") + (d.server)("TcpExtTCPSynRetrans");
+    Cmp::new(
+        "synack",
+        t.sum("tcpmon_synack_sent_total", &[]),
+        sent,
+        "server TcpPassiveOpens + TCPSynRetrans",
+    )
+}
+
+fn lost_cmp(t: &Counters) -> Cmp {
+    Cmp::new("lost", t.sum("tcpmon_events_lost_total", &[]), 0, "none")
+}
+
 /// IPv4 and IPv6 requests plus refused connects; returns the cell and the scrape the
 /// SYN burst starts from.
 pub fn exchange(pair: &Pair, agent: &Agent) -> anyhow::Result<(Cell, Metrics)> {
     let (done, d) = bracket(pair, || traffic::exchange(pair, EXCHANGE))?;
     let done = done?;
-    let x = EXCHANGE;
-    let cmps = |m: &Metrics| {
-        let t = Counters { now: m, base: None };
-        let (s, c) = (&d.server, &d.client);
-        vec![
-            Cmp::new(
-                "done",
-                done.completed as u64,
-                2 * x.connections as u64,
-                "requested",
-            ),
-            Cmp::new(
-                "opened",
-                t.sum("tcpmon_connections_opened_total", &[("role", "server")]),
-                s("TcpPassiveOpens"),
-                "server TcpPassiveOpens",
-            ),
-            Cmp::new(
-                "handshakes",
-                t.sum(
-                    "tcpmon_handshake_duration_seconds_count",
-                    &[("role", "server")],
-                ),
-                s("TcpPassiveOpens"),
-                "server TcpPassiveOpens",
-            ),
-            Cmp::new(
-                "refused",
-                t.sum("tcpmon_connection_failures_total", &[("reason", "refused")]),
-                c("TcpAttemptFails"),
-                "client TcpAttemptFails",
-            ),
-            Cmp::new(
-                "rst-sent",
-                t.sum("tcpmon_resets_total", &[("direction", "sent")]),
-                s("TcpOutRsts"),
-                "server TcpOutRsts",
-            ),
-            Cmp::new(
-                "syn",
-                t.sum("tcpmon_syn_received_total", &[]),
-                c("TcpActiveOpens") + c("TcpExtTCPSynRetrans"),
-                "client TcpActiveOpens + TCPSynRetrans",
-            ),
-            Cmp::new(
-                "synack",
-                t.sum("tcpmon_synack_sent_total", &[]),
-                s("TcpPassiveOpens") + s("TcpExtTCPSynRetrans"),
-                "server TcpPassiveOpens + TCPSynRetrans",
-            ),
-            Cmp::new(
-                "fin-closed",
-                t.sum("tcpmon_connections_closed_total", &[("how", "fin")]),
-                done.completed as u64,
-                "exchanges completed",
-            ),
-            Cmp::new(
-                "events",
-                t.sum("tcpmon_events_total", &[]),
-                t.sum("tcpmon_events_emitted_total", &[]),
-                "events emitted",
-            ),
-            Cmp::new("lost", t.sum("tcpmon_events_lost_total", &[]), 0, "none"),
-        ]
-    };
-    let (cmps, m) = settle(agent, cmps)?;
+    let (cmps, m) = settle(agent, |m| {
+        exchange_cmps(&Counters { now: m, base: None }, &d, done.completed as u64)
+    })?;
     let mut notes = done.failures.clone();
-    if done.refused != 2 * x.refused {
+    let refused = 2 * EXCHANGE.refused;
+    if done.refused != refused {
         notes.push(format!(
-            "{} of {} closed-port connects refused",
-            done.refused,
-            2 * x.refused
+            "{} of {refused} closed-port connects refused",
+            done.refused
         ));
     }
     Ok((counts_cell(&cmps, &notes), m))
+}
+
+/// The burst's comparisons: deltas of tcpmon's counters since `t.base`.
+fn burst_cmps(t: &Counters, d: &Deltas, connected: u64) -> Vec<Cmp> {
+    let passive = (d.server)("TcpPassiveOpens");
+    vec![
+        Cmp::new("connected", connected, BURST as u64, "connects sent"),
+        syn_cmp(t, d),
+        synack_cmp(t, d),
+        Cmp::new(
+            "syn-acked",
+            t.sum("tcpmon_syn_acked_total", &[]),
+            passive,
+            "server TcpPassiveOpens",
+        ),
+        Cmp::new(
+            "opened",
+            t.sum("tcpmon_connections_opened_total", &[("role", "server")]),
+            passive,
+            "server TcpPassiveOpens",
+        ),
+        // A full accept queue drops handshake ACKs: the counts above would not hold.
+        Cmp::new("overflows", (d.server)("TcpExtListenOverflows"), 0, "none"),
+        lost_cmp(t),
+    ]
 }
 
 /// A burst of connects; SYN, SYN-ACK and handshake-ACK counters against the number
@@ -168,47 +211,12 @@ pub fn exchange(pair: &Pair, agent: &Agent) -> anyhow::Result<(Cell, Metrics)> {
 pub fn burst(pair: &Pair, agent: &Agent, base: &Metrics) -> anyhow::Result<Cell> {
     let (done, d) = bracket(pair, || traffic::burst(pair, BURST))?;
     let done = done?;
-    let cmps = |m: &Metrics| {
+    let (cmps, _) = settle(agent, |m| {
         let t = Counters {
             now: m,
             base: Some(base),
         };
-        let (s, c) = (&d.server, &d.client);
-        vec![
-            Cmp::new(
-                "connected",
-                done.completed as u64,
-                BURST as u64,
-                "connects sent",
-            ),
-            Cmp::new(
-                "syn",
-                t.sum("tcpmon_syn_received_total", &[]),
-                c("TcpActiveOpens") + c("TcpExtTCPSynRetrans"),
-                "client TcpActiveOpens + TCPSynRetrans",
-            ),
-            Cmp::new(
-                "synack",
-                t.sum("tcpmon_synack_sent_total", &[]),
-                s("TcpPassiveOpens") + s("TcpExtTCPSynRetrans"),
-                "server TcpPassiveOpens + TCPSynRetrans",
-            ),
-            Cmp::new(
-                "syn-acked",
-                t.sum("tcpmon_syn_acked_total", &[]),
-                s("TcpPassiveOpens"),
-                "server TcpPassiveOpens",
-            ),
-            Cmp::new(
-                "opened",
-                t.sum("tcpmon_connections_opened_total", &[("role", "server")]),
-                s("TcpPassiveOpens"),
-                "server TcpPassiveOpens",
-            ),
-            Cmp::new("overflows", s("TcpExtListenOverflows"), 0, "none"),
-            Cmp::new("lost", t.sum("tcpmon_events_lost_total", &[]), 0, "none"),
-        ]
-    };
-    let (cmps, _) = settle(agent, cmps)?;
+        burst_cmps(&t, &d, done.completed as u64)
+    })?;
     Ok(counts_cell(&cmps, &done.failures))
 }
