@@ -59,7 +59,8 @@ impl Cell {
             Status::Fail => "FAIL: ",
             Status::Skip => "n/a: ",
         };
-        format!("{mark}{}", self.short)
+        // One table row per line, whatever the checker wrote.
+        format!("{mark}{}", self.short.replace('\n', " / "))
     }
 }
 

@@ -43,13 +43,45 @@ pub struct Agent {
     stderr: PathBuf,
 }
 
-/// Why tcpmon did not come up: its own words.
+/// Why tcpmon did not come up, in its own words: one line for the table, the end of
+/// its log for the detail.
 #[derive(Debug)]
-pub struct StartError(pub String);
+pub struct StartError {
+    pub summary: String,
+    pub log: String,
+    /// Whether it failed attaching (not loading): native XDP a driver lacks.
+    pub attach: bool,
+}
+
+impl StartError {
+    /// From tcpmon's whole log: the error line (before a verifier log of thousands of
+    /// lines), the verifier's statistics line, and the last lines.
+    fn new(what: String, full: String) -> StartError {
+        // anyhow's report from main starts with "Error:"; else the last line said.
+        let error = full
+            .lines()
+            .find(|l| l.starts_with("Error:"))
+            .or_else(|| full.lines().rev().find(|l| !l.trim().is_empty()))
+            .unwrap_or("")
+            .trim();
+        // A refusal's verifier log ends with the statistics line: the number that matters.
+        let stats = full.lines().rev().find(|l| l.starts_with("processed "));
+        let mut summary = format!("{what}: {error}");
+        if let Some(stats) = stats {
+            summary.push_str(&format!(" ({})", stats.trim()));
+        }
+        let lines: Vec<&str> = full.lines().collect();
+        StartError {
+            attach: full.contains("attaching tcpmon_xdp"),
+            summary,
+            log: lines[lines.len().saturating_sub(40)..].join("\n"),
+        }
+    }
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.summary)
     }
 }
 
@@ -94,16 +126,12 @@ impl Agent {
                 return Ok(agent);
             }
             if let Some(st) = agent.child.as_mut().unwrap().try_wait()? {
-                return Err(
-                    StartError(format!("tcpmon exited ({st}): {}", agent.stderr_tail())).into(),
-                );
+                let what = format!("tcpmon exited ({st})");
+                return Err(StartError::new(what, agent.stderr()).into());
             }
             if Instant::now() > deadline {
-                return Err(StartError(format!(
-                    "no /metrics after 300 s: {}",
-                    agent.stderr_tail()
-                ))
-                .into());
+                let what = "no /metrics after 300 s".to_string();
+                return Err(StartError::new(what, agent.stderr()).into());
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -113,11 +141,9 @@ impl Agent {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
-    /// The end of tcpmon's log: its error, if it failed.
-    pub fn stderr_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(12)..].join("\n")
+    /// tcpmon's log so far.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     pub fn metrics_text(&self) -> anyhow::Result<String> {
@@ -254,5 +280,25 @@ impl Metrics {
             .filter(|s| with.iter().all(|(k, v)| s.label(k) == Some(*v)))
             .map(|s| s.value)
             .sum::<f64>() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StartError;
+
+    #[test]
+    fn start_error_in_one_line() {
+        let log = "INFO attaching\nError: loading tcpmon_tc_ingress: Argument list too long\n\
+                   verifier log:\n0: (bf) r6 = r1\nBPF program is too large.\n\
+                   processed 1000001 insns (limit 1000000) max_states_per_insn 61\n";
+        let e = StartError::new("tcpmon exited (exit status: 1)".into(), log.into());
+        assert_eq!(
+            e.summary,
+            "tcpmon exited (exit status: 1): Error: loading tcpmon_tc_ingress: Argument list \
+             too long (processed 1000001 insns (limit 1000000) max_states_per_insn 61)"
+        );
+        assert!(!e.attach);
+        assert!(e.log.ends_with("max_states_per_insn 61"));
     }
 }

@@ -59,7 +59,8 @@ impl Cell {
     }
 }
 
-/// A count tcpmon reports against the kernel's (or the checker's) count of the same.
+/// A count tcpmon reports (for the sanity rows "completed" and "connected": the
+/// checker's own) against the kernel's, or the checker's, count of the same.
 #[derive(Clone, Debug)]
 pub struct Cmp {
     pub name: &'static str,
@@ -98,12 +99,7 @@ pub fn counts_cell(cmps: &[Cmp], notes: &[String]) -> Cell {
     let short = format!("{}: {}", if ok { "yes" } else { "no" }, parts.join(", "));
     let mut detail: Vec<String> = cmps
         .iter()
-        .map(|c| {
-            format!(
-                "{}: tcpmon {} vs {} {}",
-                c.name, c.tcpmon, c.source, c.truth
-            )
-        })
+        .map(|c| format!("{}: {} vs {} {}", c.name, c.tcpmon, c.source, c.truth))
         .collect();
     detail.extend(notes.iter().cloned());
     Cell::check(ok, short).with_detail(detail.join("\n"))

@@ -89,10 +89,10 @@ fn exchange_cmps(t: &Counters, d: &Deltas, completed: u64) -> Vec<Cmp> {
     let server = &[("role", "server")];
     vec![
         Cmp::new(
-            "done",
+            "completed",
             completed,
             2 * EXCHANGE.connections as u64,
-            "requested",
+            "requests made",
         ),
         Cmp::new(
             "opened",

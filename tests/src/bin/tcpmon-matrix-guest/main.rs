@@ -163,20 +163,42 @@ fn run() -> anyhow::Result<bool> {
         .collect();
     let mut ok = refused.is_empty() && !programs.is_empty();
     if !args.verify_only {
-        ok &= run_modes(&args, flags, tcx)?;
+        ok &= run_modes(&args, flags, tcx, refused)?;
     }
     emit(&json!({"kind": "done", "secs": started.elapsed().as_secs_f64()}));
     Ok(ok)
 }
 
-fn run_modes(args: &Args, flags: agent::Flags, tcx: bool) -> anyhow::Result<bool> {
-    let scratch = std::env::temp_dir().join(format!("tcpmon-matrix-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+/// tcpmon's logs and state directories; removed however the run ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("tcpmon-matrix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run_modes(
+    args: &Args,
+    flags: agent::Flags,
+    tcx: bool,
+    refused: Vec<String>,
+) -> anyhow::Result<bool> {
+    let scratch = Scratch::new()?;
     let ctx = mode::Ctx {
         tcpmon: args.tcpmon.clone(),
         flags,
         tcx,
-        scratch: scratch.clone(),
+        scratch: scratch.0.clone(),
+        refused,
     };
     let mut ok = true;
     for spec in mode::specs(flags, tcx) {
@@ -196,6 +218,5 @@ fn run_modes(args: &Args, flags: agent::Flags, tcx: bool) -> anyhow::Result<bool
             .is_some_and(|c| c.values().all(|c| c["status"] != "fail"));
         emit(&rec);
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(ok)
 }

@@ -4,6 +4,10 @@
 
 use std::path::PathBuf;
 
+use monitor_common::{
+    datapath::{PROGRAMS, track_slot},
+    event::Hook,
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -21,16 +25,33 @@ pub struct Spec {
     pub args: Vec<String>,
     /// The kernel's view of the ingress hook this mode must give: (hook, modes).
     pub ingress: (&'static str, &'static [&'static str]),
-    /// Whether an attach failure means "not supported here" rather than a failure.
+    /// Whether a failure to attach means "not supported here" rather than a failure.
     pub optional: bool,
+    /// The hook that observes ingress (egress is always tc).
+    pub ingress_hook: Hook,
+}
+
+impl Spec {
+    /// Both stages of the ingress hook's programs and of tc egress, by tcpmon's own
+    /// list.
+    fn programs(&self) -> [&'static str; 4] {
+        let (a, b) = PROGRAMS[track_slot(self.ingress_hook) as usize];
+        let (c, d) = PROGRAMS[track_slot(Hook::TcEgress) as usize];
+        [a, b, c, d]
+    }
 }
 
 /// Every mode; `tcpmon --help` decides whether the netlink row exists.
 pub fn specs(flags: Flags, tcx: bool) -> Vec<Spec> {
     let tc_modes: &'static [&'static str] = if tcx { &["tcx"] } else { &["netlink"] };
-    let spec = |name: &str, ingress, optional| Spec {
+    let spec = |name: &str, ingress: (&'static str, _), optional| Spec {
         name: name.to_string(),
         args: vec!["--ingress".into(), name.into()],
+        ingress_hook: if ingress.0 == "tc_ingress" {
+            Hook::TcIngress
+        } else {
+            Hook::XdpIngress
+        },
         ingress,
         optional,
     };
@@ -64,6 +85,8 @@ pub struct Ctx {
     /// The checker's own TCX probe.
     pub tcx: bool,
     pub scratch: PathBuf,
+    /// Programs the verifier step saw refused.
+    pub refused: Vec<String>,
 }
 
 pub const COLUMNS: [&str; 6] = ["attach", "counts", "syn", "sigterm", "sigkill", "foreign"];
@@ -84,16 +107,27 @@ impl Cells {
 pub fn run(ctx: &Ctx, spec: &Spec) -> Value {
     let started = std::time::Instant::now();
     let mut cells = Cells(std::array::from_fn(|_| Cell::skip("not run")));
-    // Started even where the verify step saw a refusal: tcpmon's own error is what
-    // the attach cell reports then.
-    if let Err(e) = checks(ctx, spec, &mut cells) {
+    // A refused program fails the row's loads cell already; starting tcpmon only to
+    // watch the verifier refuse again costs a minute of TCG per program and start.
+    let refused: Vec<&str> = spec
+        .programs()
+        .into_iter()
+        .filter(|p| ctx.refused.iter().any(|r| r == p))
+        .collect();
+    if !refused.is_empty() {
+        let why = format!("not started: the verifier refused {}", refused.join(", "));
+        cells.set("attach", Cell::skip(why));
+    } else if let Err(e) = checks(ctx, spec, &mut cells) {
         // The first cell still "not run" says where it stopped and why.
         let at = cells
             .0
             .iter()
             .position(|c| c.short == "not run")
             .unwrap_or(0);
-        cells.0[at] = Cell::fail(format!("{e:#}"));
+        let detail = e
+            .downcast_ref::<StartError>()
+            .map_or(String::new(), |s| s.log.clone());
+        cells.0[at] = Cell::fail(one_line(&format!("{e:#}"))).with_detail(detail);
     }
     let mut obj = serde_json::Map::new();
     for (k, c) in COLUMNS.iter().zip(&cells.0) {
@@ -127,6 +161,11 @@ impl Ctx {
     }
 }
 
+/// The table's cells are single lines.
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).collect::<Vec<_>>().join(" / ")
+}
+
 pub fn slug(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -142,7 +181,7 @@ fn checks(ctx: &Ctx, spec: &Spec, cells: &mut Cells) -> anyhow::Result<()> {
     ));
     let agent = match ctx.start(&pair, spec, 0) {
         Ok(a) => a,
-        Err(e) if spec.optional && e.downcast_ref::<StartError>().is_some() => {
+        Err(e) if spec.optional && e.downcast_ref::<StartError>().is_some_and(|e| e.attach) => {
             cells.set("attach", Cell::skip(format!("does not attach here: {e}")));
             return Ok(());
         }
