@@ -235,9 +235,11 @@ fn run_tests(tally: &mut Tally) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench() -> anyhow::Result<()> {
+/// The release build of tcpmon and every test-side binary (bench, verifier, matrix
+/// checker).
+fn build_release_bins(what: &str) -> anyhow::Result<()> {
     step(
-        "build tcpmon and the bench (release)",
+        what,
         cargo().args([
             "build",
             "--release",
@@ -247,7 +249,11 @@ fn bench() -> anyhow::Result<()> {
             "tests",
             "--bins",
         ]),
-    )?;
+    )
+}
+
+fn bench() -> anyhow::Result<()> {
+    build_release_bins("build tcpmon and the bench (release)")?;
     if !is_root() {
         bail!("the benchmarks run BPF_PROG_TEST_RUN: run `cargo xtask bench` as root");
     }

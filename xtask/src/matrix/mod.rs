@@ -139,18 +139,7 @@ fn run_report(opts: &Options) -> anyhow::Result<Report> {
     }
     let series = opts.series()?;
     if !opts.no_build {
-        crate::step(
-            "build tcpmon and the matrix binaries (release)",
-            crate::cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "monitor",
-                "-p",
-                "tests",
-                "--bins",
-            ]),
-        )?;
+        crate::build_release_bins("build tcpmon and the matrix binaries (release)")?;
     }
     let release = crate::target_dir().join("release");
     let bins = initramfs::Binaries {

@@ -112,9 +112,15 @@ fn exchange_cmps(t: &Counters, d: &Deltas, completed: u64) -> Vec<Cmp> {
             c("TcpAttemptFails"),
             "client TcpAttemptFails",
         ),
+        // RST segments, as the kernel counts them: a late segment of a closed
+        // connection (a FIN retransmitted under TCG's jitter) draws a RST that
+        // closes no connection, so tcpmon_resets_total need not see it.
         Cmp::new(
             "rst-sent",
-            t.sum("tcpmon_resets_total", &[("direction", "sent")]),
+            t.sum(
+                "tcpmon_packets_total",
+                &[("hook", "tc_egress"), ("class", "rst")],
+            ),
             s("TcpOutRsts"),
             "server TcpOutRsts",
         ),
