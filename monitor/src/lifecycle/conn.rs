@@ -106,14 +106,26 @@ pub enum Phase {
     Handshake,
     Established,
     Closing,
+    /// A RST that belongs to no live connection: after its close or its TIME-WAIT,
+    /// for a connection older than the monitor, or in answer to a stray segment. It
+    /// is counted on its own, never as a connection or a handshake failure.
+    Stray,
 }
 
 impl Phase {
+    pub const ALL: [Phase; 4] = [
+        Phase::Handshake,
+        Phase::Established,
+        Phase::Closing,
+        Phase::Stray,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
             Phase::Handshake => "handshake",
             Phase::Established => "established",
             Phase::Closing => "closing",
+            Phase::Stray => "stray",
         }
     }
 }
@@ -280,12 +292,14 @@ impl Conn {
                 self.irtt_end_ns = Some(seg.ts_ns);
             }
         }
+        // A control segment below what its direction already sent (a FIN, a RST
+        // with data) is classified like any other rewinding segment first.
+        if let Some(r) = &seg.rewind {
+            self.on_rewind(seg, r, out);
+        }
         if f & RST != 0 {
             self.on_rst(seg, out);
             return;
-        }
-        if let Some(r) = &seg.rewind {
-            self.on_rewind(seg, r, out);
         }
         if f & SYN != 0 {
             if f & ACK == 0 {

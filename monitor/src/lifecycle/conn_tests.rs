@@ -285,3 +285,48 @@ fn rewinds_are_classified_with_the_connection_irtt() {
     assert_eq!(c.retrans, [4, 2]);
     assert_eq!(c.out_of_order, [2, 0]);
 }
+
+/// `rewind`, with the segment's own flags.
+fn rewind_ctl(flags: u8, seq: u32, len: u32, high: u32, since_high_us: u64) -> Seg {
+    let mut s = rewind(C, seq, len, high, since_high_us, 101, 0);
+    s.flags = flags;
+    s.gso_segs = 1;
+    if let Some(r) = &mut s.rewind {
+        r.flags = flags;
+    }
+    s
+}
+
+#[test]
+fn control_segments_that_rewind_are_classified() {
+    // A FIN resent after its first copy: a retransmission, and still one close.
+    let (mut c, mut out) = run(&handshake(100, 500));
+    c.on_segment(&seg(C, FIN | ACK, 101, 501, 200), &mut out);
+    out.clear();
+    c.on_segment(&rewind_ctl(FIN | ACK, 101, 0, 102, 5_000), &mut out);
+    assert!(matches!(
+        out[..],
+        [Happening::Retransmitted {
+            kind: RetransKind::Retransmission,
+            ..
+        }]
+    ));
+    assert_eq!(c.ends[C], TcpState::FinWait1);
+    // A FIN overtaken by data sent after it, within the iRTT: out of order.
+    let (mut c, mut out) = run(&handshake(100, 500));
+    out.clear();
+    c.on_segment(&rewind_ctl(FIN | ACK, 151, 0, 201, 10), &mut out);
+    assert!(matches!(out[..], [Happening::OutOfOrder { .. }]));
+    // A RST with data below what was sent: classified, then it ends the connection.
+    let (mut c, mut out) = run(&handshake(100, 500));
+    out.clear();
+    c.on_segment(&rewind_ctl(RST | ACK, 101, 10, 301, 5_000), &mut out);
+    assert!(matches!(
+        out[..],
+        [
+            Happening::Retransmitted { .. },
+            Happening::Reset { .. },
+            Happening::Closed(CloseHow::Rst)
+        ]
+    ));
+}

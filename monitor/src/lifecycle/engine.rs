@@ -73,6 +73,9 @@ pub trait Sink {
     );
     fn out_of_order(&mut self, direction: Direction, segs: u16);
     fn evicted(&mut self) {}
+    /// A RST for `key` that belongs to no live connection (also reported through
+    /// [`Sink::reset`] with [`Phase::Stray`] when its direction is known).
+    fn stray_reset(&mut self, _key: &FlowKey) {}
 }
 
 #[derive(Clone, Debug)]
@@ -325,6 +328,14 @@ impl<S: Sink> Engine<S> {
                 self.out.report(&mut e, &[h]);
             }
         }
+        if seg.flags & monitor_common::flags::RST != 0 {
+            match self.conns.get(&key) {
+                None => return self.stray_reset(key, &seg, local),
+                // Into TIME-WAIT or after a close: it ends nothing that is counted.
+                Some(e) if e.conn.finished.is_some() => self.stray_reset(key, &seg, local),
+                Some(_) => {}
+            }
+        }
         let mut out = std::mem::take(&mut self.happenings);
         out.clear();
         let entry = match self.conns.get_mut(&key) {
@@ -396,6 +407,30 @@ impl<S: Sink> Engine<S> {
             schedule(&self.cfg, &mut self.timers, key, entry);
         }
         self.happenings = out;
+    }
+
+    /// A RST without a live connection: counted as a stray reset, never as a
+    /// connection (a handshake failure needs a handshake).
+    fn stray_reset(&mut self, key: FlowKey, seg: &Seg, local: Option<End>) {
+        let local = local.or_else(|| {
+            let eps = Endpoints::new(
+                key.family,
+                &key.addr_lo,
+                key.port_lo,
+                &key.addr_hi,
+                key.port_hi,
+            );
+            (0..2).find(|i| self.cfg.local_addrs.contains(&eps.addrs[*i].ip()))
+        });
+        if let Some(l) = local {
+            let dir = if l == seg.from {
+                Direction::Sent
+            } else {
+                Direction::Received
+            };
+            self.out.sink.reset(dir, Phase::Stray, 1);
+        }
+        self.out.sink.stray_reset(&key);
     }
 
     fn remove(&mut self, key: &FlowKey) -> Option<Box<Entry>> {

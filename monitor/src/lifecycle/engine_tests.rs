@@ -419,3 +419,26 @@ fn mid_stream_connections_do_not_count_as_half_open() {
     assert_eq!(e.half_open, 4);
     assert_eq!(e.evicted, 0);
 }
+
+#[test]
+fn stray_resets_are_no_connections() {
+    let mut e = engine(Config::default());
+    // A RST for a connection older than the monitor, and one answering it.
+    e.on_event(&ev(false, 80, 41000, RST | ACK, 7, 9, 0));
+    e.on_event(&ev(true, 80, 41001, RST, 9, 0, 1));
+    // A RST after a close and into TIME-WAIT (a client that resets after its FIN).
+    served(&mut e, 40000, 10, true);
+    e.on_event(&ev(false, 80, 40000, RST, 102, 0, 200));
+    assert_eq!(
+        e.out.sink.calls,
+        [
+            "reset received stray",
+            "reset sent stray",
+            "opened server 80",
+            "closed server 80 fin",
+            "reset received stray"
+        ]
+    );
+    assert!(e.is_empty());
+    assert_eq!(e.out.sink.records.len(), 1);
+}

@@ -99,7 +99,7 @@ impl LifecycleMetrics {
             resets: counter(
                 r,
                 "tcpmon_resets_total",
-                "RST segments that ended a connection, sent or received by this host, by phase",
+                "RST segments sent or received by this host, by the phase of the connection they ended (stray: no live connection)",
                 &["direction", "phase"],
             ),
             connections: gauge(
@@ -158,7 +158,7 @@ impl LifecycleMetrics {
             m.connections.with_label_values(&[s.name()]).set(0);
         }
         for d in [Direction::Sent, Direction::Received] {
-            for p in [Phase::Handshake, Phase::Established, Phase::Closing] {
+            for p in Phase::ALL {
                 m.resets.with_label_values(&[d.name(), p.name()]);
             }
         }
@@ -273,6 +273,12 @@ impl Sink for Outputs {
         }
         if let Some(keep) = &mut self.keep {
             keep.push(record.clone());
+        }
+    }
+
+    fn stray_reset(&mut self, _key: &monitor_common::FlowKey) {
+        if let Some(summary) = &mut self.summary {
+            summary.stray_resets += 1;
         }
     }
 

@@ -140,6 +140,8 @@ pub struct RecordSummary {
     pub retrans_server_to_client: u64,
     pub out_of_order: u64,
     pub ended_by_rst: u64,
+    /// RST segments that belonged to no live connection (not connections).
+    pub stray_resets: u64,
     /// Wireshark's tcp.completeness values.
     pub completeness: BTreeMap<u8, u64>,
 }
