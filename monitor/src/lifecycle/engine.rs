@@ -770,6 +770,9 @@ fn direction(e: &Entry, from: End) -> Option<Direction> {
     })
 }
 
+#[path = "seed.rs"]
+pub mod seed;
+
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;

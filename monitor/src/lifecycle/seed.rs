@@ -1,0 +1,321 @@
+//! Seeding the table from the kernel's socket table at start. A connection that
+//! predates the monitor sent no SYN it could see and may send no control segment for
+//! hours, so without this it would stay invisible: it is inserted mid-stream, in the
+//! state the kernel reports for the local socket, and merged with the events that
+//! arrived while the table was being read.
+//!
+//! The merge rule: events are newer than the dump, so a seed is skipped for any
+//! tuple the engine got an event for since seeding began (it is followed from those
+//! events instead), and for any tuple already in the table.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use monitor_common::{
+    FlowKey, TcpPacket,
+    parse::{FAMILY_IPV4, FAMILY_IPV6},
+};
+
+use super::{Engine, Entry, Sink, schedule};
+use crate::lifecycle::{
+    conn::{Conn, End, Seg},
+    record::Endpoints,
+    state::TcpState,
+    timers::UNSCHEDULED,
+};
+
+/// One connection as the kernel's socket table shows it from the monitored host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seed {
+    pub key: FlowKey,
+    /// The monitored host's end of `key`.
+    pub local: End,
+    /// The local socket's state.
+    pub state: TcpState,
+    /// The peer socket's state when it is on this host too (loopback); otherwise
+    /// the peer's state is inferred from the local one.
+    pub peer: Option<TcpState>,
+    /// The local port has a listening socket: this host is the server.
+    pub server: bool,
+    /// TIME-WAIT only: what is left of the kernel's timer, so the entry leaves when
+    /// the kernel's socket does.
+    pub time_wait_left_ns: u64,
+}
+
+impl Seed {
+    /// The seed of a socket from `local` to `remote`; None if their families differ.
+    /// IPv4-mapped IPv6 addresses (a dual-stack socket) are IPv4 on the wire, and so
+    /// in the flow key.
+    pub fn new(
+        local: SocketAddr,
+        remote: SocketAddr,
+        state: TcpState,
+        server: bool,
+    ) -> Option<Seed> {
+        let (family, l, r) = match (unmap(local.ip()), unmap(remote.ip())) {
+            (l @ IpAddr::V4(_), r @ IpAddr::V4(_)) => (FAMILY_IPV4, l, r),
+            (l @ IpAddr::V6(_), r @ IpAddr::V6(_)) => (FAMILY_IPV6, l, r),
+            _ => return None,
+        };
+        let pkt = TcpPacket {
+            saddr: words(l),
+            daddr: words(r),
+            sport: local.port(),
+            dport: remote.port(),
+            family,
+            ..TcpPacket::default()
+        };
+        // The packet is sent by the local end: its direction names that end.
+        let (key, dir) = FlowKey::of(&pkt);
+        Some(Seed {
+            key,
+            local: dir as End,
+            state,
+            peer: None,
+            server,
+            time_wait_left_ns: 0,
+        })
+    }
+}
+
+impl Seed {
+    /// One seed for both sockets of a tuple whose two ends are on this host
+    /// (`other` is the socket at the other end); the server's end is kept as local.
+    pub fn with_peer(self, other: &Seed) -> Seed {
+        let (mine, theirs) = if other.server && !self.server {
+            (*other, self)
+        } else {
+            (self, *other)
+        };
+        Seed {
+            peer: Some(theirs.state),
+            // The entry leaves with the later of the two sockets.
+            time_wait_left_ns: mine.time_wait_left_ns.max(theirs.time_wait_left_ns),
+            ..mine
+        }
+    }
+
+    /// The local ends it stands for, with their states.
+    fn states(&self) -> impl Iterator<Item = TcpState> + use<> {
+        std::iter::once(self.state).chain(self.peer)
+    }
+}
+
+fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Network-order address words, as the parser stores them (IPv4 in word 0).
+fn words(ip: IpAddr) -> [u32; 4] {
+    let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    match ip {
+        IpAddr::V4(a) => [word(&a.octets()), 0, 0, 0],
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            std::array::from_fn(|i| word(&o[i * 4..]))
+        }
+    }
+}
+
+/// Whether a state can be seeded. A handshake in progress cannot: without its ISNs
+/// the engine would take the SYN's retransmission for a new connection, and the ACK
+/// completing a SYN-ACK sent before the programs were attached is not emitted; it is
+/// picked up from its next retransmitted SYN or SYN-ACK instead (the agent also
+/// reads the table again shortly after, when the handshake has most likely ended).
+pub fn seedable(state: TcpState) -> bool {
+    matches!(
+        state,
+        TcpState::Established
+            | TcpState::FinWait1
+            | TcpState::FinWait2
+            | TcpState::CloseWait
+            | TcpState::Closing
+            | TcpState::LastAck
+            | TcpState::TimeWait
+    )
+}
+
+/// States that wait for an ACK of a segment the local end sent (a SYN-ACK, a FIN):
+/// sent before the programs were attached, that ACK is not emitted, so the agent
+/// reads such sockets again before seeding them, once they have most likely moved on.
+pub fn transient(state: TcpState) -> bool {
+    matches!(
+        state,
+        TcpState::SynSent
+            | TcpState::SynReceived
+            | TcpState::FinWait1
+            | TcpState::Closing
+            | TcpState::LastAck
+    )
+}
+
+/// The peer's state as far as the local one tells it.
+fn peer_state(local: TcpState) -> TcpState {
+    match local {
+        TcpState::FinWait1 | TcpState::FinWait2 => TcpState::CloseWait,
+        // LAST-ACK: the peer's side of the FIN is not known; FIN-WAIT-2 lets a
+        // retransmitted FIN put it in TIME-WAIT with its timer.
+        TcpState::CloseWait | TcpState::LastAck => TcpState::FinWait2,
+        TcpState::Closing => TcpState::Closing,
+        TcpState::TimeWait => TcpState::Closed,
+        other => other,
+    }
+}
+
+/// Where seeding began: the table's keys and the next entry's generation then.
+pub struct SeedMark {
+    generation: u64,
+    known: HashSet<FlowKey>,
+}
+
+/// What [`Engine::seed`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeedOutcome {
+    /// Connections inserted, by the local end's state.
+    pub seeded: HashMap<TcpState, u64>,
+    /// Skipped: the engine had events for them since seeding began.
+    pub skipped: u64,
+    /// Not seedable (see [`seedable`]).
+    pub unseedable: u64,
+    /// False if the table turned over so much meanwhile that some tuples with
+    /// events may have been forgotten (their seeds then were not skipped).
+    pub complete: bool,
+}
+
+impl SeedOutcome {
+    pub fn total(&self) -> u64 {
+        self.seeded.values().sum()
+    }
+}
+
+impl<S: Sink> Engine<S> {
+    /// Marks the start of seeding: every tuple with an event from here on is known to
+    /// [`Engine::seed`] (entries created since are in the insertion order queue, and
+    /// those that existed are in the mark).
+    pub fn seed_mark(&self) -> SeedMark {
+        SeedMark {
+            generation: self.next_generation,
+            known: self.conns.keys().copied().collect(),
+        }
+    }
+
+    /// Inserts `seeds` as of `now_ns` (kernel clock), skipping every tuple the engine
+    /// had an event for since `mark`.
+    pub fn seed(&mut self, mark: &SeedMark, seeds: &[Seed], now_ns: u64) -> SeedOutcome {
+        // The queue is in generation order: the entries created since the mark are
+        // at its back, including those that already ended.
+        let since: HashSet<FlowKey> = self
+            .order
+            .iter()
+            .rev()
+            .take_while(|(_, g)| *g >= mark.generation)
+            .map(|(k, _)| *k)
+            .collect();
+        let recorded = self
+            .order
+            .iter()
+            .rev()
+            .take_while(|(_, g)| *g >= mark.generation)
+            .count() as u64;
+        let mut out = SeedOutcome {
+            complete: recorded == self.next_generation - mark.generation,
+            ..SeedOutcome::default()
+        };
+        for s in seeds {
+            if !s.states().all(seedable) {
+                out.unseedable += 1;
+            } else if self.conns.contains_key(&s.key)
+                || mark.known.contains(&s.key)
+                || since.contains(&s.key)
+            {
+                out.skipped += 1;
+            } else {
+                self.insert_seed(s, now_ns);
+                for state in s.states() {
+                    *out.seeded.entry(state).or_default() += 1;
+                }
+            }
+        }
+        out
+    }
+
+    fn insert_seed(&mut self, s: &Seed, now_ns: u64) {
+        self.make_room(false);
+        let key = s.key;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.order.push_back((key, generation));
+        let mut entry = Box::new(Entry {
+            conn: seeded_conn(s, now_ns, self.cfg.time_wait_ns),
+            eps: Endpoints::new(
+                key.family,
+                &key.addr_lo,
+                key.port_lo,
+                &key.addr_hi,
+                key.port_hi,
+            ),
+            local: Some(s.local),
+            both_local: s.peer.is_some(),
+            port: None,
+            generation,
+            activity: None,
+            weight: 1,
+            due_bucket: UNSCHEDULED,
+            half_open: false,
+            server_half_open: None,
+            provisional: false,
+        });
+        if s.server {
+            // A listening port with connections is a service, as a completed
+            // handshake shows (a flood cannot make the kernel list sockets).
+            self.out.ports.admit(entry.eps.addrs[s.local].port());
+        }
+        schedule(&self.cfg, &mut self.timers, key, &mut entry);
+        self.conns.insert(key, entry);
+    }
+}
+
+/// A connection in the state the kernel reports, marked mid-stream: no handshake is
+/// invented (no latency, no opened count), and a RST into it is a close.
+fn seeded_conn(s: &Seed, now_ns: u64, time_wait_ns: u64) -> Conn {
+    let mut happened = Vec::new();
+    // A segment without flags starts a mid-stream connection and does nothing else.
+    let mut c = Conn::start(
+        &Seg {
+            ts_ns: now_ns,
+            ..Seg::default()
+        },
+        &mut happened,
+    );
+    debug_assert!(happened.is_empty());
+    let (l, p) = (s.local, s.local ^ 1);
+    c.client = Some(if s.server { p } else { l });
+    c.ends[l] = s.state;
+    c.ends[p] = s.peer.unwrap_or_else(|| peer_state(s.state));
+    match s.state {
+        TcpState::FinWait1 | TcpState::FinWait2 => c.active_closer = Some(l),
+        TcpState::CloseWait | TcpState::LastAck => c.active_closer = Some(p),
+        TcpState::Closing => c.simultaneous_close = true,
+        TcpState::TimeWait => c.active_closer = Some(l),
+        _ => {}
+    }
+    if c.ends.contains(&TcpState::TimeWait) {
+        // Started as long ago as leaves the kernel's timer, capped at ours.
+        let elapsed = time_wait_ns.saturating_sub(s.time_wait_left_ns);
+        c.time_wait_since = Some(now_ns.saturating_sub(elapsed));
+    }
+    if c.ends.iter().all(|e| e.is_final()) {
+        // Its close happened before the monitor: nothing left to report.
+        c.finished = Some(now_ns);
+    }
+    c
+}
+
+#[cfg(test)]
+#[path = "seed_tests.rs"]
+mod tests;
