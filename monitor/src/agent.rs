@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod seeding;
+
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
@@ -102,6 +104,8 @@ pub struct Shared {
     sampling: AtomicBool,
     /// Events the kernel sampled out, as of the last SYN tick.
     sampled_seen: AtomicU64,
+    /// Readiness and what seeding from the kernel's socket table found.
+    seed: seeding::metrics::SeedMetrics,
 }
 
 impl Shared {
@@ -277,6 +281,7 @@ pub async fn run_until(
     let mut syn_monitor = SynMonitor::new(opts.syn.clone(), &metrics.registry);
     syn_monitor.set_prefix_capacity(syn_maps.prefix_capacity());
     let lifecycle = Arc::new(LifecycleMetrics::new(&metrics.registry));
+    let seed = seeding::metrics::SeedMetrics::new(&metrics.registry);
     let engine = opts
         .lifecycle
         .build(Some(lifecycle.clone()), WallClock::now())?;
@@ -291,6 +296,7 @@ pub async fn run_until(
         sampled_seen: Default::default(),
         syn_maps: Mutex::new(syn_maps),
         conns: Mutex::new(ConnTracker::default()),
+        seed,
     });
     shared.metrics.set_attachments(&attachments);
 
@@ -332,13 +338,17 @@ pub async fn run_until(
         })
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (seed_tx, seed_rx) = tokio::sync::mpsc::channel(1);
     let reader = tokio::spawn(drain_events(
         ring,
         shared.clone(),
         attachments.clone(),
         opts.json_events,
         stop_rx,
+        seed_rx,
     ));
+    // Attached and read from: connections older than tcpmon can be seeded now.
+    seeding::run(shared.clone(), ifaces, seed_tx).await;
     ready(shared.clone());
     stop.await?;
     tracing::info!("shutting down");
@@ -391,6 +401,7 @@ async fn drain_events(
     attachments: Vec<Attachment>,
     json: bool,
     mut stop: watch::Receiver<bool>,
+    mut seeds: tokio::sync::mpsc::Receiver<seeding::SeedJob>,
 ) -> anyhow::Result<()> {
     let clock = WallClock::now();
     let names: std::collections::HashMap<u32, String> = attachments
@@ -481,6 +492,11 @@ async fn drain_events(
                     // delayed; 5 ms of events at the agent's full rate fit the ring.
                     tokio::time::sleep(DRAIN_PAUSE).await;
                 }
+            }
+            Some(job) = seeds.recv() => {
+                // What the kernel emitted before the table was read goes first.
+                drain(fd.get_mut(), &mut out)?;
+                job.apply(&mut shared.engine.lock().expect("engine lock"));
             }
             _ = stop.changed() => break,
         }

@@ -2,7 +2,13 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use tokio::net::TcpListener;
 
 use crate::agent::Shared;
@@ -36,6 +42,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/api/v1/syn", get(syn))
         .route("/api/v1/top", get(top))
         .route("/", get(index))
@@ -52,6 +59,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         )],
         shared.metrics.render(),
     )
+}
+
+/// 200 once connections older than tcpmon are seeded (its counts are whole from
+/// then on), 503 with the reason before.
+async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    match shared.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> impl IntoResponse + use<T> {
@@ -71,5 +90,5 @@ async fn top(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn index() -> &'static str {
     "tcpmon: TCP connection monitor\n/metrics      Prometheus metrics\n/api/v1/syn  SYN-flood evidence (JSON)\n\
-     /api/v1/top  everything `tcpmon top` shows (JSON)\n/healthz     liveness\n"
+     /api/v1/top  everything `tcpmon top` shows (JSON)\n/healthz     liveness\n/readyz      readiness (503 until seeded)\n"
 }
