@@ -67,10 +67,14 @@ pub enum EventKind {
     /// A data segment at or below what its direction already sent: a retransmission,
     /// out-of-order segment or keep-alive, classified in userspace.
     Rewind = 6,
+    /// The first segment of a connection the flow map never saw start (older than
+    /// the monitor, forwarded, or a capture that starts mid-stream): one per flow,
+    /// sampled under a flood like a new connection's SYN.
+    MidStream = 7,
 }
 
 impl EventKind {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     pub const ALL: [EventKind; Self::COUNT] = [
         EventKind::Syn,
         EventKind::SynAck,
@@ -79,6 +83,7 @@ impl EventKind {
         EventKind::Rst,
         EventKind::FinAck,
         EventKind::Rewind,
+        EventKind::MidStream,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -90,6 +95,7 @@ impl EventKind {
             EventKind::Rst => "rst",
             EventKind::FinAck => "fin_ack",
             EventKind::Rewind => "rewind",
+            EventKind::MidStream => "mid_stream",
         }
     }
 
@@ -102,6 +108,7 @@ impl EventKind {
             4 => Some(EventKind::Rst),
             5 => Some(EventKind::FinAck),
             6 => Some(EventKind::Rewind),
+            7 => Some(EventKind::MidStream),
             _ => None,
         }
     }

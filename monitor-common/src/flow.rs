@@ -81,6 +81,12 @@ pub const STATE_FIN_ACKED: [u8; 2] = [32, 64];
 /// The connection's handshake events are sampled out: nothing is emitted for it
 /// until its handshake completes (then the ACK carries the handshake's times).
 pub const STATE_QUIET: u8 = 128;
+/// An embryo that marks a flow first seen mid-stream by a pure ACK: its event was
+/// emitted (or sampled out); later pure ACKs emit nothing. Kept in the embryo table so
+/// that a flood of spoofed mid-stream ACKs churns that table, not the flow map.
+pub const EMBRYO_MID_STREAM: u8 = 4;
+/// The mid-stream flow was sampled out: nothing of it is emitted.
+pub const EMBRYO_QUIET: u8 = 8;
 /// `client_dir` value when no SYN or SYN-ACK was seen (connection found mid-stream).
 pub const CLIENT_UNKNOWN: u8 = 0xff;
 
@@ -104,7 +110,9 @@ pub struct FlowState {
     pub state: u8,
     /// The sampler's shift when the connection's first SYN (or SYN-ACK) was seen.
     pub shift: u8,
-    pub _pad0: u8,
+    /// Set once a RST ended the connection: its trailing segments (data in flight,
+    /// ACKs) are absorbed instead of starting a mid-stream flow; a new SYN resets it.
+    pub reset: u8,
     pub _pad1: u32,
     /// Sequence state of each direction, for retransmission analysis.
     pub seq: [DirSeq; 2],
@@ -126,7 +134,7 @@ impl FlowState {
         client_dir: CLIENT_UNKNOWN,
         state: 0,
         shift: 0,
-        _pad0: 0,
+        reset: 0,
         _pad1: 0,
         seq: [DirSeq::ZERO, DirSeq::ZERO],
         syn_ns: 0,
@@ -181,7 +189,38 @@ pub trait FlowTable {
     fn remove_embryo(&mut self, _key: &FlowKey) {}
 }
 
-/// A hash map is the flow table of pcap replay and of host-side tests.
+/// The flow map and the embryo table on the host (pcap replay, tests): unbounded,
+/// so replay equals the kernel while the kernel's LRU maps are below capacity.
+#[cfg(any(test, feature = "user"))]
+#[derive(Clone, Debug, Default)]
+pub struct HostFlows<S = std::collections::hash_map::RandomState> {
+    pub flows: std::collections::HashMap<FlowKey, FlowState, S>,
+    pub embryos: std::collections::HashMap<FlowKey, Embryo, S>,
+}
+
+#[cfg(any(test, feature = "user"))]
+impl<S: core::hash::BuildHasher> FlowTable for HostFlows<S> {
+    fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.flows.lookup(key)
+    }
+    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.flows.create(key)
+    }
+    fn remove(&mut self, key: &FlowKey) {
+        FlowTable::remove(&mut self.flows, key)
+    }
+    fn embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
+        self.embryos.get_mut(key)
+    }
+    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) {
+        self.embryos.insert(*key, *e);
+    }
+    fn remove_embryo(&mut self, key: &FlowKey) {
+        self.embryos.remove(key);
+    }
+}
+
+/// A bare hash map: a flow table without an embryo table (host-side tests).
 #[cfg(any(test, feature = "user"))]
 impl<S: core::hash::BuildHasher> FlowTable for std::collections::HashMap<FlowKey, FlowState, S> {
     fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
@@ -416,6 +455,9 @@ fn promote<T: FlowTable>(
     };
     let e = *e;
     let f = pkt.flags;
+    if e.state & EMBRYO_MID_STREAM != 0 {
+        return mid_stream_embryo(table, key, dir, pkt, &e, t);
+    }
     if f & RST != 0 {
         table.remove_embryo(key);
         t.sampled = EventKind::Rst as u8;
@@ -449,6 +491,95 @@ fn promote<T: FlowTable>(
     s.segs[(e.client_dir & 1) as usize] = 1;
     s.segs[((e.client_dir ^ 1) & 1) as usize] = 1;
     Embryonic::Promoted
+}
+
+/// A segment of a flow first seen mid-stream by a pure ACK: more pure ACKs are
+/// ignored; a RST is emitted (unless the flow was sampled out); data or a FIN makes
+/// it a flow entry, followed from there without a second mid-stream event.
+#[inline(always)]
+fn mid_stream_embryo<T: FlowTable>(
+    table: &mut T,
+    key: &FlowKey,
+    dir: u8,
+    pkt: &TcpPacket,
+    e: &Embryo,
+    t: &mut Tracked,
+) -> Embryonic {
+    let f = pkt.flags;
+    if f & RST != 0 {
+        table.remove_embryo(key);
+        if e.state & EMBRYO_QUIET != 0 {
+            t.sampled = EventKind::Rst as u8;
+        } else {
+            let mut ev = Emit::new(EventKind::Rst, None, dir, SeqNote::default());
+            ev.shift = e.shift;
+            t.set(ev);
+        }
+        return Embryonic::Handled;
+    }
+    if pkt.payload_len == 0 && f & FIN == 0 {
+        return Embryonic::Handled;
+    }
+    table.remove_embryo(key);
+    let Some(s) = table.create(key) else {
+        return Embryonic::Handled;
+    };
+    s.shift = e.shift;
+    if e.state & EMBRYO_QUIET != 0 {
+        s.state |= STATE_QUIET;
+    }
+    Embryonic::Promoted
+}
+
+/// The first segment of a flow without an entry, not a SYN and not a RST: one
+/// mid-stream event (sampled as a new connection is). A pure ACK only leaves a
+/// mid-stream embryo; data or a FIN makes a flow entry so the flow is followed.
+/// Returns whether the caller follows the segment on the new entry (and emits the
+/// mid-stream event from it, with its counters).
+#[inline(always)]
+fn first_seen_mid_stream<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
+    table: &mut T,
+    key: &FlowKey,
+    dir: u8,
+    pkt: &TcpPacket,
+    clock: &mut LazyClock<F>,
+    sampler: &mut S,
+    t: &mut Tracked,
+) -> bool {
+    let (keep, shift) = sampler.decide(key, clock.now());
+    if pkt.payload_len == 0 && pkt.flags & FIN == 0 {
+        if keep {
+            let mut ev = Emit::new(EventKind::MidStream, None, dir, SeqNote::default());
+            ev.shift = shift;
+            t.set(ev);
+        } else {
+            t.sampled = EventKind::MidStream as u8;
+        }
+        let quiet = if keep { 0 } else { EMBRYO_QUIET };
+        table.insert_embryo(
+            key,
+            &Embryo {
+                syn_ns: 0,
+                synack_ns: 0,
+                syn_seq: 0,
+                synack_seq: 0,
+                client_dir: CLIENT_UNKNOWN,
+                shift,
+                state: EMBRYO_MID_STREAM | quiet,
+                _pad0: 0,
+                _pad1: 0,
+            },
+        );
+        return false;
+    }
+    let Some(s) = table.create(key) else {
+        return false;
+    };
+    s.shift = shift;
+    if !keep {
+        s.state |= STATE_QUIET;
+    }
+    true
 }
 
 enum Embryonic {
@@ -542,6 +673,7 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
         due(t, s, EventKind::SynAck, dir, note);
         return;
     }
+    let mut first = false;
     let s = match table.lookup(&key) {
         Some(s) => s,
         None => {
@@ -555,15 +687,10 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
                     t.set(Emit::new(EventKind::Rst, None, dir, SeqNote::default()));
                     return;
                 }
-                // Found mid-stream: track it from its first data segment or FIN, so
-                // its retransmissions and its close are seen. Pure ACKs create nothing
-                // (they also trail a close that already removed the entry).
-                if f & FIN == 0 && pkt.payload_len == 0 {
+                if !first_seen_mid_stream(table, &key, dir, pkt, clock, sampler, t) {
                     return;
                 }
-                if table.create(&key).is_none() {
-                    return;
-                }
+                first = true;
             }
             match table.lookup(&key) {
                 Some(s) => s,
@@ -571,11 +698,19 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             }
         }
     };
+    if s.reset != 0 {
+        // After the RST: another RST is still reported (it is on the wire), the rest
+        // is the reset connection's tail.
+        if f & RST != 0 {
+            due(t, s, EventKind::Rst, dir, SeqNote::default());
+        }
+        return;
+    }
     let note = observe(s, dir, pkt, segs, clock);
     t.dup_ack = note.dup_ack;
     if f & RST != 0 {
         due(t, s, EventKind::Rst, dir, note);
-        table.remove(&key);
+        s.reset = 1;
         return;
     }
     let mut kind = None;
@@ -603,6 +738,9 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
         if kind != Some(EventKind::HandshakeAck) {
             kind = Some(EventKind::Fin);
         }
+    }
+    if kind.is_none() && first {
+        kind = Some(EventKind::MidStream);
     }
     if kind.is_none() && note.rewind {
         kind = Some(EventKind::Rewind);

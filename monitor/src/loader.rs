@@ -272,7 +272,17 @@ pub fn attach(
     let mut out = Vec::new();
     for name in ifaces {
         let ifindex = iface::index_of(name)?;
-        out.push(attach_ingress(bpf, tc, name, ifindex, mode)?);
+        if ifindex == crate::lifecycle::engine::LOOPBACK_IFINDEX {
+            // Every loopback segment leaves through egress and comes back through
+            // ingress of the same device: observed once, on egress (the engine
+            // counts such connections for both of their sockets).
+            tracing::info!(
+                iface = name.as_str(),
+                "loopback: each segment is observed once, on tc egress"
+            );
+        } else {
+            out.push(attach_ingress(bpf, tc, name, ifindex, mode)?);
+        }
         let mode = attach_tc(bpf, tc, name, ifindex, TcHook::Egress)?;
         out.push(Attachment {
             iface: name.clone(),

@@ -1,18 +1,24 @@
 //! The connection figures of `tcpmon top`, read back from the registry so the screen
-//! and `/metrics` cannot disagree. Rates and latency percentiles are taken over the
-//! interval since the previous call (the screen's refresh).
+//! and `/metrics` cannot disagree. Rates are taken over the interval since the
+//! previous call (the screen's refresh); latency percentiles over the last
+//! [`LATENCY_WINDOW`], or since start when no handshake completed in it (a host that
+//! opens a connection now and then still shows what its handshakes took).
 
-use std::time::Instant;
+use std::{collections::VecDeque, time::Duration, time::Instant};
 
 use prometheus::proto::{MetricFamily, MetricType};
 
 use crate::syn::api::ConnSummary;
 
+/// How far back the latency percentiles look.
+pub const LATENCY_WINDOW: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 pub struct ConnTracker {
     last: Option<(Instant, u64, u64)>,
-    /// Cumulative handshake histogram (upper bound, count) at the previous call.
-    last_buckets: Vec<(f64, u64)>,
+    /// Cumulative handshake histograms (upper bound, count) of the calls within
+    /// the latency window, oldest first.
+    history: VecDeque<(Instant, Vec<(f64, u64)>)>,
 }
 
 fn family<'a>(fs: &'a [MetricFamily], name: &str) -> Option<&'a MetricFamily> {
@@ -98,15 +104,27 @@ impl ConnTracker {
         };
         self.last = Some((now, opened, retrans));
         let cur = buckets(fs, "tcpmon_handshake_duration_seconds");
-        let delta: Vec<(f64, u64)> = cur
+        while self
+            .history
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > LATENCY_WINDOW)
+        {
+            self.history.pop_front();
+        }
+        let oldest = self
+            .history
+            .front()
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or(&[]);
+        let mut delta: Vec<(f64, u64)> = cur
             .iter()
             .enumerate()
-            .map(|(i, (ub, n))| {
-                let before = self.last_buckets.get(i).map(|b| b.1).unwrap_or(0);
-                (*ub, n.saturating_sub(before))
-            })
+            .map(|(i, (ub, n))| (*ub, n.saturating_sub(oldest.get(i).map_or(0, |b| b.1))))
             .collect();
-        self.last_buckets = cur;
+        if delta.last().is_none_or(|b| b.1 == 0) {
+            delta = cur.clone();
+        }
+        self.history.push_back((now, cur));
         let us = |q| quantile(&delta, q).map(|s| s * 1e6);
         let state = |s| sum(fs, "tcpmon_connections", Some(("state", s))) as u64;
         ConnSummary {
@@ -153,8 +171,24 @@ mod tests {
         assert_eq!(s.opened_total, 7);
         let p50 = s.handshake_p50_us.expect("one handshake");
         assert!((100.0..=250.0).contains(&p50), "{p50}");
-        // Nothing new since: no latency for the interval.
+        // Nothing new since: the line keeps what the handshakes took (a host that
+        // is only ever a client, opening a connection now and then).
         let s = t.summary(&r.gather());
-        assert_eq!(s.handshake_p50_us, None);
+        assert_eq!(s.handshake_p50_us, Some(p50));
+        // A new, slower handshake within the window is what the window shows.
+        m.handshake
+            .with_label_values(&["client", "80"])
+            .observe(0.020);
+        let s = t.summary(&r.gather());
+        assert!(s.handshake_p50_us.unwrap() > 10_000.0);
+        // Nothing at all: nothing shown.
+        let empty = prometheus::Registry::new();
+        crate::lifecycle::metrics::LifecycleMetrics::new(&empty);
+        assert_eq!(
+            ConnTracker::default()
+                .summary(&empty.gather())
+                .handshake_p50_us,
+            None
+        );
     }
 }

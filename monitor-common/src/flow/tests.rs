@@ -19,8 +19,8 @@ fn pkt(from_client: bool, flags: u8, seq: u32, ack: u32, payload: usize) -> TcpP
 type Table = std::collections::HashMap<FlowKey, FlowState>;
 
 /// Runs packets through the policy as the kernel does, returning the events.
-fn events(pkts: &[TcpPacket]) -> (std::vec::Vec<Option<TcpEvent>>, Table) {
-    let mut t = Table::default();
+fn events(pkts: &[TcpPacket]) -> (std::vec::Vec<Option<TcpEvent>>, HostFlows) {
+    let mut t = HostFlows::default();
     let out = pkts
         .iter()
         .map(|p| {
@@ -172,7 +172,11 @@ fn mid_stream_connection_emits_fin_its_ack_and_rst() {
         pkt(false, RST, 1, 0, 0),
     ]);
     use EventKind::*;
-    assert_eq!(got, [None, None, Some(Fin), Some(FinAck), Some(Rst)]);
+    // One event when the flow is first seen (its first data segment), then its close.
+    assert_eq!(
+        got,
+        [Some(MidStream), None, Some(Fin), Some(FinAck), Some(Rst)]
+    );
 }
 
 #[test]
@@ -201,7 +205,7 @@ fn four_way_close_emits_both_fin_acks_and_keeps_the_flow_for_late_segments() {
             k(FinAck)
         ]
     );
-    assert_eq!(table.len(), 1, "a closed flow stays until recycled");
+    assert_eq!(table.flows.len(), 1, "a closed flow stays until recycled");
 }
 
 #[test]
@@ -257,32 +261,7 @@ impl Sampler for Never {
 }
 
 /// A flow table with an embryo table, as the kernel has.
-#[derive(Default)]
-struct WithEmbryos {
-    flows: Table,
-    embryos: std::collections::HashMap<FlowKey, Embryo>,
-}
-
-impl FlowTable for WithEmbryos {
-    fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
-        self.flows.lookup(key)
-    }
-    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
-        self.flows.create(key)
-    }
-    fn remove(&mut self, key: &FlowKey) {
-        FlowTable::remove(&mut self.flows, key)
-    }
-    fn embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
-        self.embryos.get_mut(key)
-    }
-    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) {
-        self.embryos.insert(*key, *e);
-    }
-    fn remove_embryo(&mut self, key: &FlowKey) {
-        self.embryos.remove(key);
-    }
-}
+type WithEmbryos = HostFlows;
 
 fn sampled(pkts: &[TcpPacket]) -> std::vec::Vec<Tracked> {
     sampled_in(&mut WithEmbryos::default(), pkts)
@@ -426,7 +405,10 @@ fn a_handshake_completed_by_data_is_promoted() {
     assert!(out[2].emit().is_none() && !out[2].completed);
     assert_eq!(t.flows.len(), 1, "followed mid-stream");
     assert!(t.embryos.is_empty());
-    assert_eq!(out[3].emit().map(|e| e.kind), Some(EventKind::Fin as u8));
+    // Followed as a flow first seen mid-stream, which the flood samples out too.
+    assert_eq!(out[2].sampled, EventKind::MidStream as u8);
+    assert!(out[3].emit().is_none());
+    assert_eq!(out[3].sampled, EventKind::Fin as u8);
 }
 
 /// Keeps whatever the test says, per call.
@@ -481,4 +463,77 @@ fn a_promoted_connection_counts_its_handshake_segments() {
     let a = t.flows.values().next().unwrap();
     let b = full.values().next().unwrap();
     assert_eq!(a.segs, b.segs);
+}
+
+#[test]
+fn a_flow_first_seen_by_pure_acks_emits_once() {
+    let (evs, t) = events(&[
+        pkt(true, ACK, 1000, 1, 0),
+        pkt(false, ACK, 1, 1000, 0),
+        pkt(true, ACK, 1000, 1, 0),
+        // Data makes it a followed flow, without a second mid-stream event ...
+        pkt(true, ACK | PSH, 1000, 1, 100),
+        // ... whose retransmission is then seen.
+        pkt(true, ACK | PSH, 1000, 1, 100),
+    ]);
+    let kinds: std::vec::Vec<_> = evs
+        .iter()
+        .map(|e| e.map(|e| EventKind::from_u8(e.kind).unwrap()))
+        .collect();
+    use EventKind::*;
+    assert_eq!(kinds, [Some(MidStream), None, None, None, Some(Rewind)]);
+    assert_eq!((t.flows.len(), t.embryos.len()), (1, 0));
+}
+
+#[test]
+fn a_mid_stream_ack_flood_leaves_the_flow_map_alone() {
+    let mut t = WithEmbryos::default();
+    for p in [
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+    ] {
+        track(&mut t, &p, 1, &mut crate::seq::LazyClock::new(|| 9));
+    }
+    let before = t.flows.clone();
+    // Spoofed mid-stream ACKs, sampled out: embryos only, each counted as sampled.
+    let flood: std::vec::Vec<TcpPacket> = (0..200u16)
+        .map(|i| {
+            let f = Frame::v4([10, 128, (i >> 8) as u8, i as u8], 1000 + i, S, 80)
+                .flags(ACK)
+                .seq_ack(7, 9);
+            parse_ethernet(&f.build()[..]).unwrap()
+        })
+        .collect();
+    let out = sampled_in(&mut t, &flood);
+    assert!(
+        out.iter()
+            .all(|o| !o.emits && o.sampled == EventKind::MidStream as u8)
+    );
+    assert_eq!(t.flows, before, "the flood touched the flow map");
+    assert_eq!(t.embryos.len(), 200);
+    // A sampled-out mid-stream flow stays silent, its RST included.
+    let rst = Frame::v4([10, 128, 0, 1], 1001, S, 80)
+        .flags(RST)
+        .seq_ack(7, 0);
+    let o = sampled_in(&mut t, &[parse_ethernet(&rst.build()[..]).unwrap()]);
+    assert!(!o[0].emits && o[0].sampled == EventKind::Rst as u8);
+}
+
+#[test]
+fn a_reset_connection_s_tail_starts_nothing() {
+    let got = run(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+        pkt(false, RST | ACK, 501, 101, 0),
+        // Data in flight when the RST was sent, and its ACK: no mid-stream flow.
+        pkt(true, ACK | PSH, 101, 501, 100),
+        pkt(false, ACK, 501, 201, 0),
+        // A second RST is still on the wire; a new SYN starts afresh.
+        pkt(false, RST, 501, 0, 0),
+        pkt(true, SYN, 9000, 0, 0),
+    ]);
+    use EventKind::*;
+    assert_eq!(got[3..], [Some(Rst), None, None, Some(Rst), Some(Syn)]);
 }

@@ -19,6 +19,9 @@ use super::{
 };
 use crate::event::Event;
 
+/// The loopback device's index in every network namespace (Linux's LOOPBACK_IFINDEX).
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
 /// Role of the monitored host in a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -89,8 +92,9 @@ pub struct Config {
     pub idle_timeout_ns: u64,
     /// Hard cap on tracked connections; the oldest are evicted first.
     pub max_connections: usize,
-    /// Cap on connections still in their handshake (within `max_connections`): a SYN
-    /// flood evicts its own oldest half-open entries, never established connections.
+    /// Cap on connections still in their handshake, and on those seen once
+    /// mid-stream (within `max_connections`): a SYN flood or a flood of spoofed
+    /// mid-stream segments evicts its own oldest entries, never established ones.
     pub max_embryonic: usize,
     /// Local addresses for replay (live traffic knows its direction from the hook).
     pub local_addrs: Vec<std::net::IpAddr>,
@@ -130,6 +134,9 @@ struct Entry {
     eps: Endpoints,
     /// The monitored host's endpoint, when known.
     local: Option<End>,
+    /// Both ends are this host (loopback): each segment is seen once, on egress,
+    /// and counted for both of its sockets as the kernel counts them.
+    both_local: bool,
     /// Port label, fixed once the server is known.
     port: Option<&'static str>,
     generation: u64,
@@ -142,6 +149,9 @@ struct Entry {
     half_open: bool,
     /// The server port it is counted under in [`Engine::server_half_open`].
     server_half_open: Option<u16>,
+    /// First seen mid-stream and nothing since: capped with the half-open entries,
+    /// so a flood of spoofed mid-stream segments cannot evict followed connections.
+    provisional: bool,
 }
 
 /// Where happenings are turned into sink calls; apart from the table so both can be
@@ -165,7 +175,7 @@ pub struct Engine<S: Sink> {
     order: VecDeque<(FlowKey, u64)>,
     /// Insertion order of entries that started with a handshake segment.
     embryonic: VecDeque<(FlowKey, u64)>,
-    /// Entries in their handshake now (what `max_embryonic` caps).
+    /// Entries in their handshake or provisional now (what `max_embryonic` caps).
     half_open: usize,
     /// Weight of half-open connections where this host is the server, by its port:
     /// kept as entries change, so the gauge costs nothing per tick however many
@@ -175,6 +185,8 @@ pub struct Engine<S: Sink> {
     next_generation: u64,
     pub out: Reporter<S>,
     happenings: Vec<Happening>,
+    /// The event being handled came from a loopback interface.
+    both_local: bool,
     pub evicted: u64,
 }
 
@@ -200,6 +212,7 @@ impl<S: Sink> Engine<S> {
                 to_unix: Box::new(to_unix),
             },
             happenings: Vec::new(),
+            both_local: false,
             evicted: 0,
         }
     }
@@ -257,6 +270,7 @@ impl<S: Sink> Engine<S> {
             h if h.is_ingress() => Some(from ^ 1),
             _ => Some(from),
         };
+        self.both_local = ev.hook != Hook::Replay && r.ifindex == LOOPBACK_IFINDEX;
         if r.seq_flags & HANDSHAKE_REPLAY != 0 {
             self.replay_handshake(key, &seg, r.syn_ns, r.synack_ns, local);
         }
@@ -341,16 +355,18 @@ impl<S: Sink> Engine<S> {
         let entry = match self.conns.get_mut(&key) {
             Some(e) => {
                 e.conn.on_segment(&seg, &mut out);
+                e.provisional = false;
                 e
             }
             None => {
                 let handshake = seg.flags & SYN != 0;
-                self.make_room(handshake);
+                let provisional = !handshake;
+                self.make_room(handshake || provisional);
                 let conn = Conn::start(&seg, &mut out);
                 let generation = self.next_generation;
                 self.next_generation += 1;
                 self.order.push_back((key, generation));
-                if handshake {
+                if handshake || provisional {
                     self.embryonic.push_back((key, generation));
                 }
                 let eps = Endpoints::new(
@@ -364,6 +380,7 @@ impl<S: Sink> Engine<S> {
                     conn,
                     eps,
                     local: None,
+                    both_local: false,
                     port: None,
                     generation,
                     activity: None,
@@ -371,20 +388,22 @@ impl<S: Sink> Engine<S> {
                     due_bucket: UNSCHEDULED,
                     half_open: false,
                     server_half_open: None,
+                    provisional,
                 }))
             }
         };
         if entry.local.is_none() {
+            let mine = |i: usize| self.cfg.local_addrs.contains(&entry.eps.addrs[i].ip());
+            entry.both_local = self.both_local || (mine(0) && mine(1));
             entry.local = local.or_else(|| {
-                let by_addr =
-                    (0..2).find(|i| self.cfg.local_addrs.contains(&entry.eps.addrs[*i].ip()));
+                let by_addr = (0..2).find(|i| mine(*i));
                 by_addr.or(entry.conn.server())
             });
         }
         self.out.report(entry, &out);
-        // As the cap counts: only connections that began with a handshake segment
-        // (those in the embryonic queue), not one seen mid-stream.
-        let half_open = in_handshake(&entry.conn);
+        // As the cap counts: connections in their handshake, and those seen
+        // mid-stream once and not since (both in the embryonic queue).
+        let half_open = in_handshake(&entry.conn) || entry.provisional;
         if half_open != entry.half_open {
             entry.half_open = half_open;
             if half_open {
@@ -457,8 +476,11 @@ impl<S: Sink> Engine<S> {
                     .get(&key)
                     .is_some_and(|e| e.generation == generation && e.half_open);
                 if let Some(mut e) = live.then(|| self.remove(&key)).flatten() {
-                    // Reported as the timeout it would have become, with its weight.
-                    if let Some(h) = e.conn.expire(e.conn.last_ns) {
+                    // Reported as the timeout it would have become, with its weight;
+                    // a flow seen once mid-stream was no connection anyone followed.
+                    if !e.provisional
+                        && let Some(h) = e.conn.expire(e.conn.last_ns)
+                    {
                         self.out.report(&mut e, &[h]);
                     }
                     self.evicted += 1;
@@ -567,7 +589,11 @@ impl<S: Sink> Engine<S> {
     pub fn local_states(&self) -> HashMap<TcpState, u64> {
         let mut m = HashMap::new();
         for e in self.conns.values() {
-            if let Some(l) = e.local {
+            if e.both_local {
+                for s in e.conn.ends {
+                    *m.entry(s).or_default() += 1;
+                }
+            } else if let Some(l) = e.local {
                 *m.entry(e.conn.ends[l]).or_default() += 1;
             }
         }
@@ -627,7 +653,9 @@ impl<S: Sink> Reporter<S> {
                         self.ports.admit(e.eps.addrs[s].port());
                     }
                     let port = self.port_label(e);
-                    self.sink.opened(role, port, t.as_ref());
+                    for role in roles(e, role) {
+                        self.sink.opened(role, port, t.as_ref());
+                    }
                 }
                 Happening::Failed(reason) => {
                     let port = self.port_label(e);
@@ -636,7 +664,9 @@ impl<S: Sink> Reporter<S> {
                 }
                 Happening::Closed(how) => {
                     let port = self.port_label(e);
-                    self.sink.closed(role, port, *how);
+                    for role in roles(e, role) {
+                        self.sink.closed(role, port, *how);
+                    }
                     self.write_record(e, how.name(), false);
                 }
                 Happening::Retransmitted {
@@ -664,10 +694,8 @@ impl<S: Sink> Reporter<S> {
                     }
                 }
                 Happening::Reset { from, phase } => {
-                    let dir = match e.local {
-                        Some(l) if l == *from => Direction::Sent,
-                        Some(_) => Direction::Received,
-                        None => continue,
+                    let Some(dir) = direction(e, *from) else {
+                        continue;
                     };
                     let weight = if *phase == Phase::Handshake {
                         e.weight
@@ -689,7 +717,9 @@ impl<S: Sink> Reporter<S> {
 /// The server port of a half-open connection where this host is the server.
 fn server_half_open(e: &Entry) -> Option<u16> {
     match (e.local, e.conn.server()) {
-        (Some(l), Some(s)) if l == s && e.conn.ends[s] == TcpState::SynReceived => {
+        (Some(l), Some(s))
+            if (l == s || e.both_local) && e.conn.ends[s] == TcpState::SynReceived =>
+        {
             Some(e.eps.addrs[s].port())
         }
         _ => None,
@@ -759,8 +789,24 @@ fn role(e: &Entry) -> Role {
     }
 }
 
-/// Sent or received by the monitored host, if it is known.
+/// The roles a connection's happenings are counted under: on loopback the host is
+/// the client and the server, each with its own socket.
+fn roles(e: &Entry, role: Role) -> impl Iterator<Item = Role> {
+    let both = e.both_local && role != Role::Unknown;
+    let (first, second) = if both {
+        (Role::Client, Some(Role::Server))
+    } else {
+        (role, None)
+    };
+    std::iter::once(first).chain(second)
+}
+
+/// Sent or received by the monitored host, if it is known (on loopback the host
+/// sent every segment).
 fn direction(e: &Entry, from: End) -> Option<Direction> {
+    if e.both_local {
+        return Some(Direction::Sent);
+    }
     e.local.map(|l| {
         if l == from {
             Direction::Sent

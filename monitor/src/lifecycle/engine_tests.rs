@@ -75,7 +75,7 @@ fn ev(out: bool, lport: u16, pport: u16, flags: u8, seq: u32, ack: u32, ts_us: u
         kind: EventKind::Syn as u8,
         ..Emit::default()
     };
-    Event::from_raw(TcpEvent::new(&pkt, &emit, ts_us * 1000, hook, 1, 1)).unwrap()
+    Event::from_raw(TcpEvent::new(&pkt, &emit, ts_us * 1000, hook, 2, 1)).unwrap()
 }
 
 fn engine(cfg: Config) -> Engine<Rec> {
@@ -441,4 +441,81 @@ fn stray_resets_are_no_connections() {
     );
     assert!(e.is_empty());
     assert_eq!(e.out.sink.records.len(), 1);
+}
+
+#[test]
+fn a_mid_stream_flood_evicts_only_its_own_entries() {
+    let mut e2 = engine(Config {
+        max_connections: 100,
+        max_embryonic: 10,
+        ..Config::default()
+    });
+    // Five established connections.
+    for p in 0..5u16 {
+        let c = 30000 + p;
+        e2.on_event(&ev(false, 80, c, SYN, 100, 0, 0));
+        e2.on_event(&ev(true, 80, c, SYN | ACK, 500, 101, 1));
+        e2.on_event(&ev(false, 80, c, ACK, 101, 501, 2));
+    }
+    // A thousand flows seen once mid-stream (spoofed ACKs).
+    for p in 0..1000u16 {
+        e2.on_event(&ev(false, 80, 40000 + p, ACK, 7, 9, 10 + p as u64));
+    }
+    assert_eq!(e2.local_states().get(&TcpState::Established), Some(&15));
+    assert!(e2.len() <= 15);
+    // The evicted ones were no connections: no close was reported for them.
+    assert_eq!(e2.out.sink.calls.len(), 5);
+    // A flow seen again is followed like any other and leaves the cap.
+    e2.on_event(&ev(false, 80, 40999, FIN | ACK, 7, 9, 2000));
+    assert_eq!(e2.half_open, 9);
+}
+
+/// A segment on loopback: seen once, on egress, sent by `from_client`'s end.
+fn lo(from_client: bool, flags: u8, seq: u32, ack: u32, ts_us: u64) -> Event {
+    let (c, s) = (([127, 0, 0, 1], 50000), ([127, 0, 0, 1], 5432));
+    let f = if from_client {
+        Frame::v4(c.0, c.1, s.0, s.1)
+    } else {
+        Frame::v4(s.0, s.1, c.0, c.1)
+    };
+    let pkt = parse_ethernet(&f.flags(flags).seq_ack(seq, ack).build()[..]).unwrap();
+    let emit = Emit {
+        kind: EventKind::Syn as u8,
+        ..Emit::default()
+    };
+    let raw = TcpEvent::new(
+        &pkt,
+        &emit,
+        ts_us * 1000,
+        Hook::TcEgress,
+        LOOPBACK_IFINDEX,
+        1,
+    );
+    Event::from_raw(raw).unwrap()
+}
+
+#[test]
+fn loopback_counts_both_sockets_once() {
+    let mut e = engine(Config::default());
+    e.on_event(&lo(true, SYN, 100, 0, 0));
+    e.on_event(&lo(false, SYN | ACK, 500, 101, 10));
+    e.on_event(&lo(true, ACK, 101, 501, 20));
+    // Two sockets, both established, as `ss` shows them; one latency each.
+    assert_eq!(e.local_states().get(&TcpState::Established), Some(&2));
+    assert_eq!(
+        e.out.sink.calls,
+        ["opened client 5432", "opened server 5432"]
+    );
+    assert_eq!(e.out.sink.irtt, [20_000, 20_000]);
+    e.on_event(&lo(true, FIN | ACK, 101, 501, 30));
+    e.on_event(&lo(false, FIN | ACK, 501, 102, 40));
+    e.on_event(&lo(true, ACK, 102, 502, 50));
+    // The client closed first: its socket is in TIME-WAIT, the server's is gone.
+    let states = e.local_states();
+    assert_eq!(states.get(&TcpState::TimeWait), Some(&1));
+    assert_eq!(states.get(&TcpState::Established), None);
+    assert_eq!(
+        e.out.sink.calls[2..],
+        ["closed client 5432 fin", "closed server 5432 fin"]
+    );
 }

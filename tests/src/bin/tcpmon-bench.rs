@@ -289,7 +289,7 @@ fn event_stream(conns: u32, flood: u32) -> Vec<Vec<u8>> {
     let mut emit = |f: Vec<u8>, ts: u64, out: &mut Vec<Vec<u8>>| {
         let pkt = parse_ethernet(&f[..]).unwrap();
         if let Some(e) = track(&mut flows, &pkt, 1, &mut LazyClock::new(|| ts)).emit() {
-            let ev = TcpEvent::new(&pkt, &e, ts, Hook::XdpIngress, 1, 1);
+            let ev = TcpEvent::new(&pkt, &e, ts, Hook::XdpIngress, 2, 1);
             // SAFETY: TcpEvent is Pod.
             let bytes = unsafe {
                 std::slice::from_raw_parts(
@@ -396,7 +396,7 @@ fn agent_table(out: &mut String) {
                 let pkt = parse_ethernet(&f[..]).unwrap();
                 if let Some(e) = track(&mut flows, &pkt, 1, &mut LazyClock::new(|| 1)).emit() {
                     events.push(
-                        Event::from_raw(TcpEvent::new(&pkt, &e, 1, Hook::XdpIngress, 1, 1))
+                        Event::from_raw(TcpEvent::new(&pkt, &e, 1, Hook::XdpIngress, 2, 1))
                             .unwrap(),
                     );
                 }
