@@ -3,20 +3,40 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use monitor::{
     DEFAULT_PORT,
     agent::{self, AgentOptions, LifecycleOptions},
     attach::{DEFAULT_STATE_DIR, TcAttachMode},
     lifecycle,
     loader::{IngressMode, LoadOptions},
+    replay::ReplayOptions,
     syn::{SynOptions, detector::FloodConfig},
 };
 use tracing_subscriber::EnvFilter;
 
+/// Each subcommand owns its options: the agent's (attach, serve, sampling) belong to
+/// the bare command, `events` and `top`; `replay` takes only what a capture file
+/// means something to. An option before a subcommand is an error, not ignored.
 #[derive(Debug, Parser)]
-#[command(name = "tcpmon", version, about, long_about = None)]
+#[command(
+    name = "tcpmon",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(flatten)]
+    agent: AgentArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What the agent attaches, serves and follows with (the bare command, `events`, `top`).
+#[derive(Debug, Args)]
+struct AgentArgs {
     #[command(flatten)]
     attach: AttachArgs,
 
@@ -26,96 +46,112 @@ struct Cli {
     #[command(flatten)]
     syn: SynArgs,
 
-    /// Address to serve Prometheus metrics on (default: all interfaces, port 19393).
-    #[arg(long, global = true)]
+    /// Address to serve Prometheus metrics on (default: all interfaces, port 19393;
+    /// `events` and `top` serve nothing without it).
+    #[arg(long)]
     listen: Option<SocketAddr>,
-
-    #[command(subcommand)]
-    command: Option<Command>,
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Attach")]
 struct AttachArgs {
     /// Interface to watch (repeatable). Default: the interface of the default route.
-    #[arg(short, long = "iface", global = true)]
+    #[arg(short, long = "iface")]
     ifaces: Vec<String>,
 
     /// How to observe ingress packets.
-    #[arg(long, value_enum, default_value = "auto", global = true)]
+    #[arg(long, value_enum, default_value = "auto")]
     ingress: IngressMode,
 
     /// How tc programs are attached: auto uses TCX links where the kernel has them
     /// (probed; Linux 6.6), else netlink filters on a clsact qdisc.
-    #[arg(long, value_enum, default_value = "auto", global = true)]
+    #[arg(long, value_enum, default_value = "auto")]
     tc_attach: TcAttachMode,
 
     /// Where tcpmon records the tc filters and qdisc it adds through netlink, so a
     /// stop removes exactly those and a start after a crash removes what is left.
-    #[arg(long, default_value = DEFAULT_STATE_DIR, global = true)]
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: std::path::PathBuf,
 
     /// Ring buffer size in bytes (power of two).
-    #[arg(long, default_value_t = LoadOptions::default().ring_bytes, global = true)]
+    #[arg(long, default_value_t = LoadOptions::default().ring_bytes)]
     ring_bytes: u32,
 
     /// Connections the kernel flow map tracks before evicting the least recent.
-    #[arg(long, default_value_t = LoadOptions::default().flow_entries, global = true)]
+    #[arg(long, default_value_t = LoadOptions::default().flow_entries)]
     flow_entries: u32,
 
-    /// Source prefixes (/24, /64) the kernel's SYN table keeps before evicting the
-    /// least recent.
-    #[arg(long, default_value_t = LoadOptions::default().prefix_entries, global = true)]
-    prefix_entries: u32,
+    #[command(flatten)]
+    prefixes: PrefixArgs,
 
     /// Handshakes sampled out under a SYN flood that the kernel keeps, apart from the
     /// flow map, so that a legitimate one is still recognised when it completes.
-    #[arg(long, default_value_t = LoadOptions::default().embryo_entries, global = true)]
+    #[arg(long, default_value_t = LoadOptions::default().embryo_entries)]
     embryo_entries: u32,
 }
 
-/// SYN-flood evidence and the flood detector.
+/// The SYN table's capacity: the agent's kernel map, and replay's copy of it.
 #[derive(Debug, Args)]
+struct PrefixArgs {
+    /// Source prefixes (/24, /64) the kernel's SYN table keeps before evicting the
+    /// least recent (replay applies the same capacity).
+    #[arg(long, default_value_t = LoadOptions::default().prefix_entries)]
+    prefix_entries: u32,
+}
+
+/// SYN-flood evidence: the kernel's sampling (agent only) and the detector.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "SYN flood")]
 struct SynArgs {
     /// New-connection SYN events per second, per CPU, emitted one by one; above it
     /// that CPU samples new connections (counters stay exact, completed handshakes
     /// are always emitted). 0 never samples.
-    #[arg(long, default_value_t = SynOptions::default().sample_rate, global = true)]
+    #[arg(long, default_value_t = SynOptions::default().sample_rate)]
     syn_sample_rate: u32,
 
+    #[command(flatten)]
+    detector: DetectorArgs,
+}
+
+/// The flood detector and its window (live, and replay on the capture's timeline).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "SYN flood")]
+struct DetectorArgs {
     /// How many source prefixes to report.
-    #[arg(long, default_value_t = 10, global = true)]
+    #[arg(long, default_value_t = 10)]
     top_k: usize,
 
     /// Sliding window (seconds, at least 3) of the distinct-source estimate and the
     /// top source prefixes.
-    #[arg(long, default_value_t = 10, global = true)]
+    #[arg(long, default_value_t = 10)]
     syn_window_secs: u64,
 
     /// A port is flooded above this many SYN/s ...
-    #[arg(long, default_value_t = FloodConfig::default().enter_rate, global = true)]
+    #[arg(long, default_value_t = FloodConfig::default().enter_rate)]
     flood_enter_rate: f64,
 
     /// ... with at least this share of handshakes unanswered (0..1).
-    #[arg(long, default_value_t = FloodConfig::default().enter_share, global = true)]
+    #[arg(long, default_value_t = FloodConfig::default().enter_share)]
     flood_enter_share: f64,
 
     /// The flood ends once the rate falls below this ...
-    #[arg(long, default_value_t = FloodConfig::default().leave_rate, global = true)]
+    #[arg(long, default_value_t = FloodConfig::default().leave_rate)]
     flood_leave_rate: f64,
 
     /// ... or the unanswered share below this ...
-    #[arg(long, default_value_t = FloodConfig::default().leave_share, global = true)]
+    #[arg(long, default_value_t = FloodConfig::default().leave_share)]
     flood_leave_share: f64,
 
     /// ... for this many seconds.
-    #[arg(long, default_value_t = 2.0, global = true)]
+    #[arg(long, default_value_t = 2.0)]
     flood_hold_secs: f64,
 }
 
-impl SynArgs {
-    fn options(&self) -> SynOptions {
+impl DetectorArgs {
+    /// The SYN options with `sample_rate` (replay never samples: 0).
+    fn options(&self, sample_rate: u32) -> SynOptions {
         SynOptions {
-            sample_rate: self.syn_sample_rate,
+            sample_rate,
             top_k: self.top_k,
             window_secs: self.syn_window_secs.max(3),
             flood: FloodConfig {
@@ -131,40 +167,41 @@ impl SynArgs {
 
 /// How connections are followed (live and replay).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Lifecycle")]
 struct LifecycleArgs {
     /// Service port to always keep as a `port` label value (repeatable).
-    #[arg(long = "port", global = true)]
+    #[arg(long = "port")]
     ports: Vec<u16>,
 
     /// How many further server ports get their own label value as they first
     /// complete a handshake; the rest are "other".
-    #[arg(long, default_value_t = 32, global = true)]
+    #[arg(long, default_value_t = 32)]
     port_budget: usize,
 
     /// Seconds the active closer stays in TIME-WAIT (Linux: 60).
-    #[arg(long, default_value_t = 60, global = true)]
+    #[arg(long, default_value_t = 60)]
     time_wait_secs: u64,
 
     /// Seconds a handshake may stay incomplete before it counts as a timeout failure.
-    #[arg(long, default_value_t = 75, global = true)]
+    #[arg(long, default_value_t = 75)]
     handshake_timeout_secs: u64,
 
     /// Seconds without events (and without traffic in the kernel flow map) before a
     /// connection is dropped as timed out.
-    #[arg(long, default_value_t = 7200, global = true)]
+    #[arg(long, default_value_t = 7200)]
     idle_timeout_secs: u64,
 
     /// Hard cap on tracked connections; the oldest are evicted (and counted) first.
-    #[arg(long, default_value_t = 262_144, global = true)]
+    #[arg(long, default_value_t = 262_144)]
     max_connections: usize,
 
     /// Cap on tracked connections still in their handshake (within --max-connections):
     /// under a SYN flood the oldest half-open ones are evicted, never established ones.
-    #[arg(long, default_value_t = 65_536, global = true)]
+    #[arg(long, default_value_t = 65_536)]
     max_half_open: usize,
 
     /// Write a JSON line per ended connection to this file ("-" for stdout).
-    #[arg(long, global = true)]
+    #[arg(long)]
     lifecycle_log: Option<std::path::PathBuf>,
 }
 
@@ -190,7 +227,10 @@ impl LifecycleArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print every event as a JSON line on stdout (no metrics endpoint unless --listen).
-    Events,
+    Events {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
     /// Live terminal view for the on-call engineer: SYN rate, flood state per port,
     /// top source prefixes, half-open, handshakes and their latency, retransmissions,
     /// TIME-WAIT. Attaches on its own, or reads a running agent with --endpoint.
@@ -209,35 +249,70 @@ enum Command {
         /// stdout is not a terminal).
         #[arg(long)]
         plain: bool,
+        #[command(flatten)]
+        agent: AgentArgs,
     },
-    /// Run a pcap/pcapng capture through the same parser and engine; print a summary.
-    Replay {
-        /// Capture file (pcap or pcapng; Ethernet, Linux cooked v1/v2, raw IP, BSD loopback).
-        file: std::path::PathBuf,
-        /// Address of the monitored host in the capture (repeatable); default: the
-        /// server of each connection.
-        #[arg(long = "local")]
-        local: Vec<std::net::IpAddr>,
-        /// Also print the final Prometheus exposition of the lifecycle metrics.
-        #[arg(long)]
-        metrics: bool,
-    },
+    /// Run a pcap/pcapng capture through the same parser, engine and flood detector
+    /// (on the capture's timeline); print a summary.
+    Replay(ReplayArgs),
 }
 
-fn replay(
-    file: &std::path::Path,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// The summary for a reader.
+    Text,
+    /// One JSON document: `summary` and every connection's record (see README).
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Capture file (pcap or pcapng; Ethernet, Linux cooked v1/v2, raw IP, BSD loopback).
+    file: std::path::PathBuf,
+    /// Address of the monitored host in the capture (repeatable); default: the
+    /// server of each connection.
+    #[arg(long = "local")]
     local: Vec<std::net::IpAddr>,
+    /// Also print the final Prometheus exposition (every family the agent serves);
+    /// with --format json, as the document's `metrics` string.
+    #[arg(long)]
     metrics: bool,
-    mut opts: LifecycleOptions,
-) -> anyhow::Result<std::process::ExitCode> {
-    opts.engine.local_addrs = local;
-    let report = monitor::replay::replay(file, &opts)?;
-    print!("{}", monitor::replay::summary::render(&report));
-    if metrics {
-        report.metrics.update_gauges(&report.engine);
-        let mut buf = String::new();
-        prometheus::TextEncoder::new().encode_utf8(&report.registry.gather(), &mut buf)?;
-        print!("{buf}");
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[command(flatten)]
+    prefixes: PrefixArgs,
+    #[command(flatten)]
+    lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    detector: DetectorArgs,
+}
+
+fn replay(args: &ReplayArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut opts = ReplayOptions {
+        lifecycle: args.lifecycle.options(),
+        syn: args.detector.options(0),
+        prefix_entries: args.prefixes.prefix_entries.max(1),
+        // The JSON document lists every connection; the text needs only a summary.
+        keep_records: args.format == Format::Json,
+    };
+    opts.lifecycle.engine.local_addrs = args.local.clone();
+    let report = monitor::replay::replay(&args.file, &opts)?;
+    let metrics = args.metrics.then(|| report.exposition());
+    match args.format {
+        Format::Text => {
+            print!("{}", monitor::replay::summary::render(&report));
+            if let Some(m) = metrics {
+                print!("{m}");
+            }
+        }
+        Format::Json => {
+            let doc = monitor::replay::json::document(&report, metrics);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            serde_json::to_writer_pretty(&mut out, &doc).context("writing the JSON document")?;
+            std::io::Write::write_all(&mut out, b"\n")?;
+            std::io::Write::flush(&mut out)?;
+        }
     }
     Ok(if report.error.is_some() {
         std::process::ExitCode::from(2)
@@ -328,57 +403,60 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
         }))
         .with_writer(std::io::stderr)
         .init();
-    if let Some(Command::Replay {
-        file,
-        local,
-        metrics,
-    }) = &cli.command
-    {
-        return replay(file, local.clone(), *metrics, cli.lifecycle.options());
-    }
-    let top = match &cli.command {
+    let (agent_args, json_events, top) = match cli.command {
+        Some(Command::Replay(args)) => return replay(&args),
+        None => (cli.agent, false, None),
+        Some(Command::Events { agent }) => (agent, true, None),
         Some(Command::Top {
             endpoint,
             refresh_ms,
             frames,
             plain,
-        }) => Some((
-            endpoint.clone(),
-            monitor::top::TopOptions {
-                refresh: std::time::Duration::from_millis((*refresh_ms).max(100)),
-                frames: *frames,
-                plain: *plain,
-            },
-        )),
-        _ => None,
+            agent,
+        }) => (
+            agent,
+            false,
+            Some((
+                endpoint,
+                monitor::top::TopOptions {
+                    refresh: std::time::Duration::from_millis(refresh_ms.max(100)),
+                    frames,
+                    plain,
+                },
+            )),
+        ),
     };
     if let Some((Some(endpoint), topts)) = &top {
         let status = format!("endpoint {endpoint}");
         monitor::top::run(&mut || monitor::top::fetch(endpoint), &status, topts)?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let json_events = matches!(cli.command, Some(Command::Events));
-    let listen = match (&cli.command, cli.listen) {
-        (Some(Command::Top { .. }), None) => None,
-        (_, Some(addr)) => Some(addr),
-        (None, None) => Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
-        (Some(_), None) => None,
-    };
+    // Only the bare agent serves metrics by default.
+    let serve_by_default = top.is_none() && !json_events;
+    let listen = agent_args
+        .listen
+        .or(serve_by_default.then(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))));
+    let AgentArgs {
+        attach,
+        lifecycle,
+        syn,
+        ..
+    } = agent_args;
     let opts = AgentOptions {
-        ifaces: cli.attach.ifaces,
-        ingress: cli.attach.ingress,
-        tc_attach: cli.attach.tc_attach,
-        state_dir: cli.attach.state_dir,
+        ifaces: attach.ifaces,
+        ingress: attach.ingress,
+        tc_attach: attach.tc_attach,
+        state_dir: attach.state_dir,
         load: LoadOptions {
-            ring_bytes: cli.attach.ring_bytes,
-            flow_entries: cli.attach.flow_entries,
-            prefix_entries: cli.attach.prefix_entries,
-            embryo_entries: cli.attach.embryo_entries,
+            ring_bytes: attach.ring_bytes,
+            flow_entries: attach.flow_entries,
+            prefix_entries: attach.prefixes.prefix_entries,
+            embryo_entries: attach.embryo_entries,
         },
         listen,
         json_events,
-        lifecycle: cli.lifecycle.options(),
-        syn: cli.syn.options(),
+        lifecycle: lifecycle.options(),
+        syn: syn.detector.options(syn.syn_sample_rate),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

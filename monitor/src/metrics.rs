@@ -35,6 +35,28 @@ pub struct Metrics {
     last: Mutex<Totals>,
 }
 
+/// Indices of [`ReplayCounts`]' per-direction counts.
+pub const DIR_RECEIVED: usize = 0;
+pub const DIR_SENT: usize = 1;
+/// Neither `--local` nor the connection's roles tell the direction.
+pub const DIR_UNKNOWN: usize = 2;
+const REPLAY_DIRECTIONS: [&str; 3] = ["received", "sent", "unknown"];
+
+/// A capture's counts for the agent's families (`tcpmon replay`).
+#[derive(Clone, Debug, Default)]
+pub struct ReplayCounts {
+    /// TCP packets by flag class (a captured frame is one segment).
+    pub packets: [u64; FlagClass::COUNT],
+    /// Frames by parse outcome.
+    pub outcomes: [u64; OUTCOME_COUNT],
+    pub events: [u64; EventKind::COUNT],
+    /// By direction: [`DIR_RECEIVED`], [`DIR_SENT`], [`DIR_UNKNOWN`].
+    pub dup_acks: [u64; 3],
+    pub zero_windows: [u64; 3],
+    /// Entries of replay's flow table at the end (it has no capacity).
+    pub flow_entries: usize,
+}
+
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
@@ -266,6 +288,50 @@ impl Metrics {
         }
         self.untracked.inc_by(delta(counters::TAIL_CALL_FAILURES));
         *last = *now;
+    }
+
+    /// What `tcpmon replay` counted: its packets under hook="replay" (replay has no
+    /// kernel hook), its events as received and emitted, and zeros for what only a
+    /// kernel has, so a replay exposes every family a live agent does.
+    pub fn apply_replay(&self, c: &ReplayCounts, file: &str, format: &str) {
+        let hook = Hook::Replay.name();
+        for class in FlagClass::ALL {
+            self.packets
+                .with_label_values(&[hook, class.name()])
+                .inc_by(c.packets[class as usize]);
+        }
+        for (o, name) in OUTCOME_NAMES.iter().enumerate().take(OUTCOME_COUNT) {
+            self.outcomes
+                .with_label_values(&[hook, name])
+                .inc_by(c.outcomes[o]);
+        }
+        self.segments
+            .with_label_values(&[hook])
+            .inc_by(c.packets.iter().sum());
+        let mut totals = [0u64; counters::LEN as usize];
+        for k in EventKind::ALL {
+            totals[counters::submitted(k) as usize] = c.events[k as usize];
+            self.events
+                .with_label_values(&[k.name()])
+                .inc_by(c.events[k as usize]);
+        }
+        // Zero series of the kernel hooks and of both directions, and the emitted
+        // events: a capture loses none.
+        self.apply_kernel_totals(&totals);
+        for (d, name) in REPLAY_DIRECTIONS.iter().enumerate() {
+            self.dup_acks
+                .with_label_values(&[name])
+                .inc_by(c.dup_acks[d]);
+            self.zero_windows
+                .with_label_values(&[name])
+                .inc_by(c.zero_windows[d]);
+        }
+        self.attachments
+            .with_label_values(&[file, hook, format])
+            .set(1);
+        self.set_kernel_features(&KernelFeatures::from_fn(|_| false));
+        self.add_leftovers(Leftovers::default());
+        self.set_flow_table(c.flow_entries, 0);
     }
 
     /// The `tcpmon_events_total` child of each kind, for the per-event hot path.

@@ -1,18 +1,21 @@
 //! `tcpmon replay`: a pcap or pcapng file through the same parser, emit policy and
 //! lifecycle engine as live traffic.
 
+pub mod json;
 pub mod link;
 mod pipeline;
 pub mod summary;
+pub mod syn;
 
-use std::{collections::HashMap, fs::File, path::Path, sync::Arc};
+use std::{collections::HashMap, fs::File, net::IpAddr, path::Path, sync::Arc};
 
 use monitor_common::{
     FlowKey, FlowState, TcpEvent,
-    datapath::{self, NoCounters, Parsed, Tables},
+    datapath::{self, Parsed, Tables},
     event::Hook,
-    flow::FullRate,
-    parse::{OUTCOME_COUNT, OUTCOME_TCP},
+    flags::FlagClass,
+    flow::{CLIENT_UNKNOWN, FullRate},
+    parse::{OUTCOME_COUNT, OUTCOME_TCP, TcpPacket},
     seq::LazyClock,
     syn::SynConfig,
 };
@@ -22,6 +25,8 @@ use crate::{
     agent::LifecycleOptions,
     event::{Event, WallClock},
     lifecycle::{ActivityProbe, Engine, metrics::LifecycleMetrics, metrics::Outputs},
+    metrics::{Metrics, ReplayCounts},
+    syn::{SynMonitor, SynOptions},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,31 @@ impl ActivityProbe for ReplayFlows {
     }
 }
 
+/// How a capture is replayed.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub lifecycle: LifecycleOptions,
+    /// The flood detector and its window (`sample_rate` is unused: replay emits
+    /// every event).
+    pub syn: SynOptions,
+    /// Capacity of the source-prefix table, as the kernel's (`--prefix-entries`).
+    pub prefix_entries: u32,
+    /// Keep every ended connection's record (the JSON document lists them; ~300 B
+    /// each), not only the summary's figures.
+    pub keep_records: bool,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            lifecycle: LifecycleOptions::default(),
+            syn: SynOptions::default(),
+            prefix_entries: crate::loader::LoadOptions::default().prefix_entries,
+            keep_records: false,
+        }
+    }
+}
+
 /// What a replay read and found.
 pub struct Report {
     pub format: &'static str,
@@ -58,27 +88,39 @@ pub struct Report {
     /// Duplicate ACKs and zero-window segments (no events in the kernel either).
     pub dup_acks: u64,
     pub zero_windows: u64,
-    /// SYNs, SYN-ACKs and handshake ACKs per port, sources and prefixes.
+    /// Earliest and latest packet stamps (Unix ns), if any packet was read.
+    pub first_ns: Option<u64>,
+    pub last_ns: Option<u64>,
+    /// SYNs, SYN-ACKs and handshake ACKs per port, sources and prefixes, whole capture.
     pub syn: crate::syn::tally::SynTally,
+    /// The agent's SYN monitor and flood detector, run on the capture's timeline.
+    pub syn_ticker: syn::Ticker,
+    pub syn_counts: syn::SynCounters,
+    /// What the agent's own families count, as replay tells it.
+    pub counts: ReplayCounts,
     /// Where and why reading stopped early, if it did.
     pub error: Option<String>,
     pub engine: Engine<Outputs>,
+    /// The flow table as the capture left it.
+    pub flows: ReplayFlows,
     pub metrics: Arc<LifecycleMetrics>,
-    pub registry: prometheus::Registry,
+    /// Every family the agent serves (its registry holds the lifecycle and SYN ones).
+    pub agent_metrics: Metrics,
+    /// The capture's name, as `tcpmon_attached{iface}`.
+    pub source_name: String,
 }
 
-/// Reads `path` to the end (or to the first corrupt block) and runs the engine.
-pub fn replay(path: &Path, opts: &LifecycleOptions) -> Result<Report, ReplayError> {
-    replay_with(path, opts, false)
+impl Report {
+    /// The final Prometheus exposition: the same families as a live agent's.
+    pub fn exposition(&self) -> String {
+        self.metrics.update_gauges(&self.engine);
+        self.agent_metrics.render()
+    }
 }
 
-/// [`replay`], keeping every connection's record when `keep_records` (for tests;
-/// the summary needs only what [`crate::lifecycle::record::RecordSummary`] keeps).
-pub fn replay_with(
-    path: &Path,
-    opts: &LifecycleOptions,
-    keep_records: bool,
-) -> Result<Report, ReplayError> {
+/// Reads `path` to the end (or to the first corrupt block) and runs the engine and
+/// the SYN monitor on it.
+pub fn replay(path: &Path, opts: &ReplayOptions) -> Result<Report, ReplayError> {
     let file = File::open(path).map_err(|source| ReplayError::Open {
         path: path.display().to_string(),
         source,
@@ -86,16 +128,19 @@ pub fn replay_with(
     // The reader keeps its own buffer: a BufReader under it would copy twice.
     let mut reader = pcap_parser::create_reader(1 << 20, file)
         .map_err(|_| ReplayError::NotCapture(path.display().to_string()))?;
-    let registry = prometheus::Registry::new();
-    let metrics = Arc::new(LifecycleMetrics::new(&registry));
+    let agent_metrics = Metrics::new(&crate::preflight::kernel_release());
+    let metrics = Arc::new(LifecycleMetrics::new(&agent_metrics.registry));
+    let mut monitor = SynMonitor::new(opts.syn.clone(), &agent_metrics.registry);
+    monitor.set_prefix_capacity(opts.prefix_entries);
     let mut engine = opts
+        .lifecycle
         .build(Some(metrics.clone()), WallClock::identity())
         .map_err(|e| ReplayError::Open {
             path: "lifecycle log".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
     engine.out.sink.summary = Some(Default::default());
-    engine.out.sink.keep = keep_records.then(Vec::new);
+    engine.out.sink.keep = opts.keep_records.then(Vec::new);
     let mut r = Report {
         format: "pcap",
         linktypes: Vec::new(),
@@ -106,11 +151,21 @@ pub fn replay_with(
         events: 0,
         dup_acks: 0,
         zero_windows: 0,
+        first_ns: None,
+        last_ns: None,
         syn: Default::default(),
+        syn_ticker: syn::Ticker::new(monitor),
+        syn_counts: Default::default(),
+        counts: Default::default(),
         error: None,
         engine,
+        flows: ReplayFlows::default(),
         metrics,
-        registry,
+        agent_metrics,
+        source_name: path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        ),
     };
     // The engine runs on its own thread meanwhile; it is put back when all is read.
     let mut engine = std::mem::replace(
@@ -122,99 +177,128 @@ pub fn replay_with(
             |t| t as i128,
         ),
     );
+    let mut kernel = syn::KernelSyn::new(opts.prefix_entries);
+    let local = &opts.lifecycle.engine.local_addrs;
+    let mut flows = ReplayFlows::default();
     pipeline::with_engine(&mut engine, |feed| {
-        let mut flows = ReplayFlows::default();
-        // Per pcapng interface: link type, units per second, offset in seconds.
-        let mut ifaces: Vec<(i32, u64, i64)> = Vec::new();
-        let mut legacy: Option<(i32, bool)> = None;
-        let mut last_tick = 0u64;
-        loop {
-            match reader.next() {
-                Ok((offset, block)) => {
-                    let packet: Option<(i32, u64, &[u8])> = match block {
-                        PcapBlockOwned::LegacyHeader(h) => {
-                            legacy = Some((h.network.0, h.is_nanosecond_precision()));
-                            r.linktypes.push(h.network.0);
-                            None
-                        }
-                        PcapBlockOwned::Legacy(b) => legacy.map(|(lt, nanos)| {
-                            let frac = b.ts_usec as u64 * if nanos { 1 } else { 1000 };
-                            (lt, b.ts_sec as u64 * 1_000_000_000 + frac, b.data)
-                        }),
-                        PcapBlockOwned::NG(Block::SectionHeader(_)) => {
-                            r.format = "pcapng";
-                            ifaces.clear();
-                            None
-                        }
-                        PcapBlockOwned::NG(Block::InterfaceDescription(i)) => {
-                            r.linktypes.push(i.linktype.0);
-                            ifaces.push((
-                                i.linktype.0,
-                                i.ts_resolution().unwrap_or(1_000_000),
-                                i.ts_offset(),
-                            ));
-                            None
-                        }
-                        PcapBlockOwned::NG(Block::EnhancedPacket(p)) => {
-                            ifaces.get(p.if_id as usize).map(|&(lt, res, off)| {
-                                let raw = ((p.ts_high as u128) << 32) | p.ts_low as u128;
-                                let ns = raw * 1_000_000_000 / res.max(1) as u128;
-                                let ns = (ns as i128 + off as i128 * 1_000_000_000) as u64;
-                                (lt, ns, p.data)
-                            })
-                        }
-                        PcapBlockOwned::NG(Block::SimplePacket(p)) => {
-                            ifaces.first().map(|&(lt, _, _)| (lt, last_tick, p.data))
-                        }
-                        PcapBlockOwned::NG(_) => None,
-                    };
-                    if let Some((lt, ts, data)) = packet {
-                        r.packets += 1;
-                        handle(&mut r, &mut flows, feed, lt, ts, data);
-                        if ts >= last_tick + 1_000_000_000 {
-                            feed.tick(ts, &mut flows);
-                            last_tick = ts;
-                        }
-                    }
-                    r.bytes_read += offset as u64;
-                    reader.consume(offset);
-                }
-                Err(PcapError::Eof) => break,
-                Err(PcapError::Incomplete(_)) => {
-                    if let Err(e) = reader.refill() {
-                        r.error = Some(format!("reading at byte {}: {e:?}", r.bytes_read));
-                        break;
-                    }
-                }
-                Err(PcapError::UnexpectedEof) => {
-                    r.error = Some(format!(
-                        "truncated: the file ends inside a block at byte {} (after {} packets)",
-                        r.bytes_read, r.packets
-                    ));
-                    break;
-                }
-                Err(e) => {
-                    r.error = Some(format!(
-                        "corrupt block at byte {}: {e:?} (after {} packets)",
-                        r.bytes_read, r.packets
-                    ));
-                    break;
-                }
-            }
-        }
+        let mut st = State {
+            r: &mut r,
+            flows: &mut flows,
+            kernel: &mut kernel,
+            local,
+        };
+        read_all(&mut reader, &mut st, feed);
+        let (r, kernel) = (&mut *st.r, &mut *st.kernel);
+        r.syn_ticker.finish(kernel, &r.syn_counts, feed);
     });
     r.engine = engine;
+    r.counts.flow_entries = flows.len();
+    r.counts.outcomes = r.outcomes;
+    r.flows = flows;
+    r.agent_metrics
+        .apply_replay(&r.counts, &r.source_name, r.format);
     Ok(r)
 }
 
-fn handle(
-    r: &mut Report,
-    flows: &mut ReplayFlows,
-    feed: &mut pipeline::Feed,
-    linktype: i32,
-    ts: u64,
-    data: &[u8],
-) {
+/// What reading a capture updates.
+struct State<'a> {
+    r: &'a mut Report,
+    flows: &'a mut ReplayFlows,
+    kernel: &'a mut syn::KernelSyn,
+    local: &'a [IpAddr],
+}
+
+type Reader = Box<dyn pcap_parser::traits::PcapReaderIterator + Send>;
+
+fn read_all(reader: &mut Reader, st: &mut State<'_>, feed: &mut pipeline::Feed) {
+    // Per pcapng interface: link type, units per second, offset in seconds.
+    let mut ifaces: Vec<(i32, u64, i64)> = Vec::new();
+    let mut legacy: Option<(i32, bool)> = None;
+    let mut last_tick = 0u64;
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                let r = &mut *st.r;
+                let packet: Option<(i32, u64, &[u8])> = match block {
+                    PcapBlockOwned::LegacyHeader(h) => {
+                        legacy = Some((h.network.0, h.is_nanosecond_precision()));
+                        r.linktypes.push(h.network.0);
+                        None
+                    }
+                    PcapBlockOwned::Legacy(b) => legacy.map(|(lt, nanos)| {
+                        let frac = b.ts_usec as u64 * if nanos { 1 } else { 1000 };
+                        (lt, b.ts_sec as u64 * 1_000_000_000 + frac, b.data)
+                    }),
+                    PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                        r.format = "pcapng";
+                        ifaces.clear();
+                        None
+                    }
+                    PcapBlockOwned::NG(Block::InterfaceDescription(i)) => {
+                        r.linktypes.push(i.linktype.0);
+                        ifaces.push((
+                            i.linktype.0,
+                            i.ts_resolution().unwrap_or(1_000_000),
+                            i.ts_offset(),
+                        ));
+                        None
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(p)) => {
+                        ifaces.get(p.if_id as usize).map(|&(lt, res, off)| {
+                            let raw = ((p.ts_high as u128) << 32) | p.ts_low as u128;
+                            let ns = raw * 1_000_000_000 / res.max(1) as u128;
+                            let ns = (ns as i128 + off as i128 * 1_000_000_000) as u64;
+                            (lt, ns, p.data)
+                        })
+                    }
+                    PcapBlockOwned::NG(Block::SimplePacket(p)) => {
+                        ifaces.first().map(|&(lt, _, _)| (lt, last_tick, p.data))
+                    }
+                    PcapBlockOwned::NG(_) => None,
+                };
+                if let Some((lt, ts, data)) = packet {
+                    r.packets += 1;
+                    r.first_ns = Some(r.first_ns.map_or(ts, |f| f.min(ts)));
+                    r.last_ns = Some(r.last_ns.map_or(ts, |l| l.max(ts)));
+                    // The agent reads the SYN maps on its own clock, between packets.
+                    r.syn_ticker
+                        .before_packet(ts, st.kernel, &r.syn_counts, feed);
+                    handle(st, feed, lt, ts, data);
+                    if ts >= last_tick + 1_000_000_000 {
+                        feed.tick(ts, st.flows);
+                        last_tick = ts;
+                    }
+                }
+                st.r.bytes_read += offset as u64;
+                reader.consume(offset);
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::Incomplete(_)) => {
+                if let Err(e) = reader.refill() {
+                    st.r.error = Some(format!("reading at byte {}: {e:?}", st.r.bytes_read));
+                    break;
+                }
+            }
+            Err(PcapError::UnexpectedEof) => {
+                st.r.error = Some(format!(
+                    "truncated: the file ends inside a block at byte {} (after {} packets)",
+                    st.r.bytes_read, st.r.packets
+                ));
+                break;
+            }
+            Err(e) => {
+                st.r.error = Some(format!(
+                    "corrupt block at byte {}: {e:?} (after {} packets)",
+                    st.r.bytes_read, st.r.packets
+                ));
+                break;
+            }
+        }
+    }
+}
+
+fn handle(st: &mut State<'_>, feed: &mut pipeline::Feed, linktype: i32, ts: u64, data: &[u8]) {
+    let r = &mut *st.r;
     let pkt = match link::parse_frame(linktype, data) {
         Ok(p) => p,
         Err(link::FrameError::Parse(e)) => {
@@ -227,6 +311,7 @@ fn handle(
         }
     };
     r.outcomes[OUTCOME_TCP] += 1;
+    r.counts.packets[FlagClass::of(pkt.flags, pkt.payload_len) as usize] += 1;
     let parsed = Parsed {
         tcp: pkt,
         ifindex: 0,
@@ -235,29 +320,59 @@ fn handle(
     };
     // The kernel's stage two over host maps; replay never samples, and the
     // kernel's SYN hash seed is random per start, replay's a fixed 0.
+    let cfg = SynConfig {
+        bank: st.kernel.bank,
+        ..SynConfig::default()
+    };
     let mut tables = Tables {
-        counters: &mut NoCounters,
-        flows,
+        counters: &mut r.syn_counts,
+        flows: &mut *st.flows,
         sampler: &mut FullRate,
-        syn: &mut r.syn,
+        syn: &mut syn::BothTables {
+            tally: &mut r.syn,
+            kernel: &mut *st.kernel,
+        },
     };
     let clock = &mut LazyClock::new(|| ts);
-    let tracked = datapath::track_stage(
-        &mut tables,
-        clock,
-        &parsed,
-        Hook::Replay,
-        SynConfig::default(),
-    );
-    r.dup_acks += tracked.dup_ack as u64;
-    r.zero_windows += tracked.zero_window as u64;
+    let tracked = datapath::track_stage(&mut tables, clock, &parsed, Hook::Replay, cfg);
+    if tracked.dup_ack || tracked.zero_window {
+        let d = direction(&pkt, st.flows, st.local);
+        r.dup_acks += tracked.dup_ack as u64;
+        r.zero_windows += tracked.zero_window as u64;
+        r.counts.dup_acks[d] += tracked.dup_ack as u64;
+        r.counts.zero_windows[d] += tracked.zero_window as u64;
+    }
     let Some(emit) = tracked.emit() else {
         return;
     };
     let raw = TcpEvent::new(&pkt, &emit, ts, Hook::Replay, 0, 1);
     if let Ok(ev) = Event::from_raw(raw) {
         r.events += 1;
+        r.counts.events[ev.kind as usize] += 1;
         feed.event(ev);
+    }
+}
+
+/// A packet's direction for the monitored host, as `ReplayCounts` indexes it: by
+/// `--local` when given, else from the connection's server (the engine's default);
+/// unknown when neither settles it (mid-stream, no `--local`).
+fn direction(pkt: &TcpPacket, flows: &ReplayFlows, local: &[IpAddr]) -> usize {
+    use crate::metrics::{DIR_RECEIVED, DIR_SENT, DIR_UNKNOWN};
+    if !local.is_empty() {
+        let ip = |w| crate::event::to_ip(pkt.family, w);
+        return if local.contains(&ip(&pkt.daddr)) {
+            DIR_RECEIVED
+        } else if local.contains(&ip(&pkt.saddr)) {
+            DIR_SENT
+        } else {
+            DIR_UNKNOWN
+        };
+    }
+    let (key, dir) = FlowKey::of(pkt);
+    match flows.get(&key).map(|s| s.client_dir) {
+        None | Some(CLIENT_UNKNOWN) => DIR_UNKNOWN,
+        Some(c) if c == dir => DIR_RECEIVED,
+        Some(_) => DIR_SENT,
     }
 }
 

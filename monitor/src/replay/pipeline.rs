@@ -9,16 +9,27 @@
 //! The probe is only asked about connections quiet for the idle timeout, so no tick
 //! before the earliest event time plus that timeout needs it (in most captures,
 //! none does) and those ticks do not wait.
+//!
+//! The SYN monitor's tick (every 500 ms of capture time) is a barrier too: it needs
+//! the engine's port labels and half-open counts as of that packet, as the agent
+//! copies them, and hands back the ports it admitted before the next event.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::{
+    collections::HashMap,
+    sync::mpsc::{Receiver, SyncSender, sync_channel},
+};
 
 use monitor_common::FlowKey;
 
 use super::ReplayFlows;
 use crate::{
     event::Event,
-    lifecycle::{ActivityProbe, Engine, metrics::Outputs},
+    lifecycle::{ActivityProbe, Engine, metrics::Outputs, ports::PortLabels},
 };
+
+/// What the SYN monitor's tick reads of the engine: its port labels and the
+/// half-open connections per label.
+pub type SynView = (PortLabels, HashMap<&'static str, u64>);
 
 /// Events per batch: large enough that a hand-over costs little per event.
 const BATCH: usize = 1024;
@@ -29,12 +40,17 @@ enum Work {
     Events(Vec<Event>),
     /// A tick, and whether the reader waits for it (it may probe).
     Tick(u64, bool),
+    /// The engine's [`SynView`], now.
+    SynView,
+    /// Ports the SYN monitor admitted (they answered with a SYN-ACK).
+    Admit(PortLabels),
 }
 
 enum Reply {
     /// The engine's tick asks for a connection's activity.
     Probe(FlowKey),
     TickDone,
+    SynView(Box<SynView>),
 }
 
 /// The reading side's handle on the engine thread.
@@ -94,8 +110,30 @@ impl Feed {
                     let _ = self.answers.send(flows.activity(&key));
                 }
                 Reply::TickDone => break,
+                Reply::SynView(_) => debug_assert!(false, "no view was asked for"),
             }
         }
+    }
+
+    /// The engine's port labels and half-open counts after every event so far.
+    pub fn syn_view(&mut self) -> SynView {
+        self.flush();
+        let asked = self.work.send(Work::SynView).is_ok();
+        while asked && let Ok(reply) = self.replies.recv() {
+            match reply {
+                Reply::SynView(v) => return *v,
+                // Only a tick that may probe sends these, and it is waited for.
+                Reply::Probe(_) | Reply::TickDone => debug_assert!(false, "stray reply"),
+            }
+        }
+        // The engine thread is gone (it panicked; the scope reports it).
+        (PortLabels::new([], 0), HashMap::new())
+    }
+
+    /// Hands the engine the ports the SYN monitor admitted, before any later event.
+    pub fn admit(&mut self, labels: PortLabels) {
+        self.flush();
+        let _ = self.work.send(Work::Admit(labels));
     }
 }
 
@@ -153,6 +191,11 @@ pub fn with_engine<R>(engine: &mut Engine<Outputs>, read: impl FnOnce(&mut Feed)
                             let _ = replies.send(Reply::TickDone);
                         }
                         Work::Tick(now_ns, false) => engine.tick(now_ns, &mut Unasked),
+                        Work::SynView => {
+                            let view = (engine.out.ports.clone(), engine.half_open_by_port());
+                            let _ = replies.send(Reply::SynView(Box::new(view)));
+                        }
+                        Work::Admit(labels) => engine.out.ports.admit_from(&labels),
                     }
                 }
             })

@@ -74,9 +74,17 @@ fn conversation(raw_ip: bool) -> Vec<(u64, Vec<u8>)> {
 fn run(bytes: &[u8]) -> Report {
     let mut file = tempfile();
     file.1.write_all(bytes).unwrap();
-    let r = replay_with(&file.0, &LifecycleOptions::default(), true).unwrap();
+    let r = replay(&file.0, &kept()).unwrap();
     let _ = std::fs::remove_file(&file.0);
     r
+}
+
+/// Options that keep every record.
+fn kept() -> ReplayOptions {
+    ReplayOptions {
+        keep_records: true,
+        ..ReplayOptions::default()
+    }
 }
 
 fn tempfile() -> (std::path::PathBuf, File) {
@@ -142,15 +150,12 @@ fn garbage_is_not_a_capture() {
     let (p, mut f) = tempfile();
     f.write_all(b"this is not a capture file at all, not even close")
         .unwrap();
-    let e = replay(&p, &LifecycleOptions::default())
+    let e = replay(&p, &ReplayOptions::default())
         .err()
         .expect("rejected");
     assert!(e.to_string().contains("not a pcap or pcapng file"), "{e}");
     let _ = std::fs::remove_file(p);
-    let missing = replay(
-        Path::new("/nonexistent/x.pcap"),
-        &LifecycleOptions::default(),
-    );
+    let missing = replay(Path::new("/nonexistent/x.pcap"), &ReplayOptions::default());
     assert!(
         missing
             .err()
@@ -249,9 +254,9 @@ fn the_activity_probe_keeps_a_busy_connection_across_threads() {
     frames.push((T0 + 31 * sec + 2000, c1(ACK, 402, 902, 0).build()));
     let mut file = tempfile();
     file.1.write_all(&pcap(1, true, &frames)).unwrap();
-    let mut opts = LifecycleOptions::default();
-    opts.engine.idle_timeout_ns = 5 * sec;
-    let r = replay_with(&file.0, &opts, true).unwrap();
+    let mut opts = kept();
+    opts.lifecycle.engine.idle_timeout_ns = 5 * sec;
+    let r = replay(&file.0, &opts).unwrap();
     let _ = std::fs::remove_file(&file.0);
     let recs = summary::all_records(&r);
     let how = |port: u16| {
@@ -262,4 +267,152 @@ fn the_activity_probe_keeps_a_busy_connection_across_threads() {
     };
     assert_eq!(how(40001), "fin", "{recs:?}");
     assert_eq!(how(40002), "timeout", "{recs:?}");
+}
+
+/// A legitimate conversation, then 4 s of 5 000 unanswered SYN/s to port 80 from
+/// 20 000 sources in 10.128.0.0/17, then quiet until a last segment at +12 s.
+fn flood_capture() -> Vec<u8> {
+    let sec = 1_000_000_000u64;
+    let mut frames = conversation(false);
+    for i in 0..20_000u32 {
+        let src = [10, 128, (i >> 8) as u8, i as u8];
+        let f = Frame::v4(src, 1024 + (i % 60000) as u16, S, 80)
+            .flags(SYN)
+            .seq_ack(i, 0)
+            .build();
+        frames.push((T0 + 2 * sec + i as u64 * 200_000, f));
+    }
+    let last = Frame::v4(C, 33001, S, 443).flags(SYN).seq_ack(1, 0).build();
+    frames.push((T0 + 12 * sec, last));
+    pcap(link::ETHERNET as u32, true, &frames)
+}
+
+fn flood_report() -> Report {
+    let mut file = tempfile();
+    file.1.write_all(&flood_capture()).unwrap();
+    let mut opts = kept();
+    opts.lifecycle.ports = vec![80];
+    let r = replay(&file.0, &opts).unwrap();
+    let _ = std::fs::remove_file(&file.0);
+    r
+}
+
+#[test]
+fn the_flood_detector_runs_on_the_capture_timeline() {
+    let r = flood_report();
+    let floods = &r.syn_ticker.floods;
+    assert_eq!(floods.len(), 1, "{floods:?}");
+    let f = &floods[0];
+    assert_eq!(f.port, "80");
+    let t0_ms = T0 / 1_000_000;
+    // Declared at the first tick after the flood began (ticks every 500 ms of
+    // capture time), over once the rate stayed low for the 2 s hold.
+    let started = f.started_unix_ms - t0_ms;
+    assert!((2000..=3000).contains(&started), "started at +{started} ms");
+    let ended = f.ended_unix_ms.expect("ended before the capture did") - t0_ms;
+    assert!((8000..=10_000).contains(&ended), "ended at +{ended} ms");
+    assert!((4000.0..=6000.0).contains(&f.peak_syn_rate), "{f:?}");
+    assert!(f.peak_unacked_share > 0.99, "{f:?}");
+    assert!(f.sources_estimate > 1000, "{f:?}");
+    assert!(!f.top_sources.is_empty());
+    assert!(
+        f.top_sources
+            .iter()
+            .all(|p| p.prefix.starts_with("10.128.")),
+        "{f:?}"
+    );
+    let text = summary::render(&r);
+    assert!(text.contains("SYN floods"), "{text}");
+    assert!(text.contains("port 80: started at +2."), "{text}");
+}
+
+#[test]
+fn the_json_document_agrees_with_the_report() {
+    let r = flood_report();
+    let doc = serde_json::to_value(json::document(&r, None)).unwrap();
+    let s = &doc["summary"];
+    let conns = doc["connections"].as_array().unwrap();
+    assert_eq!(
+        s["connections"]["total"].as_u64().unwrap(),
+        conns.len() as u64
+    );
+    assert_eq!(s["packets"].as_u64(), Some(r.packets));
+    assert_eq!(s["tcp_packets"].as_u64(), Some(20_009));
+    assert_eq!(s["file_format"], "pcap");
+    assert_eq!(s["link_types"][0]["name"], "ethernet");
+    assert_eq!(s["connections"]["closed"]["fin"].as_u64(), Some(1));
+    assert_eq!(s["handshake"]["irtt"]["count"].as_u64(), Some(1));
+    assert_eq!(s["handshake"]["irtt"]["p50_us"].as_f64(), Some(2250.0));
+    assert_eq!(s["syn"]["distinct_sources"].as_u64(), Some(20_001));
+    assert_eq!(s["syn"]["floods"][0]["port"], "80");
+    assert_eq!(
+        s["syn"]["monitor"]["ports"]
+            .as_array()
+            .map(|p| !p.is_empty()),
+        Some(true)
+    );
+    let p80 = s["syn"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 80)
+        .unwrap();
+    assert_eq!(p80["syn"].as_u64(), Some(20_000));
+    // The conversation's record, as the lifecycle log writes it.
+    let rec = conns.iter().find(|c| c["how"] == "fin").unwrap();
+    assert_eq!(rec["completeness"].as_u64(), Some(31));
+    assert_eq!(rec["client"], "192.0.2.10:33000");
+    assert!(doc.get("metrics").is_none());
+}
+
+#[test]
+fn the_exposition_has_the_agents_families() {
+    let r = flood_report();
+    let m = r.exposition();
+    for series in [
+        "tcpmon_syn_received_total{port=\"80\"} 20000",
+        "tcpmon_syn_flood_active{port=\"80\"} 0",
+        "tcpmon_packets_total{class=\"syn\",hook=\"replay\"} 20002",
+        "tcpmon_parse_outcomes_total{hook=\"replay\",outcome=\"tcp\"} 20009",
+        "tcpmon_kernel_feature{feature=\"ringbuf\"} 0",
+        "tcpmon_syn_sample_ratio 1",
+    ] {
+        assert!(m.contains(&format!("{series}\n")), "{series}:\n{m}");
+    }
+    for family in [
+        "tcpmon_attached",
+        "tcpmon_build_info",
+        "tcpmon_tc_leftovers_removed_total",
+        "tcpmon_flow_table_capacity",
+        "tcpmon_events_emitted_total",
+        "tcpmon_duplicate_acks_total",
+        "tcpmon_syn_top_source_syns",
+        "tcpmon_syn_prefix_table_entries",
+        "tcpmon_connections_opened_total",
+        "tcpmon_handshake_duration_seconds",
+    ] {
+        assert!(m.contains(&format!("# TYPE {family} ")), "{family}:\n{m}");
+    }
+}
+
+#[test]
+fn the_prefix_table_capacity_bounds_what_the_monitor_sees() {
+    let mut file = tempfile();
+    file.1.write_all(&flood_capture()).unwrap();
+    let opts = ReplayOptions {
+        prefix_entries: 16,
+        ..kept()
+    };
+    let r = replay(&file.0, &opts).unwrap();
+    let _ = std::fs::remove_file(&file.0);
+    let snap = r.syn_ticker.monitor.snapshot();
+    assert_eq!(snap.prefix_table.capacity, 16);
+    assert!(snap.prefix_table.entries <= 16, "{:?}", snap.prefix_table);
+    // 79 prefixes of the flood and the conversation's: all but 16 were evicted (the
+    // last SYN's re-insert counts once the table is read after it).
+    let evicted = snap.prefix_table.evictions_total;
+    assert!((64..=65).contains(&evicted), "{:?}", snap.prefix_table);
+    assert_eq!(r.syn_counts.prefix_inserts, 81);
+    // The whole-capture tally is not bounded.
+    assert_eq!(r.syn.distinct_sources(), 20_001);
 }

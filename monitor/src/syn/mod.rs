@@ -152,6 +152,11 @@ impl SynMonitor {
         self.snapshot.clone()
     }
 
+    /// The snapshot as of the last tick, without a copy (replay reads it each tick).
+    pub fn snapshot_ref(&self) -> &api::SynSnapshot {
+        &self.snapshot
+    }
+
     /// Whether the kernel sampled new connections at the last tick.
     pub fn sampling(&self) -> bool {
         self.snapshot.sample_ratio < 1.0
