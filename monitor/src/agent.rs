@@ -24,7 +24,7 @@ use crate::{
     iface,
     kstats::KernelStats,
     lifecycle::{
-        self, Engine,
+        self, Engine, TcpState,
         metrics::{LifecycleMetrics, Outputs},
         ports::PortLabels,
     },
@@ -106,6 +106,8 @@ pub struct Shared {
     sampled_seen: AtomicU64,
     /// Readiness and what seeding from the kernel's socket table found.
     seed: seeding::metrics::SeedMetrics,
+    /// What the kernel keeps of TIME-WAIT (its cap drops some).
+    time_wait: crate::sockstat::TimeWait,
 }
 
 impl Shared {
@@ -113,6 +115,11 @@ impl Shared {
     pub fn refresh(&self) {
         self.lifecycle
             .update_gauges(&self.engine.lock().expect("engine lock"));
+        // The wire shows every active close; the kernel keeps no more TIME-WAIT
+        // sockets than its cap: the gauge says what the kernel keeps.
+        if let Some(kept) = self.time_wait.refresh() {
+            self.lifecycle.cap_state(TcpState::TimeWait, kept);
+        }
         let mut kernel = self.kernel.lock().expect("kernel stats lock");
         match kernel.totals() {
             Ok(t) => self.metrics.apply_kernel_totals(&t),
@@ -285,6 +292,7 @@ pub async fn run_until(
     let engine = opts
         .lifecycle
         .build(Some(lifecycle.clone()), WallClock::now())?;
+    let time_wait = crate::sockstat::TimeWait::new(&metrics.registry);
     let shared = Arc::new(Shared {
         metrics,
         lifecycle,
@@ -297,6 +305,7 @@ pub async fn run_until(
         syn_maps: Mutex::new(syn_maps),
         conns: Mutex::new(ConnTracker::default()),
         seed,
+        time_wait,
     });
     shared.metrics.set_attachments(&attachments);
 

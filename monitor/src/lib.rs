@@ -11,6 +11,7 @@ pub mod loader;
 pub mod metrics;
 pub mod preflight;
 pub mod server;
+pub mod sockstat;
 pub mod summary;
 pub mod syn;
 pub mod top;

@@ -165,6 +165,14 @@ impl LifecycleMetrics {
         m
     }
 
+    /// Lowers `state`'s gauge to `max` when it is above (what the kernel keeps).
+    pub fn cap_state(&self, state: TcpState, max: u64) {
+        let g = self.connections.with_label_values(&[state.name()]);
+        if g.get() > max as i64 {
+            g.set(max as i64);
+        }
+    }
+
     /// Sets the gauges from the engine's table (call at scrape time).
     pub fn update_gauges<S: Sink>(&self, engine: &Engine<S>) {
         let states = engine.local_states();

@@ -10,3 +10,4 @@ pub mod state;
 mod timers;
 
 pub use engine::{ActivityProbe, Config, Direction, Engine, NoProbe, Role, Sink};
+pub use state::TcpState;
