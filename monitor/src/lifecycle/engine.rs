@@ -77,8 +77,9 @@ pub trait Sink {
     fn out_of_order(&mut self, direction: Direction, segs: u16);
     fn evicted(&mut self) {}
     /// A RST for `key` that belongs to no live connection (also reported through
-    /// [`Sink::reset`] with [`Phase::Stray`] when its direction is known).
-    fn stray_reset(&mut self, _key: &FlowKey) {}
+    /// [`Sink::reset`] with [`Phase::Stray`] when its direction is known);
+    /// `after_close`: the tuple's connection is still in the table, closed.
+    fn stray_reset(&mut self, _key: &FlowKey, _after_close: bool) {}
 }
 
 #[derive(Clone, Debug)]
@@ -344,9 +345,9 @@ impl<S: Sink> Engine<S> {
         }
         if seg.flags & monitor_common::flags::RST != 0 {
             match self.conns.get(&key) {
-                None => return self.stray_reset(key, &seg, local),
+                None => return self.stray_reset(key, &seg, local, false),
                 // Into TIME-WAIT or after a close: it ends nothing that is counted.
-                Some(e) if e.conn.finished.is_some() => self.stray_reset(key, &seg, local),
+                Some(e) if e.conn.finished.is_some() => self.stray_reset(key, &seg, local, true),
                 Some(_) => {}
             }
         }
@@ -430,7 +431,7 @@ impl<S: Sink> Engine<S> {
 
     /// A RST without a live connection: counted as a stray reset, never as a
     /// connection (a handshake failure needs a handshake).
-    fn stray_reset(&mut self, key: FlowKey, seg: &Seg, local: Option<End>) {
+    fn stray_reset(&mut self, key: FlowKey, seg: &Seg, local: Option<End>, after_close: bool) {
         let local = local.or_else(|| {
             let eps = Endpoints::new(
                 key.family,
@@ -449,7 +450,7 @@ impl<S: Sink> Engine<S> {
             };
             self.out.sink.reset(dir, Phase::Stray, 1);
         }
-        self.out.sink.stray_reset(&key);
+        self.out.sink.stray_reset(&key, after_close);
     }
 
     fn remove(&mut self, key: &FlowKey) -> Option<Box<Entry>> {

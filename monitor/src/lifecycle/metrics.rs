@@ -284,9 +284,12 @@ impl Sink for Outputs {
         }
     }
 
-    fn stray_reset(&mut self, _key: &monitor_common::FlowKey) {
+    fn stray_reset(&mut self, key: &monitor_common::FlowKey, after_close: bool) {
         if let Some(summary) = &mut self.summary {
             summary.stray_resets += 1;
+            if !after_close {
+                summary.stray_tuples.insert(*key);
+            }
         }
     }
 

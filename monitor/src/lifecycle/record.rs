@@ -142,6 +142,8 @@ pub struct RecordSummary {
     pub ended_by_rst: u64,
     /// RST segments that belonged to no live connection (not connections).
     pub stray_resets: u64,
+    /// Tuples seen only through stray RSTs: streams to Wireshark, not connections.
+    pub stray_tuples: std::collections::HashSet<monitor_common::FlowKey>,
     /// Wireshark's tcp.completeness values.
     pub completeness: BTreeMap<u8, u64>,
 }
