@@ -295,6 +295,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<std::process::ExitCode> {
         prefix_entries: args.prefixes.prefix_entries.max(1),
         // The JSON document lists every connection; the text needs only a summary.
         keep_records: args.format == Format::Json,
+        syn_every_tick: false,
     };
     opts.lifecycle.engine.local_addrs = args.local.clone();
     let report = monitor::replay::replay(&args.file, &opts)?;

@@ -46,13 +46,15 @@ const RECHECKS: [Duration; 3] = [
 pub struct SeedJob {
     mark: Arc<SeedMark>,
     seeds: Vec<Seed>,
+    /// When the dump began (kernel clock, as event times).
+    dump_ns: u64,
     reply: oneshot::Sender<SeedOutcome>,
 }
 
 impl SeedJob {
     /// Merges the seeds; the reader calls it right after draining the ring.
     pub fn apply(self, engine: &mut Engine<Outputs>) {
-        let out = engine.seed(&self.mark, &self.seeds, monotonic_ns());
+        let out = engine.seed(&self.mark, &self.seeds, self.dump_ns, monotonic_ns());
         let _ = self.reply.send(out);
     }
 }
@@ -121,6 +123,7 @@ pub async fn run(shared: Arc<Shared>, ifaces: Vec<String>, jobs: mpsc::Sender<Se
                     *total.seeded.entry(s).or_default() += n;
                 }
                 total.skipped += out.skipped;
+                total.updated += out.updated;
                 total.unseedable += out.unseedable;
                 total.complete &= out.complete;
                 if later.is_empty() {
@@ -163,6 +166,7 @@ pub async fn run(shared: Arc<Shared>, ifaces: Vec<String>, jobs: mpsc::Sender<Se
             seeded = total.total(),
             states = %by_state.join(" "),
             skipped_with_events = total.skipped,
+            updated_older_entries = total.updated,
             handshakes_left = total.unseedable,
             took_ms = took.as_millis() as u64,
             "seeded connections older than tcpmon from the kernel's socket table"
@@ -189,7 +193,7 @@ async fn seed_round(
 ) -> Result<(SeedOutcome, HashSet<FlowKey>), SeedError> {
     let names = ifaces.to_vec();
     // Netlink I/O blocks: off the async workers.
-    let seeds = tokio::task::spawn_blocking(move || read_table(&names)).await??;
+    let (seeds, dump_ns) = tokio::task::spawn_blocking(move || read_table(&names)).await??;
     let (now, later): (Vec<Seed>, Vec<Seed>) = seeds
         .into_iter()
         .filter(|s| only.is_none_or(|o| o.contains(&s.key)))
@@ -206,6 +210,7 @@ async fn seed_round(
     jobs.send(SeedJob {
         mark: mark.clone(),
         seeds: now,
+        dump_ns,
         reply,
     })
     .await
@@ -213,7 +218,8 @@ async fn seed_round(
     Ok((merged.await.map_err(|_| SeedError::Reader)?, later))
 }
 
-fn read_table(ifaces: &[String]) -> Result<Vec<Seed>, SeedError> {
+/// The seeds, and when the dump began.
+fn read_table(ifaces: &[String]) -> Result<(Vec<Seed>, u64), SeedError> {
     let addrs = LocalAddrs::of(ifaces).map_err(SeedError::Addrs)?;
     if addrs.is_empty() {
         tracing::warn!(
@@ -221,7 +227,8 @@ fn read_table(ifaces: &[String]) -> Result<Vec<Seed>, SeedError> {
             "the monitored interfaces have no address: nothing to seed"
         );
     }
-    Ok(seeds_of(&diag::dump_tcp()?, &addrs))
+    let dump_ns = monotonic_ns();
+    Ok((seeds_of(&diag::dump_tcp()?, &addrs), dump_ns))
 }
 
 /// The seeds of the sockets whose traffic crosses the monitored interfaces; the two

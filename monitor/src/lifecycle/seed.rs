@@ -4,9 +4,11 @@
 //! state the kernel reports for the local socket, and merged with the events that
 //! arrived while the table was being read.
 //!
-//! The merge rule: events are newer than the dump, so a seed is skipped for any
-//! tuple the engine got an event for since seeding began (it is followed from those
-//! events instead), and for any tuple already in the table.
+//! The merge rule: what is newer wins. A seed is skipped for a tuple whose entry had
+//! an event since the dump began (it is followed from those events), and for one
+//! whose entry ended since seeding began; an entry whose last event is older than
+//! the dump takes the kernel's state (events from before the dump, e.g. while only
+//! one hook was attached, may have left it behind).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,9 +20,9 @@ use monitor_common::{
     parse::{FAMILY_IPV4, FAMILY_IPV6},
 };
 
-use super::{Engine, Entry, Sink, schedule};
+use super::{Engine, Entry, Sink, in_handshake, schedule, server_half_open, uncount};
 use crate::lifecycle::{
-    conn::{Conn, End, Seg},
+    conn::{CloseHow, Conn, End, Happening, Seg},
     record::Endpoints,
     state::TcpState,
     timers::UNSCHEDULED,
@@ -178,8 +180,11 @@ pub struct SeedMark {
 pub struct SeedOutcome {
     /// Connections inserted, by the local end's state.
     pub seeded: HashMap<TcpState, u64>,
-    /// Skipped: the engine had events for them since seeding began.
+    /// Skipped: the engine had events for them since the dump began, or their
+    /// entry ended since seeding began.
     pub skipped: u64,
+    /// Of those seeded, how many updated an entry older than the dump.
+    pub updated: u64,
     /// Not seedable (see [`seedable`]).
     pub unseedable: u64,
     /// False if the table turned over so much meanwhile that some tuples with
@@ -204,9 +209,15 @@ impl<S: Sink> Engine<S> {
         }
     }
 
-    /// Inserts `seeds` as of `now_ns` (kernel clock), skipping every tuple the engine
-    /// had an event for since `mark`.
-    pub fn seed(&mut self, mark: &SeedMark, seeds: &[Seed], now_ns: u64) -> SeedOutcome {
+    /// Merges `seeds`, read from a dump that began at `dump_ns`, as of `now_ns`
+    /// (kernel clock), by the rule in the module's header.
+    pub fn seed(
+        &mut self,
+        mark: &SeedMark,
+        seeds: &[Seed],
+        dump_ns: u64,
+        now_ns: u64,
+    ) -> SeedOutcome {
         // The queue is in generation order: the entries created since the mark are
         // at its back, including those that already ended.
         let since: HashSet<FlowKey> = self
@@ -227,15 +238,20 @@ impl<S: Sink> Engine<S> {
             ..SeedOutcome::default()
         };
         for s in seeds {
+            let older = self.conns.get(&s.key).map(|e| e.conn.last_ns < dump_ns);
             if !s.states().all(seedable) {
                 out.unseedable += 1;
-            } else if self.conns.contains_key(&s.key)
-                || mark.known.contains(&s.key)
-                || since.contains(&s.key)
+            } else if older == Some(false)
+                || (older.is_none() && (mark.known.contains(&s.key) || since.contains(&s.key)))
             {
                 out.skipped += 1;
             } else {
-                self.insert_seed(s, now_ns);
+                if older == Some(true) {
+                    self.update_from_seed(s, now_ns);
+                    out.updated += 1;
+                } else {
+                    self.insert_seed(s, now_ns);
+                }
                 for state in s.states() {
                     *out.seeded.entry(state).or_default() += 1;
                 }
@@ -277,6 +293,64 @@ impl<S: Sink> Engine<S> {
         }
         schedule(&self.cfg, &mut self.timers, key, &mut entry);
         self.conns.insert(key, entry);
+    }
+}
+
+impl<S: Sink> Engine<S> {
+    /// Gives an entry whose events are older than the dump the kernel's state, and
+    /// what the kernel knows of it: its role, that it is no spoofed flow.
+    fn update_from_seed(&mut self, s: &Seed, now_ns: u64) {
+        let key = s.key;
+        let Some(e) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let fresh = seeded_conn(s, now_ns, self.cfg.time_wait_ns);
+        let c = &mut e.conn;
+        // A connection seen opening whose close was missed still closes once.
+        let close = c.ack_ns.is_some() && c.finished.is_none() && fresh.finished.is_some();
+        c.ends = fresh.ends;
+        c.client = c.client.or(fresh.client);
+        c.active_closer = c.active_closer.or(fresh.active_closer);
+        c.simultaneous_close |= fresh.simultaneous_close;
+        if fresh.time_wait_since.is_some() {
+            c.time_wait_since = fresh.time_wait_since;
+        }
+        if c.finished.is_none() {
+            c.finished = fresh.finished;
+        }
+        e.local = Some(s.local);
+        e.both_local |= s.peer.is_some();
+        e.provisional = false;
+        if close {
+            self.out.report(e, &[Happening::Closed(CloseHow::Fin)]);
+        }
+        if s.server {
+            self.out.ports.admit(e.eps.addrs[s.local].port());
+        }
+        // The half-open bookkeeping, as on_segment keeps it.
+        let half_open = in_handshake(&e.conn) || e.provisional;
+        if half_open != e.half_open {
+            e.half_open = half_open;
+            if half_open {
+                self.half_open += 1;
+            } else {
+                self.half_open -= 1;
+            }
+        }
+        let port = server_half_open(e);
+        if port != e.server_half_open {
+            uncount(&mut self.server_half_open, e);
+            e.server_half_open = port;
+            if let Some(p) = port {
+                *self.server_half_open.entry(p).or_default() += e.weight;
+            }
+        }
+        if e.conn.done() {
+            self.remove(&key);
+        } else {
+            e.due_bucket = UNSCHEDULED;
+            schedule(&self.cfg, &mut self.timers, key, e);
+        }
     }
 }
 

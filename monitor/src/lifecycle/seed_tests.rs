@@ -136,7 +136,7 @@ fn seed_keys_match_event_keys_whichever_end_sorts_first() {
 fn seeded_connection_closes_by_fin_without_handshake_counts() {
     let mut e = engine();
     let mark = e.seed_mark();
-    let out = e.seed(&mark, &[seed(80, 40000, TcpState::Established, true)], 0);
+    let out = e.seed(&mark, &[seed(80, 40000, TcpState::Established, true)], 0, 0);
     assert_eq!(out.total(), 1);
     assert!(out.complete);
     assert_eq!(state_count(&e, TcpState::Established), 1);
@@ -161,7 +161,12 @@ fn seeded_connection_closes_by_fin_without_handshake_counts() {
 fn rst_into_a_seeded_connection_is_a_close() {
     let mut e = engine();
     let mark = e.seed_mark();
-    e.seed(&mark, &[seed(40000, 443, TcpState::Established, false)], 0);
+    e.seed(
+        &mark,
+        &[seed(40000, 443, TcpState::Established, false)],
+        0,
+        0,
+    );
     e.on_event(&ev(false, 40000, 443, RST | ACK, 7, 9, 5));
     assert_eq!(
         e.out.sink.calls,
@@ -184,7 +189,8 @@ fn tuples_with_events_since_the_mark_are_not_seeded() {
     e.on_event(&ev(false, 80, 40003, FIN | ACK, 1, 1, 4));
     let calls = e.out.sink.calls.len();
     let seeds = [40001, 40002, 40003, 40004].map(|p| seed(80, p, TcpState::Established, true));
-    let out = e.seed(&mark, &seeds, 10_000_000);
+    // The dump began before those events: they are newer.
+    let out = e.seed(&mark, &seeds, 0, 10_000_000);
     assert_eq!(out.skipped, 3);
     assert_eq!(out.seeded.get(&TcpState::Established), Some(&1));
     assert!(out.complete);
@@ -201,7 +207,7 @@ fn time_wait_leaves_when_the_kernel_timer_would() {
     let mark = e.seed_mark();
     let mut s = seed(80, 40000, TcpState::TimeWait, true);
     s.time_wait_left_ns = 20 * SEC;
-    e.seed(&mark, &[s], 100 * SEC);
+    e.seed(&mark, &[s], 100 * SEC, 100 * SEC);
     assert_eq!(state_count(&e, TcpState::TimeWait), 1);
     e.tick(119 * SEC, &mut NoProbe);
     assert_eq!(state_count(&e, TcpState::TimeWait), 1);
@@ -216,7 +222,7 @@ fn a_new_syn_ends_a_seeded_time_wait_silently() {
     let mark = e.seed_mark();
     let mut s = seed(80, 40000, TcpState::TimeWait, true);
     s.time_wait_left_ns = 30 * SEC;
-    e.seed(&mark, &[s], 0);
+    e.seed(&mark, &[s], 0, 0);
     e.on_event(&ev(false, 80, 40000, SYN, 100, 0, 1));
     e.on_event(&ev(true, 80, 40000, SYN | ACK, 500, 101, 2));
     e.on_event(&ev(false, 80, 40000, ACK, 101, 501, 3));
@@ -232,7 +238,7 @@ fn half_closed_seeds_finish_their_close() {
         seed(80, 40000, TcpState::FinWait2, true),
         seed(80, 40001, TcpState::CloseWait, true),
     ];
-    e.seed(&mark, &seeds, 0);
+    e.seed(&mark, &seeds, 0, 0);
     // FIN-WAIT-2: the peer's FIN puts the local end in TIME-WAIT.
     e.on_event(&ev(false, 80, 40000, FIN | ACK, 300, 900, 10));
     e.on_event(&ev(true, 80, 40000, ACK, 900, 301, 11));
@@ -258,7 +264,7 @@ fn handshakes_in_progress_are_not_seeded() {
         seed(40000, 80, TcpState::SynSent, false),
         seed(80, 40001, TcpState::SynReceived, true),
     ];
-    let out = e.seed(&mark, &seeds, 0);
+    let out = e.seed(&mark, &seeds, 0, 0);
     assert_eq!(out.unseedable, 2);
     assert!(e.is_empty());
 }
@@ -267,7 +273,7 @@ fn handshakes_in_progress_are_not_seeded() {
 fn seeded_connections_idle_out_as_closed() {
     let mut e = engine();
     let mark = e.seed_mark();
-    e.seed(&mark, &[seed(80, 40000, TcpState::Established, true)], 0);
+    e.seed(&mark, &[seed(80, 40000, TcpState::Established, true)], 0, 0);
     e.tick(7_201 * SEC, &mut NoProbe);
     assert_eq!(e.out.sink.calls, ["closed server 80 timeout"]);
     assert!(e.is_empty());
@@ -285,9 +291,36 @@ fn both_sockets_of_a_loopback_connection_make_one_entry() {
         (both.local, both.state, both.peer),
         (server.local, TcpState::CloseWait, Some(TcpState::FinWait2))
     );
-    let out = e.seed(&mark, &[both], 0);
+    let out = e.seed(&mark, &[both], 0, 0);
     assert_eq!(out.total(), 2, "two sockets");
     assert_eq!(e.len(), 1);
     assert_eq!(state_count(&e, TcpState::CloseWait), 1);
     assert_eq!(state_count(&e, TcpState::FinWait2), 1);
+}
+
+#[test]
+fn entries_older_than_the_dump_take_the_kernels_state() {
+    let mut e = engine();
+    let mark = e.seed_mark();
+    // Seen while only ingress was attached: the client's SYN and FIN, nothing sent.
+    e.on_event(&ev(false, 80, 40000, SYN, 100, 0, 1));
+    e.on_event(&ev(false, 80, 40000, FIN | ACK, 101, 501, 2));
+    // Data seen mid-stream, role unknown.
+    e.on_event(&ev(false, 80, 40001, ACK, 7, 9, 3));
+    let mut tw = seed(80, 40000, TcpState::TimeWait, true);
+    tw.time_wait_left_ns = 30 * SEC;
+    let est = seed(80, 40001, TcpState::Established, true);
+    let out = e.seed(&mark, &[tw, est], 5_000_000, 100 * SEC);
+    assert_eq!((out.total(), out.updated, out.skipped), (2, 2, 0));
+    assert_eq!(state_count(&e, TcpState::TimeWait), 1);
+    assert_eq!(state_count(&e, TcpState::Established), 1);
+    assert!(e.out.sink.calls.is_empty(), "{:?}", e.out.sink.calls);
+    // The mid-stream one now knows it is the server.
+    e.on_event(&ev(false, 80, 40001, RST, 9, 0, 100_010));
+    assert_eq!(
+        e.out.sink.calls,
+        ["reset received established", "closed server 80 rst"]
+    );
+    e.tick(131 * SEC, &mut NoProbe);
+    assert!(e.is_empty());
 }

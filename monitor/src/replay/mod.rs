@@ -62,6 +62,9 @@ pub struct ReplayOptions {
     /// Keep every ended connection's record (the JSON document lists them; ~300 B
     /// each), not only the summary's figures.
     pub keep_records: bool,
+    /// Tick the SYN monitor through a capture's long silences too, instead of
+    /// skipping the ticks that change nothing (for the test that they do not).
+    pub syn_every_tick: bool,
 }
 
 impl Default for ReplayOptions {
@@ -71,6 +74,7 @@ impl Default for ReplayOptions {
             syn: SynOptions::default(),
             prefix_entries: crate::loader::LoadOptions::default().prefix_entries,
             keep_records: false,
+            syn_every_tick: false,
         }
     }
 }
@@ -154,7 +158,7 @@ pub fn replay(path: &Path, opts: &ReplayOptions) -> Result<Report, ReplayError> 
         first_ns: None,
         last_ns: None,
         syn: Default::default(),
-        syn_ticker: syn::Ticker::new(monitor),
+        syn_ticker: syn::Ticker::new(monitor, &opts.syn, opts.syn_every_tick),
         syn_counts: Default::default(),
         counts: Default::default(),
         error: None,

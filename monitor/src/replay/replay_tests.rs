@@ -416,3 +416,58 @@ fn the_prefix_table_capacity_bounds_what_the_monitor_sees() {
     // The whole-capture tally is not bounded.
     assert_eq!(r.syn.distinct_sources(), 20_001);
 }
+
+/// Two floods 100 s apart, and a day of silence before a last SYN: skipping the
+/// silent ticks gives what ticking through them does.
+#[test]
+fn skipping_silent_ticks_changes_nothing() {
+    let sec = 1_000_000_000u64;
+    let flood = |start: u64, net: u8| {
+        (0..6000u32).map(move |i| {
+            let src = [10, net, (i >> 8) as u8, i as u8];
+            let f = Frame::v4(src, 1024 + i as u16, S, 80)
+                .flags(SYN)
+                .seq_ack(i, 0)
+                .build();
+            (start + i as u64 * 500_000, f)
+        })
+    };
+    let mut frames = conversation(false);
+    frames.extend(flood(T0 + 2 * sec, 128));
+    frames.extend(flood(T0 + 107 * sec, 129));
+    frames.push((T0 + 200 * sec, conversation(false)[0].1.clone()));
+    // One file for both runs: its name is a label value.
+    let mut file = tempfile();
+    file.1
+        .write_all(&pcap(link::ETHERNET as u32, true, &frames))
+        .unwrap();
+    let run_with = |every_tick: bool| {
+        let opts = ReplayOptions {
+            syn_every_tick: every_tick,
+            ..kept()
+        };
+        replay(&file.0, &opts).unwrap()
+    };
+    let (skipped, ticked) = (run_with(false), run_with(true));
+    let _ = std::fs::remove_file(&file.0);
+    assert_eq!(skipped.syn_ticker.floods.len(), 2);
+    let json = |r: &Report| serde_json::to_string(&json::document(r, None)).unwrap();
+    assert_eq!(json(&skipped), json(&ticked));
+    let (a, b) = (skipped.exposition(), ticked.exposition());
+    let only = |x: &str, y: &str| -> Vec<String> {
+        let y: std::collections::BTreeSet<&str> = y.lines().collect();
+        x.lines()
+            .filter(|l| !y.contains(l))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(a, b, "skipped {:?} ticked {:?}", only(&a, &b), only(&b, &a));
+
+    // A day between two packets takes no time.
+    let mut day = conversation(false);
+    day.push((T0 + 86_400 * sec, conversation(false)[0].1.clone()));
+    let started = std::time::Instant::now();
+    let r = run(&pcap(link::ETHERNET as u32, true, &day));
+    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+    assert!(r.syn_ticker.floods.is_empty());
+}

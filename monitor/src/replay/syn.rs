@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use super::pipeline::Feed;
 use crate::syn::{
-    KernelCounts, SynMonitor, TICK_NS,
+    KernelCounts, SynMonitor, SynOptions, TICK_NS,
     api::SourcePrefix,
     kernel::{PORTS_CAPACITY, PrefixCounts, SynSource},
     sketch::Registers,
@@ -251,20 +251,38 @@ pub struct Flood {
     pub top_sources: Vec<SourcePrefix>,
 }
 
+/// Ticks skipped at once in a silence: three seconds, so that the monitor's
+/// prefix-read (every other tick) and sketch-bank (every third second) phases stay
+/// where ticking through would have left them.
+const CYCLE_NS: u64 = 6 * TICK_NS;
+
 /// Drives the [`SynMonitor`] on packet time and keeps the flood episodes.
+///
+/// A capture may hold long silences (a day between two packets is 172 800 ticks).
+/// Once no packet came for the sketch window plus the detector's hold plus a margin,
+/// every rate is 0, every flood over, every window empty and every prefix read the
+/// same: further ticks change nothing but the tick count, so whole cycles of them
+/// are skipped (`every_tick` ticks through, for the test that checks the results
+/// are the same).
 pub struct Ticker {
     pub monitor: SynMonitor,
     next_ns: Option<u64>,
+    last_packet_ns: u64,
+    quiet_ns: u64,
+    every_tick: bool,
     pub floods: Vec<Flood>,
     /// Index in `floods` of each label's flood in progress.
     active: HashMap<String, usize>,
 }
 
 impl Ticker {
-    pub fn new(monitor: SynMonitor) -> Ticker {
+    pub fn new(monitor: SynMonitor, opts: &SynOptions, every_tick: bool) -> Ticker {
         Ticker {
             monitor,
             next_ns: None,
+            last_packet_ns: 0,
+            quiet_ns: (opts.window_secs.max(3) + 4) * 1_000_000_000 + opts.flood.hold_ns,
+            every_tick,
             floods: Vec::new(),
             active: HashMap::new(),
         }
@@ -281,9 +299,13 @@ impl Ticker {
         feed: &mut Feed,
     ) {
         let next = *self.next_ns.get_or_insert(ts);
+        if self.last_packet_ns == 0 {
+            self.last_packet_ns = ts;
+        }
         if ts >= next {
             self.tick_through(ts, kernel, counts, feed);
         }
+        self.last_packet_ns = self.last_packet_ns.max(ts);
     }
 
     /// One more tick after the last packet, as a running agent would read the maps
@@ -302,6 +324,16 @@ impl Ticker {
         feed: &mut Feed,
     ) {
         while let Some(now) = self.next_ns.filter(|n| *n <= ts) {
+            let cycles = (ts - now) / CYCLE_NS;
+            if !self.every_tick
+                && cycles > 0
+                && now >= self.last_packet_ns.saturating_add(self.quiet_ns)
+            {
+                let to = now + cycles * CYCLE_NS;
+                self.monitor.resume_at(to - TICK_NS);
+                self.next_ns = Some(to);
+                continue;
+            }
             let (mut labels, half_open) = feed.syn_view();
             let kc = KernelCounts {
                 sampled: 0,

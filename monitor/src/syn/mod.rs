@@ -152,6 +152,12 @@ impl SynMonitor {
         self.snapshot.clone()
     }
 
+    /// Takes the next tick as one [`TICK_NS`] after `now_ns`, as if the monitor had
+    /// read then (replay skips the ticks of a long silence, which change nothing).
+    pub fn resume_at(&mut self, now_ns: u64) {
+        self.last_ns = now_ns;
+    }
+
     /// The snapshot as of the last tick, without a copy (replay reads it each tick).
     pub fn snapshot_ref(&self) -> &api::SynSnapshot {
         &self.snapshot
