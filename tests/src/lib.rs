@@ -10,6 +10,7 @@ pub mod flood;
 pub mod lab;
 pub mod monitor;
 pub mod testrun;
+pub mod tshark;
 pub mod verifier;
 pub mod vlan;
 

@@ -57,6 +57,9 @@ pub struct LinkType {
 
 #[derive(Serialize)]
 pub struct Connections {
+    /// Wireshark's streams (`tcp.stream`): the connections, plus the tuples seen
+    /// only through stray RSTs (which are no connections).
+    pub streams: u64,
     pub total: u64,
     pub ended: u64,
     pub open_at_end: u64,
@@ -208,6 +211,7 @@ pub fn document(r: &Report, metrics: Option<String>) -> Document {
         first_packet_unix_ns: r.first_ns,
         last_packet_unix_ns: r.last_ns,
         connections: Connections {
+            streams: s.connections + s.stray_tuples.len() as u64,
             total: s.connections,
             ended: s.ended,
             open_at_end: s.connections - s.ended,

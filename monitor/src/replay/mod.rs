@@ -7,14 +7,14 @@ mod pipeline;
 pub mod summary;
 pub mod syn;
 
-use std::{collections::HashMap, fs::File, net::IpAddr, path::Path, sync::Arc};
+use std::{fs::File, net::IpAddr, path::Path, sync::Arc};
 
 use monitor_common::{
-    FlowKey, FlowState, TcpEvent,
+    FlowKey, TcpEvent,
     datapath::{self, Parsed, Tables},
     event::Hook,
     flags::FlagClass,
-    flow::{CLIENT_UNKNOWN, FullRate},
+    flow::{CLIENT_UNKNOWN, FullRate, HostFlows},
     parse::{OUTCOME_COUNT, OUTCOME_TCP, TcpPacket},
     seq::LazyClock,
     syn::SynConfig,
@@ -40,13 +40,14 @@ pub enum ReplayError {
     NotCapture(String),
 }
 
-/// The flow map of replay: what the kernel's LRU map is live (a hash map is a
-/// [`monitor_common::flow::FlowTable`]).
-pub type ReplayFlows = HashMap<FlowKey, FlowState, foldhash::fast::RandomState>;
+/// The flow map and embryo table of replay: what the kernel's LRU maps are live.
+pub type ReplayFlows = HostFlows<foldhash::fast::RandomState>;
 
 impl ActivityProbe for ReplayFlows {
     fn activity(&mut self, key: &FlowKey) -> Option<u64> {
-        self.get(key).map(|s| s.segs[0] as u64 + s.segs[1] as u64)
+        self.flows
+            .get(key)
+            .map(|s| s.segs[0] as u64 + s.segs[1] as u64)
     }
 }
 
@@ -196,7 +197,7 @@ pub fn replay(path: &Path, opts: &ReplayOptions) -> Result<Report, ReplayError> 
         r.syn_ticker.finish(kernel, &r.syn_counts, feed);
     });
     r.engine = engine;
-    r.counts.flow_entries = flows.len();
+    r.counts.flow_entries = flows.flows.len();
     r.counts.outcomes = r.outcomes;
     r.flows = flows;
     r.agent_metrics
@@ -412,7 +413,7 @@ fn direction(pkt: &TcpPacket, flows: &ReplayFlows, local: &[IpAddr]) -> usize {
         };
     }
     let (key, dir) = FlowKey::of(pkt);
-    match flows.get(&key).map(|s| s.client_dir) {
+    match flows.flows.get(&key).map(|s| s.client_dir) {
         None | Some(CLIENT_UNKNOWN) => DIR_UNKNOWN,
         Some(c) if c == dir => DIR_RECEIVED,
         Some(_) => DIR_SENT,

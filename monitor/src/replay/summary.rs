@@ -76,7 +76,9 @@ fn open_records(r: &Report) -> Vec<ConnRecord> {
             _pad0: 0,
             _pad1: 0,
         };
-        let Some(f) = r.flows.get(&key) else { continue };
+        let Some(f) = r.flows.flows.get(&key) else {
+            continue;
+        };
         let (cs, sc) = if client_lo { (0, 1) } else { (1, 0) };
         rec.bytes_client_to_server = rec.bytes_client_to_server.max(f.bytes[cs]);
         rec.bytes_server_to_client = rec.bytes_server_to_client.max(f.bytes[sc]);
@@ -159,6 +161,13 @@ pub fn render(r: &Report) -> String {
         s.ended,
         s.connections - s.ended,
         s.mid_stream
+    );
+    let _ = writeln!(
+        o,
+        "streams: {} (the connections and {} tuples seen only through {} stray RSTs)",
+        s.connections + s.stray_tuples.len() as u64,
+        s.stray_tuples.len(),
+        s.stray_resets
     );
     for ((kind, how), n) in &s.how {
         let k = format!("{kind}:{how}");

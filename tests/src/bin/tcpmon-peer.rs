@@ -1,8 +1,9 @@
 //! Traffic peer for the privileged tests: bounded servers and clients run inside the
 //! test namespaces, plus a tiny HTTP GET for reading /metrics there.
 //!
-//!   tcpmon-peer serve ADDR COUNT [--server-closes-first] [--linger0]
+//!   tcpmon-peer serve ADDR COUNT [--server-closes-first] [--linger0] [--echo-all [--bye]]
 //!   tcpmon-peer connect ADDR COUNT PAYLOAD [--linger0] [--wait-server-close]
+//!                       [--rounds N] [--gap-ms MS] [--fin-then-rst]
 //!   tcpmon-peer refused ADDR COUNT
 //!   tcpmon-peer get HOST:PORT PATH
 //!   tcpmon-peer serve-loop ADDR SECONDS [--backlog N]
@@ -199,6 +200,20 @@ fn main() {
                 let (mut s, _) = l.accept().expect("accept");
                 s.set_read_timeout(Some(TIMEOUT)).unwrap();
                 let mut buf = [0u8; 65536];
+                if flag("--echo-all") {
+                    // Every request answered until the client's FIN; then, with
+                    // --bye, data the client no longer reads, then the close.
+                    while let Ok(n @ 1..) = s.read(&mut buf) {
+                        let _ = s.write_all(&buf[..n.min(1000)]);
+                    }
+                    if flag("--bye") {
+                        // Late enough that the client has closed: its kernel
+                        // answers the data with a RST.
+                        std::thread::sleep(Duration::from_millis(200));
+                        let _ = s.write_all(b"bye");
+                    }
+                    continue;
+                }
                 let n = s.read(&mut buf).unwrap_or(0);
                 let _ = s.write_all(&buf[..n.min(1000)]);
                 if flag("--linger0") {
@@ -214,17 +229,33 @@ fn main() {
         }
         Some("connect") => {
             let payload: usize = args[3].parse().expect("payload");
+            let rounds: usize = opt(&args, "--rounds").unwrap_or(1);
+            let gap = Duration::from_millis(opt(&args, "--gap-ms").unwrap_or(0));
             for _ in 0..count() {
                 let mut s = TcpStream::connect_timeout(&addr(), TIMEOUT).expect("connect");
                 s.set_read_timeout(Some(TIMEOUT)).unwrap();
-                s.write_all(&vec![b'x'; payload]).unwrap();
                 let mut buf = [0u8; 65536];
-                let mut got = 0;
-                while got < payload.min(1000) {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got += n,
+                for round in 0..rounds {
+                    if round > 0 {
+                        std::thread::sleep(gap);
                     }
+                    s.write_all(&vec![b'x'; payload]).unwrap();
+                    let mut got = 0;
+                    while got < payload.min(1000) {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got += n,
+                        }
+                    }
+                }
+                std::thread::sleep(gap);
+                if flag("--fin-then-rst") {
+                    // FIN first, then the close: data the server sends after it
+                    // is answered with a RST.
+                    s.shutdown(std::net::Shutdown::Write).unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                    drop(s);
+                    continue;
                 }
                 if flag("--wait-server-close") {
                     while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}

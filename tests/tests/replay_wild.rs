@@ -1,0 +1,155 @@
+//! Replay of messy captures made in the lab against tshark's analysis of the same
+//! file: keep-alive connections reset from one side, RSTs after a FIN, stray RSTs,
+//! captures that start mid-stream, loopback. Streams, completed handshakes, iRTTs,
+//! retransmissions by kind, out-of-order segments, duplicate ACKs and RSTs must all
+//! be equal.
+
+use std::{process::Stdio, time::Duration};
+
+use tests::{
+    capture::Capture,
+    lab::{Lab, SERVER_V4},
+    tshark::{self, Analysis},
+};
+
+fn check(file: &std::path::Path, local: &[&str], what: &str) -> Analysis {
+    let truth = tshark::analyze(file);
+    let (ours, doc) = tshark::replay(file, local);
+    eprintln!("{what}: tshark {truth:?}\n{what}: replay {ours:?}");
+    assert_eq!(
+        ours.irtt_ns.len(),
+        truth.irtt_ns.len(),
+        "{what}: iRTT count"
+    );
+    for (a, b) in ours.irtt_ns.iter().zip(&truth.irtt_ns) {
+        assert!(a.abs_diff(*b) <= 1_000, "{what}: iRTT {a} vs tshark {b}");
+    }
+    let strip = |a: &Analysis| Analysis {
+        irtt_ns: Vec::new(),
+        ..a.clone()
+    };
+    assert_eq!(
+        strip(&ours),
+        strip(&truth),
+        "{what}: replay vs tshark\n{}",
+        serde_json::to_string_pretty(&doc["summary"]).unwrap()
+    );
+    truth
+}
+
+/// A test-peer server in the server namespace, ready when this returns.
+fn serve(lab: &mut Lab, addr: &str, n: usize, extra: &[&str]) {
+    lab.serve(addr, n, extra);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn keepalive_resets_rst_after_fin_and_stray_rsts_equal_tshark() {
+    let mut lab = Lab::new();
+    let mut cap = Capture::start(&lab, &lab.server.clone(), lab.server_if);
+    // Keep-alive connections, idle between requests, then reset by the client.
+    serve(&mut lab, &format!("{SERVER_V4}:8080"), 4, &["--echo-all"]);
+    lab.connect(
+        &format!("{SERVER_V4}:8080"),
+        4,
+        300,
+        &["--rounds", "3", "--gap-ms", "80", "--linger0"],
+    );
+    // And reset by the server after answering.
+    serve(&mut lab, &format!("{SERVER_V4}:8083"), 3, &["--linger0"]);
+    lab.connect(&format!("{SERVER_V4}:8083"), 3, 100, &[]);
+    // A client that sends its FIN, then a RST for the reply it no longer reads.
+    serve(
+        &mut lab,
+        &format!("{SERVER_V4}:8081"),
+        4,
+        &["--echo-all", "--bye"],
+    );
+    lab.connect(&format!("{SERVER_V4}:8081"), 4, 200, &["--fin-then-rst"]);
+    lab.wait_servers();
+    // RSTs for tuples that never had a connection (hping3 exits 1: no answers).
+    let _ = lab
+        .cmd(&lab.client, "hping3")
+        .args([
+            "-q", "-R", "-A", "-c", "5", "-i", "u5000", "-p", "8080", SERVER_V4,
+        ])
+        .output()
+        .expect("hping3");
+    cap.stop();
+    let t = check(&cap.file, &[SERVER_V4], "resets");
+    assert_eq!(t.handshakes, 11, "the scenario ran");
+    assert!(t.rsts >= 4 + 3 + 4 + 5);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_capture_that_starts_mid_stream_equals_tshark() {
+    let mut lab = Lab::new();
+    serve(&mut lab, &format!("{SERVER_V4}:8082"), 3, &["--echo-all"]);
+    // Three long conversations at once; the capture starts in their middle.
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            lab.cmd(&lab.client, tests::peer_bin())
+                .args([
+                    "connect",
+                    &format!("{SERVER_V4}:8082"),
+                    "1",
+                    "500",
+                    "--rounds",
+                    "12",
+                    "--gap-ms",
+                    "60",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cap = Capture::start(&lab, &lab.server.clone(), lab.server_if);
+    for mut c in clients {
+        assert!(c.wait().unwrap().success());
+    }
+    lab.wait_servers();
+    cap.stop();
+    let t = check(&cap.file, &[SERVER_V4], "mid-stream");
+    assert_eq!(
+        (t.streams, t.handshakes),
+        (3, 0),
+        "the capture began mid-stream"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_loopback_capture_equals_tshark() {
+    let mut lab = Lab::new();
+    let ns = lab.server.clone();
+    let mut cap = Capture::start(&lab, &ns, "lo");
+    let mut server = lab
+        .cmd(&ns, tests::peer_bin())
+        .args(["serve", "127.0.0.1:8090", "8", "--echo-all"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "listening");
+    }
+    tests::run(lab.cmd(&ns, tests::peer_bin()).args([
+        "connect",
+        "127.0.0.1:8090",
+        "8",
+        "2000",
+        "--rounds",
+        "2",
+    ]));
+    assert!(server.wait().unwrap().success());
+    cap.stop();
+    let t = check(&cap.file, &["127.0.0.1"], "loopback");
+    assert_eq!((t.streams, t.handshakes), (8, 8));
+}
