@@ -203,6 +203,8 @@ pub fn replay(path: &Path, opts: &ReplayOptions) -> Result<Report, ReplayError> 
     r.agent_metrics
         .apply_replay(&r.counts, &r.source_name, r.format);
     readiness(&r.agent_metrics.registry);
+    // The host's TIME-WAIT sockets mean nothing for a capture: present, never read, 0.
+    crate::sockstat::TimeWait::new(&r.agent_metrics.registry);
     Ok(r)
 }
 
