@@ -104,6 +104,8 @@ install_bpf_linker() {
 
 install_test_deps() {
     apt_install iproute2 tcpdump tshark bpftool prometheus ethtool util-linux procps iperf3 nftables hping3
+    # The reordering test queues segments to a delayer through an iptables NFQUEUE rule.
+    apt_install iptables
     # The kernel matrix (cargo xtask kernel-matrix): TCG guests, their busybox
     # initramfs, and the key Debian's kernel packages are signed with (not on Ubuntu).
     apt_install qemu-system-x86 busybox-static cpio debian-archive-keyring

@@ -111,7 +111,7 @@ pub struct FlowState {
     /// The sampler's shift when the connection's first SYN (or SYN-ACK) was seen.
     pub shift: u8,
     /// Set once a RST ended the connection: its trailing segments (data in flight,
-    /// ACKs) are absorbed instead of starting a mid-stream flow; a new SYN resets it.
+    /// ACKs) are still followed but start no mid-stream flow; a new SYN resets it.
     pub reset: u8,
     pub _pad1: u32,
     /// Sequence state of each direction, for retransmission analysis.
@@ -698,16 +698,19 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             }
         }
     };
+    let note = observe(s, dir, pkt, segs, clock);
+    t.dup_ack = note.dup_ack;
     if s.reset != 0 {
-        // After the RST: another RST is still reported (it is on the wire), the rest
-        // is the reset connection's tail.
+        // The reset connection's tail: segments in flight when the RST went (their
+        // retransmissions are still retransmissions to Wireshark) and more RSTs.
+        // Nothing of it starts a flow or a close.
         if f & RST != 0 {
-            due(t, s, EventKind::Rst, dir, SeqNote::default());
+            due(t, s, EventKind::Rst, dir, note);
+        } else if note.rewind {
+            due(t, s, EventKind::Rewind, dir, note);
         }
         return;
     }
-    let note = observe(s, dir, pkt, segs, clock);
-    t.dup_ack = note.dup_ack;
     if f & RST != 0 {
         due(t, s, EventKind::Rst, dir, note);
         s.reset = 1;

@@ -159,13 +159,11 @@ pub fn observe<F: FnMut() -> u64>(
     } else {
         fwd.flags &= !LAST_KEEPALIVE;
     }
-    if len > 0 && (!valid || seq_lt(fwd.high, end)) {
+    // Any segment that goes past the highest end, a pure ACK included, moves it (and
+    // its time): Wireshark's nextseq. A pure ACK ahead of it says segments before it
+    // are missing or reordered, and they are then no longer new when they come.
+    if !valid || seq_lt(fwd.high, end) {
         fwd.high = end;
-        fwd.high_ns = clock.now();
-        fwd.flags |= HIGH_VALID;
-    } else if !valid && len == 0 {
-        // A pure ACK still tells where this direction's sequence space stands.
-        fwd.high = pkt.seq;
         fwd.high_ns = clock.now();
         fwd.flags |= HIGH_VALID;
     }
@@ -391,6 +389,22 @@ mod tests {
         // Without the probe before it, the same ACK is a duplicate.
         observe(&mut a, &b, &pkt(ACK | PSH, 1100, 1, 10, 500), &mut at(5));
         assert!(observe(&mut b, &a, &pkt(ACK, 1, 1100, 0, 500), &mut at(6)).dup_ack);
+    }
+
+    #[test]
+    fn a_pure_ack_ahead_moves_the_highest_end() {
+        // Wireshark's nextseq: a pure ACK past the highest end says what was sent;
+        // the segment it overtook is then no longer new.
+        let (mut a, b) = (DirSeq::ZERO, DirSeq::ZERO);
+        observe(&mut a, &b, &pkt(ACK | PSH, 100, 1, 100, 500), &mut at(1));
+        observe(&mut a, &b, &pkt(ACK, 300, 1, 0, 500), &mut at(2));
+        assert_eq!((a.high, a.high_ns), (300, 2));
+        let n = observe(&mut a, &b, &pkt(ACK | PSH, 200, 1, 100, 500), &mut at(3));
+        assert!(n.rewind);
+        assert_eq!((n.high, n.high_ns), (300, 2));
+        // One behind it changes nothing.
+        observe(&mut a, &b, &pkt(ACK, 250, 1, 0, 500), &mut at(4));
+        assert_eq!(a.high, 300);
     }
 
     #[test]

@@ -8,11 +8,19 @@ use std::{process::Stdio, time::Duration};
 
 use tests::{
     capture::Capture,
-    lab::{Lab, SERVER_V4},
+    lab::{CLIENT_V4, Lab, SERVER_V4},
+    monitor::{Monitor, sample},
     tshark::{self, Analysis},
 };
 
 fn check(file: &std::path::Path, local: &[&str], what: &str) -> Analysis {
+    // For a look at a failing case: TCPMON_KEEP_CAPTURES=DIR keeps each capture.
+    if let Some(dir) = std::env::var_os("TCPMON_KEEP_CAPTURES") {
+        let _ = std::fs::copy(
+            file,
+            std::path::Path::new(&dir).join(format!("{what}.pcap")),
+        );
+    }
     let truth = tshark::analyze(file);
     let (ours, doc) = tshark::replay(file, local);
     eprintln!("{what}: tshark {truth:?}\n{what}: replay {ours:?}");
@@ -123,7 +131,7 @@ fn a_capture_that_starts_mid_stream_equals_tshark() {
 #[test]
 #[ignore = "needs root"]
 fn a_loopback_capture_equals_tshark() {
-    let mut lab = Lab::new();
+    let lab = Lab::new();
     let ns = lab.server.clone();
     let mut cap = Capture::start(&lab, &ns, "lo");
     let mut server = lab
@@ -152,4 +160,122 @@ fn a_loopback_capture_equals_tshark() {
     cap.stop();
     let t = check(&cap.file, &["127.0.0.1"], "loopback");
     assert_eq!((t.streams, t.handshakes), (8, 8));
+}
+
+/// Sum of the series of `name` whose labels include every one of `labels`.
+fn sum(text: &str, name: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+#[ignore = "needs root"]
+fn reordered_segments_equal_tshark_live_and_replay() {
+    let mut lab = Lab::new();
+    let server = lab.server.clone();
+    let mon = Monitor::start_agent(&lab, &server, &["-i", lab.server_if]);
+    let mut cap = Capture::start(&lab, &server, lab.server_if);
+    // The client's segments go through the delayer: pairs swapped, some held late
+    // enough to be retransmitted; FINs and ACKs included.
+    let mut delay = lab
+        .cmd(&lab.client, tests::target_bin("tcpmon-delay"))
+        .args([
+            "7",
+            "30",
+            "--swap-every",
+            "4",
+            "--hold-every",
+            "29",
+            "--hold-ms",
+            "250",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(delay.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "delayer did not start");
+    }
+    tests::run(lab.cmd(&lab.client, "iptables-legacy").args([
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8084",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        "7",
+        "--queue-bypass",
+    ]));
+    serve(&mut lab, &format!("{SERVER_V4}:8084"), 4, &["--echo-all"]);
+    lab.connect(&format!("{SERVER_V4}:8084"), 4, 3000, &["--rounds", "15"]);
+    lab.wait_servers();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(delay.id() as i32, libc::SIGKILL) };
+    let _ = delay.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    cap.stop();
+    let m = mon.metrics(&lab);
+    let stopped = mon.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let t = check(&cap.file, &[SERVER_V4], "reordered");
+    assert!(t.out_of_order > 0, "the path reordered nothing: {t:?}");
+    // Live, on the server: what the client's segments did, against tshark's
+    // analysis of the same direction in the same capture.
+    let from_client = format!("ip.src == {CLIENT_V4} && ");
+    let count = |f: &str| {
+        let out = tests::run(
+            std::process::Command::new("tshark")
+                .arg("-r")
+                .arg(&cap.file)
+                .args([
+                    "-Y",
+                    &format!("{from_client}tcp.analysis.{f}"),
+                    "-T",
+                    "fields",
+                    "-e",
+                    "frame.number",
+                ]),
+        );
+        String::from_utf8_lossy(&out.stdout).lines().count() as u64
+    };
+    let retrans = |k: &str| {
+        sum(
+            &m,
+            "tcpmon_retransmitted_segments_total",
+            &["direction=\"received\"", &format!("kind=\"{k}\"")],
+        )
+    };
+    let live_all: u64 = ["retransmission", "fast", "spurious", "syn", "synack"]
+        .iter()
+        .map(|k| retrans(k))
+        .sum();
+    let live_ooo = sum(
+        &m,
+        "tcpmon_out_of_order_segments_total",
+        &["direction=\"received\""],
+    );
+    eprintln!(
+        "live: retrans {live_all} fast {} spurious {} ooo {live_ooo}; packets {:?}",
+        retrans("fast"),
+        retrans("spurious"),
+        sample(&m, "tcpmon_events_total{kind=\"rewind\"}")
+    );
+    assert_eq!(live_ooo, count("out_of_order"), "live out-of-order");
+    assert_eq!(live_all, count("retransmission"), "live retransmissions");
+    assert_eq!(retrans("fast"), count("fast_retransmission"), "live fast");
+    assert_eq!(
+        retrans("spurious"),
+        count("spurious_retransmission"),
+        "live spurious"
+    );
 }

@@ -530,10 +530,15 @@ fn a_reset_connection_s_tail_starts_nothing() {
         // Data in flight when the RST was sent, and its ACK: no mid-stream flow.
         pkt(true, ACK | PSH, 101, 501, 100),
         pkt(false, ACK, 501, 201, 0),
-        // A second RST is still on the wire; a new SYN starts afresh.
+        // Its retransmission is still one; a second RST is still on the wire; a
+        // new SYN starts afresh.
+        pkt(true, ACK | PSH, 101, 501, 100),
         pkt(false, RST, 501, 0, 0),
         pkt(true, SYN, 9000, 0, 0),
     ]);
     use EventKind::*;
-    assert_eq!(got[3..], [Some(Rst), None, None, Some(Rst), Some(Syn)]);
+    assert_eq!(
+        got[3..],
+        [Some(Rst), None, None, Some(Rewind), Some(Rst), Some(Syn)]
+    );
 }

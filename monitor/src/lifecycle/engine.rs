@@ -19,6 +19,11 @@ use super::{
 };
 use crate::event::Event;
 
+/// How long a connection ended by a RST stays in the table: segments in flight when
+/// it was sent (and their retransmissions, which Wireshark still flags) and further
+/// RSTs belong to it, not to a new connection.
+pub const RESET_LINGER_NS: u64 = 3_000_000_000;
+
 /// The loopback device's index in every network namespace (Linux's LOOPBACK_IFINDEX).
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -421,7 +426,7 @@ impl<S: Sink> Engine<S> {
                 *self.server_half_open.entry(p).or_default() += entry.weight;
             }
         }
-        if entry.conn.done() {
+        if entry.conn.done() && !lingers(&entry.conn) {
             self.remove(&key);
         } else {
             schedule(&self.cfg, &mut self.timers, key, entry);
@@ -550,6 +555,13 @@ impl<S: Sink> Engine<S> {
                 ended.push(key);
                 continue;
             }
+            if lingers(c)
+                && c.finished
+                    .is_some_and(|f| now_ns.saturating_sub(f) >= RESET_LINGER_NS)
+            {
+                ended.push(key);
+                continue;
+            }
             let quiet = now_ns.saturating_sub(c.last_ns);
             let in_handshake = in_handshake(c);
             if c.finished.is_none() && quiet >= quiet_limit(&self.cfg, c) {
@@ -589,7 +601,7 @@ impl<S: Sink> Engine<S> {
     /// Connections by the monitored host's state (the local end's, where known).
     pub fn local_states(&self) -> HashMap<TcpState, u64> {
         let mut m = HashMap::new();
-        for e in self.conns.values() {
+        for e in self.conns.values().filter(|e| !lingers(&e.conn)) {
             if e.both_local {
                 for s in e.conn.ends {
                     *m.entry(s).or_default() += 1;
@@ -764,11 +776,22 @@ fn due_ns(cfg: &Config, c: &Conn) -> Option<u64> {
     let quiet = c
         .finished
         .is_none()
-        .then(|| c.last_ns.saturating_add(quiet_limit(cfg, c)));
+        .then(|| c.last_ns.saturating_add(quiet_limit(cfg, c)))
+        .or_else(|| {
+            lingers(c)
+                .then(|| c.finished.map(|f| f.saturating_add(RESET_LINGER_NS)))
+                .flatten()
+        });
     match (time_wait, quiet) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Ended by a RST and kept a little for its tail ([`RESET_LINGER_NS`]); no longer a
+/// connection in any state.
+fn lingers(c: &Conn) -> bool {
+    c.finished.is_some() && c.reset_by.is_some() && !c.ends.contains(&TcpState::TimeWait)
 }
 
 /// Gives `e` a record no later than it can expire, unless it has one already.
