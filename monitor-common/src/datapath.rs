@@ -147,7 +147,8 @@ pub fn count_parsed<C: Counters>(c: &mut C, tcp: &TcpPacket, hook: Hook, segs: u
     c.bump(counters::segments(hook), segs as u64);
 }
 
-/// Whether stage two needs the agent's settings (only new connections are sampled).
+/// Whether stage two needs the agent's settings for its SYN accounting (the sampler
+/// reads them itself, when it decides on a new flow).
 #[inline(always)]
 pub fn needs_config(tcp: &TcpPacket) -> bool {
     tcp.flags & flags::SYN != 0

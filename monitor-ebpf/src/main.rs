@@ -227,7 +227,7 @@ fn stage_two(hook: Hook) {
     let mut tables = Tables {
         counters: &mut *c,
         flows: &mut KernelFlows,
-        sampler: &mut KernelSampler { cfg },
+        sampler: &mut KernelSampler,
         syn: &mut KernelSyn,
     };
     let tracked = datapath::track_stage(&mut tables, &mut clock, p, hook, cfg);
@@ -255,15 +255,14 @@ fn stage_two(hook: Hook) {
     }
 }
 
-/// The shared sampler over this CPU's state and the agent's settings.
-struct KernelSampler {
-    cfg: SynConfig,
-}
+/// The shared sampler over this CPU's state and the agent's settings, read when a
+/// new flow is decided on (a SYN, or a flow first seen mid-stream), not per packet.
+struct KernelSampler;
 
 impl Sampler for KernelSampler {
     #[inline(always)]
     fn decide(&mut self, key: &FlowKey, now_ns: u64) -> (bool, u8) {
-        let cfg = self.cfg;
+        let cfg = SYN_CONFIG.get(0).copied().unwrap_or_default();
         let Some(st) = SAMPLER.get_ptr_mut(0) else {
             return (true, 0);
         };

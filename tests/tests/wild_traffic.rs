@@ -196,3 +196,120 @@ fn loopback_is_seen_once_and_counted_for_both_sockets() {
         !m.contains("hook=\"xdp\",iface=\"lo\"") && !m.contains("iface=\"lo\",hook=\"tc_ingress\"")
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_mid_stream_ack_flood_does_not_push_out_followed_connections() {
+    let mut lab = Lab::new();
+    let ns = lab.server.clone();
+    // A small flow map, and sampling from a low rate: what a flood would fill.
+    let mon = Monitor::start_agent(
+        &lab,
+        &ns,
+        &[
+            "-i",
+            lab.server_if,
+            "--flow-entries",
+            "1024",
+            "--syn-sample-rate",
+            "200",
+            "--port",
+            "8080",
+        ],
+    );
+    lab.serve(&format!("{SERVER_V4}:8080"), 10, &["--echo-all"]);
+    // Ten conversations that outlast the flood.
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            lab.cmd(&lab.client, tests::peer_bin())
+                .args([
+                    "connect",
+                    &format!("{SERVER_V4}:8080"),
+                    "1",
+                    "200",
+                    "--rounds",
+                    "20",
+                    "--gap-ms",
+                    "150",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // 20000 ACKs from random spoofed sources, each a flow never seen start; bounded,
+    // to the lab's server (hping3 exits 1: nothing answers them).
+    let out = lab
+        .cmd(&lab.client, "hping3")
+        .args([
+            "-q",
+            "-A",
+            "--rand-source",
+            "-c",
+            "20000",
+            "-i",
+            "u20",
+            "-p",
+            "8080",
+            SERVER_V4,
+        ])
+        .output()
+        .expect("hping3");
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let sent: f64 = said
+        .split(" packets transmitted")
+        .next()
+        .and_then(|l| l.rsplit(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("hping3: {said}"));
+    // While the conversations still run: their connections are all followed.
+    let during = mon.metrics(&lab);
+    let ss_est = ss_lines(&lab, &ns, &["state", "established", "( sport = :8080 )"]).len() as f64;
+    for mut c in clients {
+        assert!(c.wait().unwrap().success());
+    }
+    lab.wait_servers();
+    std::thread::sleep(Duration::from_millis(500));
+    let m = mon.metrics(&lab);
+    let stopped = mon.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let seen = sample(&m, "tcpmon_events_total{kind=\"mid_stream\"}").unwrap_or(0.0)
+        + sample(&m, "tcpmon_events_sampled_total{kind=\"mid_stream\"}").unwrap_or(0.0);
+    eprintln!(
+        "sent {sent}, mid-stream events+sampled {seen}, flow entries during {:?}, ss established {ss_est}",
+        sample(&during, "tcpmon_flow_table_entries")
+    );
+    assert!(sent >= 19_000.0, "{said}");
+    assert!(
+        sample(&m, "tcpmon_events_sampled_total{kind=\"mid_stream\"}").unwrap_or(0.0) > 0.0,
+        "the flood was sampled\n{m}"
+    );
+    // Every spoofed flow counted once (an embryo evicted and seen again counts again).
+    assert!(
+        seen >= sent * 0.95,
+        "mid-stream flows seen {seen} of {sent}"
+    );
+    // The flow map holds the followed connections, not the flood.
+    assert!(sample(&during, "tcpmon_flow_table_entries").unwrap() <= 32.0);
+    assert_eq!(
+        series(&during, "tcpmon_connections", &[("state", "established")]),
+        ss_est,
+        "established during the flood, against ss"
+    );
+    assert_eq!(ss_est, 10.0);
+    assert_eq!(sample(&m, "tcpmon_connections_evicted_total"), Some(0.0));
+    let by = |name, how: Option<&str>| {
+        let mut l = vec![("port", "8080"), ("role", "server")];
+        if let Some(h) = how {
+            l.push(("how", h));
+        }
+        series(&m, name, &l)
+    };
+    assert_eq!(by("tcpmon_connections_opened_total", None), 10.0);
+    assert_eq!(by("tcpmon_connections_closed_total", Some("fin")), 10.0);
+    assert_eq!(total(&m, "tcpmon_connection_failures_total"), 0.0);
+    assert_eq!(total(&m, "tcpmon_retransmitted_segments_total"), 0.0);
+}

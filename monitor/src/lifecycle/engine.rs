@@ -601,7 +601,13 @@ impl<S: Sink> Engine<S> {
     /// Connections by the monitored host's state (the local end's, where known).
     pub fn local_states(&self) -> HashMap<TcpState, u64> {
         let mut m = HashMap::new();
-        for e in self.conns.values().filter(|e| !lingers(&e.conn)) {
+        // Not a flow seen once mid-stream (no local socket is known for it: a
+        // spoofed segment as likely as a forwarded flow), nor a reset one's tail.
+        for e in self
+            .conns
+            .values()
+            .filter(|e| !e.provisional && !lingers(&e.conn))
+        {
             if e.both_local {
                 for s in e.conn.ends {
                     *m.entry(s).or_default() += 1;

@@ -245,6 +245,9 @@ impl<S: Sink> Engine<S> {
                 || (older.is_none() && (mark.known.contains(&s.key) || since.contains(&s.key)))
             {
                 out.skipped += 1;
+                // Its events are newer, but the kernel lists a local socket for it:
+                // no spoofed flow, whatever it was first seen through.
+                self.confirm_local(s);
             } else {
                 if older == Some(true) {
                     self.update_from_seed(s, now_ns);
@@ -297,6 +300,22 @@ impl<S: Sink> Engine<S> {
 }
 
 impl<S: Sink> Engine<S> {
+    /// Marks the entry of a tuple the kernel has a socket for as a connection of
+    /// this host (not a flow seen once mid-stream), keeping what its events said.
+    fn confirm_local(&mut self, s: &Seed) {
+        let Some(e) = self.conns.get_mut(&s.key) else {
+            return;
+        };
+        e.local = e.local.or(Some(s.local));
+        if e.provisional {
+            e.provisional = false;
+            if e.half_open && !in_handshake(&e.conn) {
+                e.half_open = false;
+                self.half_open -= 1;
+            }
+        }
+    }
+
     /// Gives an entry whose events are older than the dump the kernel's state, and
     /// what the kernel knows of it: its role, that it is no spoofed flow.
     fn update_from_seed(&mut self, s: &Seed, now_ns: u64) {
