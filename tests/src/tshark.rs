@@ -108,3 +108,37 @@ pub fn replay(file: &Path, local: &[&str]) -> (Analysis, Value) {
     };
     (a, doc)
 }
+
+/// Replays `file` and asserts that every number equals tshark's (iRTTs within 1 us);
+/// returns tshark's.
+pub fn check(file: &std::path::Path, local: &[&str], what: &str) -> Analysis {
+    // For a look at a failing case: TCPMON_KEEP_CAPTURES=DIR keeps each capture.
+    if let Some(dir) = std::env::var_os("TCPMON_KEEP_CAPTURES") {
+        let _ = std::fs::copy(
+            file,
+            std::path::Path::new(&dir).join(format!("{what}.pcap")),
+        );
+    }
+    let truth = analyze(file);
+    let (ours, doc) = replay(file, local);
+    eprintln!("{what}: tshark {truth:?}\n{what}: replay {ours:?}");
+    assert_eq!(
+        ours.irtt_ns.len(),
+        truth.irtt_ns.len(),
+        "{what}: iRTT count"
+    );
+    for (a, b) in ours.irtt_ns.iter().zip(&truth.irtt_ns) {
+        assert!(a.abs_diff(*b) <= 1_000, "{what}: iRTT {a} vs tshark {b}");
+    }
+    let strip = |a: &Analysis| Analysis {
+        irtt_ns: Vec::new(),
+        ..a.clone()
+    };
+    assert_eq!(
+        strip(&ours),
+        strip(&truth),
+        "{what}: replay vs tshark\n{}",
+        serde_json::to_string_pretty(&doc["summary"]).unwrap()
+    );
+    truth
+}

@@ -10,40 +10,8 @@ use tests::{
     capture::Capture,
     lab::{CLIENT_V4, Lab, SERVER_V4},
     monitor::{Monitor, sample},
-    tshark::{self, Analysis},
+    tshark::check,
 };
-
-fn check(file: &std::path::Path, local: &[&str], what: &str) -> Analysis {
-    // For a look at a failing case: TCPMON_KEEP_CAPTURES=DIR keeps each capture.
-    if let Some(dir) = std::env::var_os("TCPMON_KEEP_CAPTURES") {
-        let _ = std::fs::copy(
-            file,
-            std::path::Path::new(&dir).join(format!("{what}.pcap")),
-        );
-    }
-    let truth = tshark::analyze(file);
-    let (ours, doc) = tshark::replay(file, local);
-    eprintln!("{what}: tshark {truth:?}\n{what}: replay {ours:?}");
-    assert_eq!(
-        ours.irtt_ns.len(),
-        truth.irtt_ns.len(),
-        "{what}: iRTT count"
-    );
-    for (a, b) in ours.irtt_ns.iter().zip(&truth.irtt_ns) {
-        assert!(a.abs_diff(*b) <= 1_000, "{what}: iRTT {a} vs tshark {b}");
-    }
-    let strip = |a: &Analysis| Analysis {
-        irtt_ns: Vec::new(),
-        ..a.clone()
-    };
-    assert_eq!(
-        strip(&ours),
-        strip(&truth),
-        "{what}: replay vs tshark\n{}",
-        serde_json::to_string_pretty(&doc["summary"]).unwrap()
-    );
-    truth
-}
 
 /// A test-peer server in the server namespace, ready when this returns.
 fn serve(lab: &mut Lab, addr: &str, n: usize, extra: &[&str]) {

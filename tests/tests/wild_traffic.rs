@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use tests::{
+    capture::Capture,
     flood::sysctl_set,
-    lab::{Lab, SERVER_V4},
+    lab::{CLIENT_V4, Lab, SERVER_V4},
     monitor::{Monitor, sample},
+    tshark,
 };
 
 fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -78,6 +80,7 @@ fn time_wait_is_what_the_kernel_keeps_under_its_cap() {
     sysctl_set(&lab, &ns, "net.ipv4.tcp_max_tw_buckets", 350);
     let before = lab.nstat(&ns);
     let mon = Monitor::start_agent(&lab, &ns, &["-i", lab.client_if]);
+    let mut cap = Capture::start(&lab, &ns, lab.client_if);
     // 400 active closes by the monitored client: the kernel keeps 350 TIME-WAITs.
     lab.serve(&format!("{SERVER_V4}:8080"), 400, &[]);
     lab.connect(&format!("{SERVER_V4}:8080"), 400, 10, &[]);
@@ -85,9 +88,12 @@ fn time_wait_is_what_the_kernel_keeps_under_its_cap() {
     std::thread::sleep(Duration::from_secs(1));
     let after = lab.nstat(&ns);
     let ss_tw = ss_lines(&lab, &ns, &["state", "time-wait"]).len() as f64;
+    cap.stop();
     let m = mon.metrics(&lab);
     let stopped = mon.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
+    let t = tshark::check(&cap.file, &[CLIENT_V4], "time-wait cap");
+    assert_eq!((t.streams, t.handshakes), (400, 400));
     let overflow = (after.get("TcpExtTCPTimeWaitOverflow").copied().unwrap_or(0)
         - before
             .get("TcpExtTCPTimeWaitOverflow")
@@ -312,4 +318,36 @@ fn a_mid_stream_ack_flood_does_not_push_out_followed_connections() {
     assert_eq!(by("tcpmon_connections_closed_total", Some("fin")), 10.0);
     assert_eq!(total(&m, "tcpmon_connection_failures_total"), 0.0);
     assert_eq!(total(&m, "tcpmon_retransmitted_segments_total"), 0.0);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn top_shows_handshake_latency_on_a_host_that_is_only_a_client() {
+    let mut lab = Lab::new();
+    let ns = lab.client.clone();
+    let mon = Monitor::start_agent(&lab, &ns, &["-i", lab.client_if]);
+    lab.serve(&format!("{SERVER_V4}:8080"), 5, &[]);
+    lab.connect(&format!("{SERVER_V4}:8080"), 5, 10, &[]);
+    lab.wait_servers();
+    // Read twice, the second after a quiet while: both show what the handshakes took.
+    let p50 = || {
+        let body = lab.exec(
+            &ns,
+            tests::peer_bin().to_str().unwrap(),
+            &["get", "127.0.0.1:19393", "/api/v1/top"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).expect("top JSON");
+        v["connections"]["handshake_p50_us"].as_f64()
+    };
+    std::thread::sleep(Duration::from_millis(1200));
+    let first = p50();
+    std::thread::sleep(Duration::from_millis(2500));
+    let second = p50();
+    let stopped = mon.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        first.is_some_and(|v| v > 0.0),
+        "latency line empty: {first:?}"
+    );
+    assert_eq!(second, first, "the line keeps the client's handshakes");
 }
