@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod seeding;
+pub(crate) mod seeding;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};

@@ -209,41 +209,9 @@ pub fn replay(path: &Path, opts: &ReplayOptions) -> Result<Report, ReplayError> 
 }
 
 /// The agent's readiness families, as a replay has them: ready once the capture is
-/// read, nothing seeded from a socket table. Their owner (`agent::seeding::metrics`)
-/// is private to the agent, so the names are repeated here; the live-against-replay
-/// family test (tests/tests/replay_cli.rs) catches a drift.
+/// read, nothing seeded from a socket table.
 fn readiness(r: &prometheus::Registry) {
-    let ready = prometheus::IntGauge::new(
-        "tcpmon_ready",
-        "1 once the programs are attached and the connection table is seeded from the kernel's socket table (as /readyz), 0 before; replay: 1 once the capture is read",
-    )
-    .expect("valid metric");
-    ready.set(1);
-    let seeded = prometheus::IntCounterVec::new(
-        prometheus::Opts::new(
-            "tcpmon_seeded_connections_total",
-            "Connections older than tcpmon taken from the kernel's socket table at start, by the local socket's state (replay: none)",
-        ),
-        &["state"],
-    )
-    .expect("valid metric");
-    for s in crate::lifecycle::state::TcpState::EXPORTED {
-        seeded.with_label_values(&[s.name()]);
-    }
-    let took = prometheus::Gauge::new(
-        "tcpmon_seed_duration_seconds",
-        "How long seeding the connection table from the kernel's socket table took at start (replay: 0)",
-    )
-    .expect("valid metric");
-    for c in [
-        Box::new(ready) as Box<dyn prometheus::core::Collector>,
-        Box::new(seeded),
-        Box::new(took),
-    ] {
-        // Registered once per replay; a name the registry already has (the families
-        // moved to a shared place) is kept as it is.
-        let _ = r.register(c);
-    }
+    crate::agent::seeding::metrics::SeedMetrics::new(r).set_ready(std::time::Duration::ZERO);
 }
 
 /// What reading a capture updates.
