@@ -556,13 +556,17 @@ fn first_seen_mid_stream<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             t.sampled = EventKind::MidStream as u8;
         }
         let quiet = if keep { 0 } else { EMBRYO_QUIET };
+        // For a mid-stream embryo `syn_ns` is when it was first seen and the numbers
+        // are its first segment's (nothing reads them). Not zeros: a run of zeroed
+        // fields becomes a memset call in BPF.
+        let now = clock.now();
         table.insert_embryo(
             key,
             &Embryo {
-                syn_ns: 0,
+                syn_ns: now,
                 synack_ns: 0,
-                syn_seq: 0,
-                synack_seq: 0,
+                syn_seq: pkt.seq,
+                synack_seq: pkt.ack,
                 client_dir: CLIENT_UNKNOWN,
                 shift,
                 state: EMBRYO_MID_STREAM | quiet,
