@@ -153,6 +153,11 @@ pub fn observe<F: FnMut() -> u64>(
         fwd.last_ack = pkt.ack;
         fwd.last_win = pkt.window;
         fwd.flags |= ACK_VALID;
+    } else {
+        // Wireshark's lastack is whatever the direction's last segment acknowledged:
+        // nothing, for a segment without ACK (a bare RST), so data resent after it
+        // is no longer "already acknowledged" (spurious).
+        fwd.flags &= !ACK_VALID;
     }
     if keepalive {
         fwd.flags |= LAST_KEEPALIVE;
@@ -389,6 +394,18 @@ mod tests {
         // Without the probe before it, the same ACK is a duplicate.
         observe(&mut a, &b, &pkt(ACK | PSH, 1100, 1, 10, 500), &mut at(5));
         assert!(observe(&mut b, &a, &pkt(ACK, 1, 1100, 0, 500), &mut at(6)).dup_ack);
+    }
+
+    #[test]
+    fn a_segment_without_ack_forgets_the_last_ack() {
+        let (mut a, mut b) = (DirSeq::ZERO, DirSeq::ZERO);
+        observe(&mut a, &b, &pkt(ACK | PSH, 100, 1, 100, 500), &mut at(1));
+        observe(&mut b, &a, &pkt(ACK, 1, 200, 0, 500), &mut at(2));
+        let n = observe(&mut a, &b, &pkt(ACK | PSH, 100, 1, 100, 500), &mut at(3));
+        assert!(n.rev_ack_valid && n.rev_ack == 200);
+        observe(&mut b, &a, &pkt(RST, 1, 0, 0, 0), &mut at(4));
+        let n = observe(&mut a, &b, &pkt(ACK | PSH, 100, 1, 100, 500), &mut at(5));
+        assert!(!n.rev_ack_valid, "a bare RST acknowledges nothing");
     }
 
     #[test]
