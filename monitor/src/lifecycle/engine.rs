@@ -375,13 +375,7 @@ impl<S: Sink> Engine<S> {
                 if handshake || provisional {
                     self.embryonic.push_back((key, generation));
                 }
-                let eps = Endpoints::new(
-                    key.family,
-                    &key.addr_lo,
-                    key.port_lo,
-                    &key.addr_hi,
-                    key.port_hi,
-                );
+                let eps = Endpoints::of(&key);
                 self.conns.entry(key).or_insert(Box::new(Entry {
                     conn,
                     eps,
@@ -399,10 +393,10 @@ impl<S: Sink> Engine<S> {
             }
         };
         if entry.local.is_none() {
-            let mine = |i: usize| self.cfg.local_addrs.contains(&entry.eps.addrs[i].ip());
-            entry.both_local = self.both_local || (mine(0) && mine(1));
+            let mine = local_ends(&self.cfg, &entry.eps);
+            entry.both_local = self.both_local || mine == [true, true];
             entry.local = local.or_else(|| {
-                let by_addr = (0..2).find(|i| mine(*i));
+                let by_addr = (0..2).find(|i| mine[*i]);
                 by_addr.or(entry.conn.server())
             });
         }
@@ -438,14 +432,8 @@ impl<S: Sink> Engine<S> {
     /// connection (a handshake failure needs a handshake).
     fn stray_reset(&mut self, key: FlowKey, seg: &Seg, local: Option<End>, after_close: bool) {
         let local = local.or_else(|| {
-            let eps = Endpoints::new(
-                key.family,
-                &key.addr_lo,
-                key.port_lo,
-                &key.addr_hi,
-                key.port_hi,
-            );
-            (0..2).find(|i| self.cfg.local_addrs.contains(&eps.addrs[*i].ip()))
+            let mine = local_ends(&self.cfg, &Endpoints::of(&key));
+            (0..2).find(|i| mine[*i])
         });
         if let Some(l) = local {
             let dir = if l == seg.from {
@@ -731,6 +719,12 @@ impl<S: Sink> Reporter<S> {
         let rec = ConnRecord::new(&e.conn, &e.eps, role(e).name(), how, failed, &self.to_unix);
         self.sink.record(&rec);
     }
+}
+
+/// Which of the endpoints have one of the configured local addresses (replay's
+/// `--local`; live traffic knows its direction from the hook).
+fn local_ends(cfg: &Config, eps: &Endpoints) -> [bool; 2] {
+    eps.addrs.map(|a| cfg.local_addrs.contains(&a.ip()))
 }
 
 /// The server port of a half-open connection where this host is the server.

@@ -59,12 +59,13 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    pub fn new(family: u8, lo: &[u32; 4], lo_port: u16, hi: &[u32; 4], hi_port: u16) -> Self {
-        let ip = |w: &[u32; 4]| -> IpAddr { crate::event::to_ip(family, w) };
+    /// The key's `lo` and `hi` endpoints, in that order.
+    pub fn of(key: &monitor_common::FlowKey) -> Self {
+        let ip = |w: &[u32; 4]| -> IpAddr { crate::event::to_ip(key.family, w) };
         Endpoints {
             addrs: [
-                SocketAddr::new(ip(lo), lo_port),
-                SocketAddr::new(ip(hi), hi_port),
+                SocketAddr::new(ip(&key.addr_lo), key.port_lo),
+                SocketAddr::new(ip(&key.addr_hi), key.port_hi),
             ],
         }
     }

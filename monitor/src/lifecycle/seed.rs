@@ -271,13 +271,7 @@ impl<S: Sink> Engine<S> {
         self.order.push_back((key, generation));
         let mut entry = Box::new(Entry {
             conn: seeded_conn(s, now_ns, self.cfg.time_wait_ns),
-            eps: Endpoints::new(
-                key.family,
-                &key.addr_lo,
-                key.port_lo,
-                &key.addr_hi,
-                key.port_hi,
-            ),
+            eps: Endpoints::of(&key),
             local: Some(s.local),
             both_local: s.peer.is_some(),
             port: None,
