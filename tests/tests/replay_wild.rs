@@ -99,23 +99,11 @@ fn a_capture_that_starts_mid_stream_equals_tshark() {
 #[test]
 #[ignore = "needs root"]
 fn a_loopback_capture_equals_tshark() {
-    let lab = Lab::new();
+    let mut lab = Lab::new();
     let ns = lab.server.clone();
     let mut cap = Capture::start(&lab, &ns, "lo");
-    let mut server = lab
-        .cmd(&ns, tests::peer_bin())
-        .args(["serve", "127.0.0.1:8090", "8", "--echo-all"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "listening");
-    }
+    // The lab's server namespace is the monitored one here.
+    lab.serve("127.0.0.1:8090", 8, &["--echo-all"]);
     tests::run(lab.cmd(&ns, tests::peer_bin()).args([
         "connect",
         "127.0.0.1:8090",
@@ -124,7 +112,7 @@ fn a_loopback_capture_equals_tshark() {
         "--rounds",
         "2",
     ]));
-    assert!(server.wait().unwrap().success());
+    lab.wait_servers();
     cap.stop();
     let t = check(&cap.file, &["127.0.0.1"], "loopback");
     assert_eq!((t.streams, t.handshakes), (8, 8));

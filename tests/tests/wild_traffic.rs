@@ -123,29 +123,17 @@ fn time_wait_is_what_the_kernel_keeps_under_its_cap() {
 #[test]
 #[ignore = "needs root"]
 fn loopback_is_seen_once_and_counted_for_both_sockets() {
-    let lab = Lab::new();
+    let mut lab = Lab::new();
     let ns = lab.server.clone();
     let mon = Monitor::start_agent(&lab, &ns, &["-i", "lo", "--port", "8090"]);
     let before = lab.nstat(&ns);
-    let mut server = lab
-        .cmd(&ns, tests::peer_bin())
-        .args(["serve", "127.0.0.1:8090", "32"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "listening");
-    }
+    // The lab's server namespace is the monitored one here.
+    lab.serve("127.0.0.1:8090", 32, &[]);
     tests::run(
         lab.cmd(&ns, tests::peer_bin())
             .args(["connect", "127.0.0.1:8090", "32", "500"]),
     );
-    assert!(server.wait().unwrap().success());
+    lab.wait_servers();
     std::thread::sleep(Duration::from_secs(1));
     let after = lab.nstat(&ns);
     let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
