@@ -102,6 +102,33 @@ install_bpf_linker() {
     rm -rf "$tmp"
 }
 
+# The Kubernetes manifest tests (tests/tests/kubernetes.rs): kubernetes-validate (the
+# API's OpenAPI schemas, shipped in the package) in its own venv, the Prometheus
+# Operator's models (its CRD schemas) for the PodMonitor, runc to run tcpmon as the
+# DaemonSet's container. Fixed paths, because the tests look there.
+K8S_TOOLS=/opt/tcpmon-tools
+KUBERNETES_VALIDATE_VERSION=1.37.0
+PROMETHEUS_OPERATOR_MODELS_VERSION=6.0.0
+install_k8s_tools() {
+    apt_install runc python3-venv
+    local venv=$K8S_TOOLS/k8s have
+    have=$("$venv/bin/kubernetes-validate" --version 2>/dev/null || true)
+    if [[ $have != *"$KUBERNETES_VALIDATE_VERSION"* ]]; then
+        log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    fi
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    local models=$K8S_TOOLS/npm/node_modules/@kubernetes-models/prometheus-operator/package.json
+    have=$(cat "$models" 2>/dev/null || true)
+    if [[ $have != *"\"version\": \"$PROMETHEUS_OPERATOR_MODELS_VERSION\""* ]]; then
+        log "installing @kubernetes-models/prometheus-operator $PROMETHEUS_OPERATOR_MODELS_VERSION"
+        mkdir -p "$K8S_TOOLS/npm"
+        npm install -s --no-audit --no-fund --prefix "$K8S_TOOLS/npm" \
+            "@kubernetes-models/prometheus-operator@$PROMETHEUS_OPERATOR_MODELS_VERSION"
+    fi
+}
+
 install_test_deps() {
     apt_install iproute2 tcpdump tshark bpftool prometheus ethtool util-linux procps iperf3 nftables hping3
     # The reordering test queues segments to a delayer through an iptables NFQUEUE rule.
@@ -109,6 +136,7 @@ install_test_deps() {
     # The kernel matrix (cargo xtask kernel-matrix): TCG guests, their busybox
     # initramfs, and the key Debian's kernel packages are signed with (not on Ubuntu).
     apt_install qemu-system-x86 busybox-static cpio debian-archive-keyring
+    install_k8s_tools
 }
 
 setup() {
