@@ -158,6 +158,8 @@ struct Entry {
     /// First seen mid-stream and nothing since: capped with the half-open entries,
     /// so a flood of spoofed mid-stream segments cannot evict followed connections.
     provisional: bool,
+    /// Bit i: end i is counted in [`Engine::time_wait_remotes`] (toward end 1 - i).
+    time_wait_counted: u8,
 }
 
 /// Where happenings are turned into sink calls; apart from the table so both can be
@@ -187,6 +189,10 @@ pub struct Engine<S: Sink> {
     /// kept as entries change, so the gauge costs nothing per tick however many
     /// connections there are.
     server_half_open: HashMap<u16, u64>,
+    /// Local sockets in TIME-WAIT by their remote endpoint (IP and port): ports run
+    /// out per remote, so the gauge is the largest of these, never the address.
+    /// Kept as entries change, like `server_half_open`.
+    time_wait_remotes: HashMap<std::net::SocketAddr, u64>,
     timers: Timers,
     next_generation: u64,
     pub out: Reporter<S>,
@@ -210,6 +216,7 @@ impl<S: Sink> Engine<S> {
             embryonic: VecDeque::new(),
             half_open: 0,
             server_half_open: HashMap::new(),
+            time_wait_remotes: HashMap::new(),
             timers: Timers::default(),
             next_generation: 0,
             out: Reporter {
@@ -389,6 +396,7 @@ impl<S: Sink> Engine<S> {
                     half_open: false,
                     server_half_open: None,
                     provisional,
+                    time_wait_counted: 0,
                 }))
             }
         };
@@ -420,6 +428,7 @@ impl<S: Sink> Engine<S> {
                 *self.server_half_open.entry(p).or_default() += entry.weight;
             }
         }
+        count_time_wait(&mut self.time_wait_remotes, entry);
         if entry.conn.done() && !lingers(&entry.conn) {
             self.remove(&key);
         } else {
@@ -450,6 +459,7 @@ impl<S: Sink> Engine<S> {
         let e = self.conns.remove(key)?;
         self.half_open -= e.half_open as usize;
         uncount(&mut self.server_half_open, &e);
+        uncount_time_wait(&mut self.time_wait_remotes, &e);
         Some(e)
     }
 
@@ -607,6 +617,13 @@ impl<S: Sink> Engine<S> {
         m
     }
 
+    /// The most local TIME-WAIT sockets toward any one remote endpoint (IP and
+    /// port): what runs out is the local ports toward one remote, not the total.
+    /// O(remotes with a TIME-WAIT socket), at scrape time only.
+    pub fn time_wait_remote_max(&self) -> u64 {
+        self.time_wait_remotes.values().copied().max().unwrap_or(0)
+    }
+
     /// Half-open connections where the monitored host is the server: SYN-ACK sent,
     /// no ACK yet. Works with SYN cookies, where the kernel keeps no request socket.
     pub fn half_open_by_port(&self) -> HashMap<&'static str, u64> {
@@ -751,6 +768,44 @@ fn uncount(counts: &mut HashMap<u16, u64>, e: &Entry) {
     }
 }
 
+/// The ends of `e` that are local sockets in TIME-WAIT, as a bit mask; counted as
+/// [`Engine::local_states`] counts them.
+fn time_wait_ends(e: &Entry) -> u8 {
+    if e.provisional || lingers(&e.conn) {
+        return 0;
+    }
+    let local = |i: End| e.both_local || e.local == Some(i);
+    (0..2)
+        .filter(|&i| local(i) && e.conn.ends[i] == TcpState::TimeWait)
+        .fold(0, |m, i| m | 1 << i)
+}
+
+/// Brings `e`'s share of the per-remote TIME-WAIT counts up to date: O(1) per
+/// change, so the gauge needs no walk over the table.
+fn count_time_wait(counts: &mut HashMap<std::net::SocketAddr, u64>, e: &mut Entry) {
+    let now = time_wait_ends(e);
+    if now != e.time_wait_counted {
+        uncount_time_wait(counts, e);
+        for i in (0..2).filter(|i| now & 1 << i != 0) {
+            *counts.entry(e.eps.addrs[1 - i]).or_default() += 1;
+        }
+        e.time_wait_counted = now;
+    }
+}
+
+/// Takes `e` out of the per-remote TIME-WAIT counts.
+fn uncount_time_wait(counts: &mut HashMap<std::net::SocketAddr, u64>, e: &Entry) {
+    for i in (0..2).filter(|i| e.time_wait_counted & 1 << i != 0) {
+        let remote = e.eps.addrs[1 - i];
+        if let Some(n) = counts.get_mut(&remote) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&remote);
+            }
+        }
+    }
+}
+
 /// In its handshake (as its timeout and the half-open cap count it): an end in
 /// SYN-SENT or SYN-RECEIVED of a connection not first seen mid-stream.
 fn in_handshake(c: &Conn) -> bool {
@@ -846,3 +901,7 @@ pub mod seed;
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "time_wait_tests.rs"]
+mod time_wait_tests;

@@ -12,7 +12,7 @@ use monitor_common::{
 use super::*;
 
 #[derive(Default)]
-struct Rec {
+pub(super) struct Rec {
     calls: Vec<String>,
     weights: Vec<u64>,
     records: Vec<ConnRecord>,
@@ -59,7 +59,15 @@ const LOCAL: [u8; 4] = [10, 0, 0, 1];
 const PEER: [u8; 4] = [10, 0, 0, 2];
 
 /// An event as the monitored host (LOCAL) sees it: `out` = sent by LOCAL (tc egress).
-fn ev(out: bool, lport: u16, pport: u16, flags: u8, seq: u32, ack: u32, ts_us: u64) -> Event {
+pub(super) fn ev(
+    out: bool,
+    lport: u16,
+    pport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    ts_us: u64,
+) -> Event {
     let f = if out {
         Frame::v4(LOCAL, lport, PEER, pport)
     } else {
@@ -78,12 +86,12 @@ fn ev(out: bool, lport: u16, pport: u16, flags: u8, seq: u32, ack: u32, ts_us: u
     Event::from_raw(TcpEvent::new(&pkt, &emit, ts_us * 1000, hook, 2, 1)).unwrap()
 }
 
-fn engine(cfg: Config) -> Engine<Rec> {
+pub(super) fn engine(cfg: Config) -> Engine<Rec> {
     Engine::new(cfg, PortLabels::new([], 8), Rec::default(), |t| t as i128)
 }
 
 /// A server connection on LOCAL:80 from PEER:`cport`, closed by `server_first`.
-fn served(e: &mut Engine<Rec>, cport: u16, t: u64, server_first: bool) {
+pub(super) fn served(e: &mut Engine<Rec>, cport: u16, t: u64, server_first: bool) {
     e.on_event(&ev(false, 80, cport, SYN, 100, 0, t));
     e.on_event(&ev(true, 80, cport, SYN | ACK, 500, 101, t + 10));
     e.on_event(&ev(false, 80, cport, ACK, 101, 501, t + 60));
@@ -477,7 +485,7 @@ fn a_mid_stream_flood_evicts_only_its_own_entries() {
 }
 
 /// A segment on loopback: seen once, on egress, sent by `from_client`'s end.
-fn lo(from_client: bool, flags: u8, seq: u32, ack: u32, ts_us: u64) -> Event {
+pub(super) fn lo(from_client: bool, flags: u8, seq: u32, ack: u32, ts_us: u64) -> Event {
     let (c, s) = (([127, 0, 0, 1], 50000), ([127, 0, 0, 1], 5432));
     let f = if from_client {
         Frame::v4(c.0, c.1, s.0, s.1)

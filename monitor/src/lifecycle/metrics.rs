@@ -32,6 +32,8 @@ pub struct LifecycleMetrics {
     connections: IntGaugeVec,
     half_open: IntGaugeVec,
     tracked: IntGauge,
+    time_wait_remote_max: IntGauge,
+    local_port_range: IntGauge,
     evicted: IntCounter,
     retrans_segs: IntCounterVec,
     retrans_bytes: IntCounterVec,
@@ -52,6 +54,19 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn plain_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// Size of `net.ipv4.ip_local_port_range` ("32768\t60999" is 28232 ports).
+pub fn port_range_size(text: &str) -> Option<u64> {
+    let mut w = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    let (lo, hi) = (w.next()??, w.next()??);
+    (hi >= lo).then(|| hi - lo + 1)
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -123,6 +138,18 @@ impl LifecycleMetrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            time_wait_remote_max: plain_gauge(
+                r,
+                "tcpmon_time_wait_remote_max",
+                "Most local TIME-WAIT sockets toward any single remote endpoint (IP and port); \
+                 each holds a local port, so compare with tcpmon_local_port_range_size",
+            ),
+            local_port_range: plain_gauge(
+                r,
+                "tcpmon_local_port_range_size",
+                "Ports in net.ipv4.ip_local_port_range of tcpmon's network namespace \
+                 (the ephemeral ports one remote endpoint can be reached from)",
+            ),
             evicted: {
                 let c = IntCounter::new(
                     "tcpmon_connections_evicted_total",
@@ -165,11 +192,17 @@ impl LifecycleMetrics {
         m
     }
 
-    /// Lowers `state`'s gauge to `max` when it is above (what the kernel keeps).
+    /// Lowers `state`'s gauge to `max` when it is above (what the kernel keeps);
+    /// for TIME-WAIT the per-remote maximum too, which cannot exceed the total.
     pub fn cap_state(&self, state: TcpState, max: u64) {
-        let g = self.connections.with_label_values(&[state.name()]);
-        if g.get() > max as i64 {
-            g.set(max as i64);
+        let mut gauges = vec![self.connections.with_label_values(&[state.name()])];
+        if state == TcpState::TimeWait {
+            gauges.push(self.time_wait_remote_max.clone());
+        }
+        for g in gauges {
+            if g.get() > max as i64 {
+                g.set(max as i64);
+            }
         }
     }
 
@@ -188,6 +221,15 @@ impl LifecycleMetrics {
             self.half_open.with_label_values(&[&port]).set(n as i64);
         }
         self.tracked.set(engine.len() as i64);
+        self.time_wait_remote_max
+            .set(engine.time_wait_remote_max() as i64);
+        // Read each time: the sysctl can change while tcpmon runs (one small read).
+        if let Some(n) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|t| port_range_size(&t))
+        {
+            self.local_port_range.set(n as i64);
+        }
     }
 }
 

@@ -20,7 +20,9 @@ use monitor_common::{
     parse::{FAMILY_IPV4, FAMILY_IPV6},
 };
 
-use super::{Engine, Entry, Sink, in_handshake, schedule, server_half_open, uncount};
+use super::{
+    Engine, Entry, Sink, count_time_wait, in_handshake, schedule, server_half_open, uncount,
+};
 use crate::lifecycle::{
     conn::{CloseHow, Conn, End, Happening, Seg},
     record::Endpoints,
@@ -282,7 +284,9 @@ impl<S: Sink> Engine<S> {
             half_open: false,
             server_half_open: None,
             provisional: false,
+            time_wait_counted: 0,
         });
+        count_time_wait(&mut self.time_wait_remotes, &mut entry);
         if s.server {
             // A listening port with connections is a service, as a completed
             // handshake shows (a flood cannot make the kernel list sockets).
@@ -308,6 +312,7 @@ impl<S: Sink> Engine<S> {
                 self.half_open -= 1;
             }
         }
+        count_time_wait(&mut self.time_wait_remotes, e);
     }
 
     /// Gives an entry whose events are older than the dump the kernel's state, and
@@ -358,6 +363,7 @@ impl<S: Sink> Engine<S> {
                 *self.server_half_open.entry(p).or_default() += e.weight;
             }
         }
+        count_time_wait(&mut self.time_wait_remotes, e);
         if e.conn.done() {
             self.remove(&key);
         } else {

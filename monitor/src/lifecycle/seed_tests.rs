@@ -216,10 +216,13 @@ fn time_wait_leaves_when_the_kernel_timer_would() {
     s.time_wait_left_ns = 20 * SEC;
     e.seed(&mark, &[s], 100 * SEC, 100 * SEC);
     assert_eq!(state_count(&e, TcpState::TimeWait), 1);
+    // A seeded TIME-WAIT socket counts toward its remote like one seen closing.
+    assert_eq!(e.time_wait_remote_max(), 1);
     e.tick(119 * SEC, &mut NoProbe);
     assert_eq!(state_count(&e, TcpState::TimeWait), 1);
     e.tick(121 * SEC, &mut NoProbe);
     assert!(e.is_empty());
+    assert_eq!(e.time_wait_remote_max(), 0);
     assert!(e.out.sink.calls.is_empty(), "{:?}", e.out.sink.calls);
 }
 
