@@ -129,6 +129,16 @@ install_k8s_tools() {
     fi
 }
 
+# cargo-deb builds the Debian package; pinned, built once into $CARGO_HOME.
+CARGO_DEB_VERSION=3.8.0
+install_cargo_deb() {
+    local version
+    version=$(cargo deb --version 2>/dev/null || true)
+    [[ $version == *"$CARGO_DEB_VERSION"* ]] && return 0
+    log "building cargo-deb $CARGO_DEB_VERSION (about a minute)"
+    cargo install "cargo-deb@$CARGO_DEB_VERSION" --locked --root "$CARGO_HOME"
+}
+
 install_test_deps() {
     apt_install iproute2 tcpdump tshark bpftool prometheus ethtool util-linux procps iperf3 nftables hping3
     # The reordering test queues segments to a delayer through an iptables NFQUEUE rule.
@@ -136,6 +146,10 @@ install_test_deps() {
     # The kernel matrix (cargo xtask kernel-matrix): TCG guests, their busybox
     # initramfs, and the key Debian's kernel packages are signed with (not on Ubuntu).
     apt_install qemu-system-x86 busybox-static cpio debian-archive-keyring
+    # The Debian package and its service in a bookworm guest (cargo xtask systemd-vm):
+    # the guest's root filesystem, lintian, readelf for the debug-symbol split.
+    apt_install debootstrap lintian e2fsprogs binutils
+    install_cargo_deb
     install_k8s_tools
 }
 
