@@ -2,7 +2,6 @@
 
 use std::{
     io::Write,
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -30,9 +29,10 @@ use crate::{
     },
     loader::{self, Attachment, IngressMode, LoadOptions},
     metrics::Metrics,
-    preflight, server,
+    preflight,
     summary::ConnTracker,
     syn::{self, SynMonitor, SynOptions, api, kernel::SynMaps},
+    systemd, web,
 };
 
 #[derive(Clone, Debug)]
@@ -44,8 +44,10 @@ pub struct AgentOptions {
     /// Where what tcpmon adds through netlink is recorded.
     pub state_dir: std::path::PathBuf,
     pub load: LoadOptions,
-    /// Where to serve /metrics; None serves nothing.
-    pub listen: Option<SocketAddr>,
+    /// How and where to serve /metrics; None serves nothing.
+    pub web: Option<web::WebOptions>,
+    /// The `node` label of tcpmon_build_info (the host's name unless given).
+    pub node_name: String,
     /// Print every event as a JSON line on stdout.
     pub json_events: bool,
     pub lifecycle: LifecycleOptions,
@@ -225,6 +227,16 @@ pub async fn run_until(
     let features = preflight::KernelFeatures::probe()?;
     features.check()?;
     preflight::raise_memlock();
+    let nofile = preflight::raise_nofile();
+    if let Some(w) = &opts.web
+        && (nofile as usize) < w.max_connections + 64
+    {
+        tracing::warn!(
+            nofile,
+            max_connections = w.max_connections,
+            "the file-descriptor limit is below --web.max-connections: raise LimitNOFILE"
+        );
+    }
     let tc_backend = attach::choose(opts.tc_attach, features.has(preflight::Feature::Tcx))?;
     tracing::info!(
         method = tc_backend.name(),
@@ -247,9 +259,10 @@ pub async fn run_until(
     } else {
         opts.ifaces.clone()
     };
-    // Bind before attaching so a port clash changes nothing on the host.
-    let listener = match opts.listen {
-        Some(addr) => Some(server::bind(addr).await?),
+    // Bind (and read the web config) before attaching, so a port clash or a bad
+    // file changes nothing on the host.
+    let web = match opts.web.clone() {
+        Some(w) => Some(web::prepare(w).await?),
         None => None,
     };
 
@@ -282,7 +295,7 @@ pub async fn run_until(
         syn_maps.without_batches();
         kernel.without_batches();
     }
-    let metrics = Metrics::new(&preflight::kernel_release());
+    let metrics = Metrics::new(&preflight::kernel_release(), &opts.node_name);
     metrics.set_kernel_features(&features);
     metrics.add_leftovers(tc.removed);
     let mut syn_monitor = SynMonitor::new(opts.syn.clone(), &metrics.registry);
@@ -309,16 +322,22 @@ pub async fn run_until(
     });
     shared.metrics.set_attachments(&attachments);
 
-    if let Some(listener) = listener {
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, "serving /metrics");
-        let s = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = server::serve(listener, s).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        });
-    }
+    let listening = match web {
+        Some(w) => {
+            let described = w.describe().join(", ");
+            let landing = web::Landing {
+                kernel: preflight::kernel_release(),
+                node: opts.node_name.clone(),
+                attached: attachments
+                    .iter()
+                    .map(|a| (a.iface.clone(), a.hook.name(), a.mode))
+                    .collect(),
+            };
+            web::serve(w, shared.clone(), landing)?;
+            format!("serving on {described}")
+        }
+        None => "serving nothing".into(),
+    };
 
     let ticker = {
         let s = shared.clone();
@@ -357,9 +376,16 @@ pub async fn run_until(
         seed_rx,
     ));
     // Attached and read from: connections older than tcpmon can be seeded now.
+    let status = format!(
+        "attached to {} ({} programs), {listening}",
+        ifaces.join(", "),
+        attachments.len()
+    );
     seeding::run(shared.clone(), ifaces, seed_tx).await;
     ready(shared.clone());
+    systemd::ready(&status);
     stop.await?;
+    systemd::stopping();
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     reader.await??;

@@ -10,11 +10,12 @@ pub mod kstats;
 pub mod loader;
 pub mod metrics;
 pub mod preflight;
-pub mod server;
 pub mod sockstat;
 pub mod summary;
 pub mod syn;
+pub mod systemd;
 pub mod top;
+pub mod web;
 
 /// Default /metrics port. Prometheus' default port allocation list has filled the
 /// whole 9100-9999 exporter range, so tcpmon stays clear of it.

@@ -1,11 +1,10 @@
 //! `tcpmon`: watch TCP connections on this host and export them as metrics.
 
-use std::net::SocketAddr;
+mod web_args;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use monitor::{
-    DEFAULT_PORT,
     agent::{self, AgentOptions, LifecycleOptions},
     attach::{DEFAULT_STATE_DIR, TcAttachMode},
     lifecycle,
@@ -46,10 +45,8 @@ struct AgentArgs {
     #[command(flatten)]
     syn: SynArgs,
 
-    /// Address to serve Prometheus metrics on (default: all interfaces, port 19393;
-    /// `events` and `top` serve nothing without it).
-    #[arg(long)]
-    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    web: web_args::WebArgs,
 }
 
 #[derive(Debug, Args)]
@@ -226,7 +223,7 @@ impl LifecycleArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print every event as a JSON line on stdout (no metrics endpoint unless --listen).
+    /// Print every event as a JSON line on stdout (no metrics endpoint unless --web.listen-address).
     Events {
         #[command(flatten)]
         agent: AgentArgs,
@@ -434,9 +431,12 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
     }
     // Only the bare agent serves metrics by default.
     let serve_by_default = top.is_none() && !json_events;
-    let listen = agent_args
-        .listen
-        .or(serve_by_default.then(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))));
+    let web = agent_args.web.options(serve_by_default);
+    let node_name = agent_args
+        .web
+        .node_name
+        .clone()
+        .unwrap_or_else(monitor::preflight::hostname);
     let AgentArgs {
         attach,
         lifecycle,
@@ -454,7 +454,8 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
             prefix_entries: attach.prefixes.prefix_entries,
             embryo_entries: attach.embryo_entries,
         },
-        listen,
+        web,
+        node_name,
         json_events,
         lifecycle: lifecycle.options(),
         syn: syn.detector.options(syn.syn_sample_rate),

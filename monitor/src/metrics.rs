@@ -70,7 +70,7 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl Metrics {
-    pub fn new(kernel: &str) -> Metrics {
+    pub fn new(kernel: &str, node: &str) -> Metrics {
         let r = Registry::new();
         let m = Metrics {
             packets: counter_vec(
@@ -193,10 +193,10 @@ impl Metrics {
                 "tcpmon_build_info",
                 "tcpmon version and the kernel it runs on",
             ),
-            &["version", "kernel"],
+            &["version", "kernel", "node"],
         )
         .expect("valid metric");
-        info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel])
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel, node])
             .set(1);
         m.registry.register(Box::new(info)).expect("unique metric");
         // Pre-create every series so dashboards see zeros, not gaps.
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn kernel_totals_become_counter_deltas() {
-        let m = Metrics::new("test");
+        let m = Metrics::new("test", "node-a");
         let mut t = [0u64; counters::LEN as usize];
         t[counters::packets(Hook::XdpIngress, FlagClass::Syn) as usize] = 5;
         t[counters::lost(EventKind::Rst) as usize] = 2;
@@ -371,13 +371,16 @@ mod tests {
             text.contains("tcpmon_events_lost_total{kind=\"rst\"} 2"),
             "{text}"
         );
-        assert!(text.contains("tcpmon_build_info{kernel=\"test\""), "{text}");
+        assert!(
+            text.contains("tcpmon_build_info{kernel=\"test\",node=\"node-a\""),
+            "{text}"
+        );
     }
 
     #[test]
     fn kernel_features_and_leftovers() {
         use crate::preflight::Feature;
-        let m = Metrics::new("test");
+        let m = Metrics::new("test", "node-a");
         m.set_kernel_features(&KernelFeatures::from_fn(|f| f != Feature::Tcx));
         m.add_leftovers(Leftovers {
             filters: 2,

@@ -85,6 +85,39 @@ pub fn raise_memlock() {
     }
 }
 
+/// Each HTTP connection is a descriptor: the soft limit goes up to the hard one
+/// (the unit's LimitNOFILE), so --web.max-connections is not cut short by a low
+/// default soft limit. Returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid resource id and pointers to a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) != 0 {
+            return 0;
+        }
+        if rlim.rlim_cur < rlim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: rlim.rlim_max,
+                rlim_max: rlim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                rlim = raised;
+            }
+        }
+    }
+    rlim.rlim_cur
+}
+
+/// The host's name, for the `node` label when none is given.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())

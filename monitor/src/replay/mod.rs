@@ -133,7 +133,10 @@ pub fn replay(path: &Path, opts: &ReplayOptions) -> Result<Report, ReplayError> 
     // The reader keeps its own buffer: a BufReader under it would copy twice.
     let mut reader = pcap_parser::create_reader(1 << 20, file)
         .map_err(|_| ReplayError::NotCapture(path.display().to_string()))?;
-    let agent_metrics = Metrics::new(&crate::preflight::kernel_release());
+    let agent_metrics = Metrics::new(
+        &crate::preflight::kernel_release(),
+        &crate::preflight::hostname(),
+    );
     let metrics = Arc::new(LifecycleMetrics::new(&agent_metrics.registry));
     let mut monitor = SynMonitor::new(opts.syn.clone(), &agent_metrics.registry);
     monitor.set_prefix_capacity(opts.prefix_entries);
