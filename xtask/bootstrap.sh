@@ -104,8 +104,8 @@ install_bpf_linker() {
 
 # The Kubernetes manifest tests (tests/tests/kubernetes.rs): kubernetes-validate (the
 # API's OpenAPI schemas, shipped in the package) in its own venv, the Prometheus
-# Operator's models (its CRD schemas) for the PodMonitor, runc to run tcpmon as the
-# DaemonSet's container. Fixed paths, because the tests look there.
+# Operator's models (its CRD schemas) for the PodMonitor, runc and containerd to run
+# tcpmon as the DaemonSet's container. Fixed paths, because the tests look there.
 K8S_TOOLS=/opt/tcpmon-tools
 KUBERNETES_VALIDATE_VERSION=1.37.0
 PROMETHEUS_OPERATOR_MODELS_VERSION=6.0.0
@@ -117,6 +117,17 @@ install_k8s_tools() {
         log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    fi
+    # Debian's containerd, unpacked, not installed: the test runs a private daemon,
+    # and installing the package would enable a system service.
+    if [ ! -x "$K8S_TOOLS/containerd/usr/bin/ctr" ]; then
+        log "unpacking Debian's containerd into $K8S_TOOLS/containerd"
+        local tmp
+        tmp=$(mktemp -d)
+        (cd "$tmp" && { apt-get download containerd >/dev/null 2>&1 \
+            || { apt-get update -qq && apt-get download containerd >/dev/null; }; })
+        dpkg-deb -x "$tmp"/containerd_*.deb "$K8S_TOOLS/containerd"
+        rm -rf "$tmp"
     fi
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
     local models=$K8S_TOOLS/npm/node_modules/@kubernetes-models/prometheus-operator/package.json

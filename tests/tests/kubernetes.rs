@@ -6,6 +6,8 @@
 //! namespace standing in for the node's network. The tools come from bootstrap
 //! (install_k8s_tools); a missing one fails the test, saying so.
 
+#[path = "kubernetes/containerd.rs"]
+mod containerd;
 #[path = "kubernetes/manifests.rs"]
 mod manifests;
 #[path = "kubernetes/pod.rs"]

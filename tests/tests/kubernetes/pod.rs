@@ -15,7 +15,7 @@ use super::{
 
 /// The lab's server namespace as a node: a default route (through the lab's own
 /// client end), so tcpmon picks its interface the way it does on a node.
-fn node_lab() -> Lab {
+pub(super) fn node_lab() -> Lab {
     let lab = Lab::new();
     lab.ip(
         &lab.server,
@@ -24,7 +24,7 @@ fn node_lab() -> Lab {
     lab
 }
 
-fn daemonset_spec(node: &str) -> (runc::Spec, Duration) {
+pub(super) fn daemonset_spec(node: &str) -> (runc::Spec, Duration) {
     let ds = the("DaemonSet");
     let c = container(&ds);
     let grace = ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -37,25 +37,38 @@ fn daemonset_spec(node: &str) -> (runc::Spec, Duration) {
 
 /// Polls `path` at the node's address until it answers `want`; returns the body.
 fn probe_until(lab: &Lab, c: &mut runc::Container, path: &str, want: u16) -> String {
+    until_answers(lab, path, want, || {
+        c.exited()
+            .map(|st| format!("tcpmon's container exited ({st}):\n{}", c.stderr()))
+    })
+}
+
+/// Polls `path` at the node's address until it answers `want`, failing with what
+/// `gone` says once the container has ended; returns the body.
+pub(super) fn until_answers(
+    lab: &Lab,
+    path: &str,
+    want: u16,
+    mut gone: impl FnMut() -> Option<String>,
+) -> String {
     let addr = format!("{}:{}", tests::lab::SERVER_V4, monitor::DEFAULT_PORT);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(st) = c.exited() {
-            panic!("tcpmon's container exited ({st}):\n{}", c.stderr());
+        if let Some(why) = gone() {
+            panic!("{why}");
         }
         match runc::http_get(&lab.server, &addr, path) {
             Ok((code, body)) if code == want => return body,
             r => assert!(
                 Instant::now() < deadline,
-                "{path} never answered {want} (last: {r:?}):\n{}",
-                c.stderr()
+                "{path} never answered {want} (last: {r:?})"
             ),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn status_field(pid: u32, key: &str) -> String {
+pub(super) fn status_field(pid: u32, key: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
@@ -170,6 +183,40 @@ fn the_seccomp_profile_is_what_lets_bpf_through() {
         err.contains("probing kernel features") && err.contains("bpf"),
         "{err}"
     );
+}
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test`"]
+fn tcpmon_needs_no_perf_event_open() {
+    // CRI-O's RuntimeDefault refused perf_event_open to a container with CAP_PERFMON
+    // but not CAP_SYS_ADMIN until late 2025: tcpmon never calls it, so that
+    // RuntimeDefault is enough (bpf is what matters).
+    let mut lab = node_lab();
+    let (mut spec, grace) = daemonset_spec("node-f.test");
+    let mut profile = manifests::localhost_profile();
+    let rules = profile["syscalls"].as_array_mut().expect("syscalls");
+    let before = rules.len();
+    rules.retain(|r| strs(&r["names"]) != ["perf_event_open"]);
+    assert_eq!(rules.len(), before - 1, "one rule for perf_event_open");
+    spec.seccomp = Some(profile);
+    let mut c = runc::Container::start(&lab, &lab.server, &spec);
+    probe_until(&lab, &mut c, "/readyz", 200);
+    lab.serve(&format!("{}:7102", tests::lab::SERVER_V4), 3, &[]);
+    lab.connect(&format!("{}:7102", tests::lab::SERVER_V4), 3, 10, &[]);
+    lab.wait_servers();
+    std::thread::sleep(Duration::from_millis(500));
+    let addr = format!("{}:{}", tests::lab::SERVER_V4, monitor::DEFAULT_PORT);
+    let (_, metrics) = runc::http_get(&lab.server, &addr, "/metrics").unwrap();
+    assert_eq!(
+        sample(
+            &metrics,
+            "tcpmon_connections_opened_total{port=\"7102\",role=\"server\"}"
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    let (st, _) = c.terminate(grace);
+    assert!(st.success(), "{}", c.stderr());
 }
 
 #[test]
