@@ -471,3 +471,14 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
     rt.block_on(agent::run(opts))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap's own consistency checks (unique ids, valid defaults) on every subcommand.
+    #[test]
+    fn cli_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

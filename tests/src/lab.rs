@@ -160,3 +160,21 @@ impl Drop for Lab {
         }
     }
 }
+
+/// Runs `f` on a thread moved into the namespace `ns` (setns affects only the calling
+/// thread): sockets it creates stay in that namespace after it returns.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns file");
+        // SAFETY: a valid namespace fd; only this thread changes namespace.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}

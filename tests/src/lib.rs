@@ -9,6 +9,8 @@ pub mod capture;
 pub mod flood;
 pub mod lab;
 pub mod monitor;
+pub mod pki;
+pub mod prometheus;
 pub mod testrun;
 pub mod tshark;
 pub mod verifier;

@@ -6,7 +6,6 @@ use std::{
     collections::{BTreeMap, HashSet},
     io::{ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -33,27 +32,12 @@ const STATES: [&str; 10] = [
 
 /// Runs `f` on a thread moved into network namespace `ns`: sockets it creates stay
 /// there, whichever thread uses them afterwards.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("netns file");
-        // SAFETY: a valid namespace fd; only this thread changes namespace.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
 fn listen(ns: &str, addr: SocketAddr) -> TcpListener {
-    in_ns(ns, move || TcpListener::bind(addr).expect("bind"))
+    tests::lab::in_netns(ns, move || TcpListener::bind(addr).expect("bind"))
 }
 
 fn connect(ns: &str, addr: SocketAddr) -> TcpStream {
-    in_ns(ns, move || {
+    tests::lab::in_netns(ns, move || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect")
     })
 }
@@ -91,7 +75,7 @@ fn read_to_eof(mut s: &TcpStream) {
 
 /// GET `path` on tcpmon's listener from inside `ns`: status and body.
 fn get(ns: &str, path: &'static str) -> (u16, String) {
-    in_ns(ns, move || {
+    tests::lab::in_netns(ns, move || {
         let addr: SocketAddr = METRICS_ADDR.parse().unwrap();
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -361,7 +345,7 @@ fn churn(lab: &Lab, l: &TcpListener, addr: SocketAddr, secs: u64) -> Vec<(u16, I
                 }
             }
         });
-        let ports = in_ns(&client, move || {
+        let ports = tests::lab::in_netns(&client, move || {
             let mut ports = Vec::new();
             let end = Instant::now() + Duration::from_secs(secs);
             while Instant::now() < end {
@@ -492,7 +476,7 @@ fn readyz_answers_503_until_seeded_then_200() {
         &["add table inet seedtest; add chain inet seedtest in { type filter hook input priority 0; }; add rule inet seedtest in tcp dport 9 drop"],
     );
     let target: SocketAddr = format!("{}:9", tests::lab::CLIENT_V4).parse().unwrap();
-    let pending = in_ns(&lab.server, move || connect_in_progress(target));
+    let pending = tests::lab::in_netns(&lab.server, move || connect_in_progress(target));
     wait_ss(&lab, &[("syn_sent", 1)]);
     let m = Monitor::start_agent(&lab, &lab.server, &["-i", lab.server_if]);
     let (status, body) = get(&lab.server, "/readyz");

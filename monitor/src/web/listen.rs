@@ -8,7 +8,7 @@ use std::{
     str::FromStr,
 };
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -96,20 +96,33 @@ fn bind_error(addr: String, source: std::io::Error) -> ListenError {
     }
 }
 
+/// Connections the kernel queues for accept(): a burst of scrapers or slow clients
+/// overflowing std's 128 costs each dropped one a 1 s SYN retry (capped by
+/// net.core.somaxconn).
+const BACKLOG: u32 = 4096;
+
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 pub async fn bind(addr: ListenAddr) -> Result<Listener, ListenError> {
     let l = match addr.addr {
-        Some(a) => TcpListener::bind(a)
-            .await
-            .map_err(|e| bind_error(a.to_string(), e))?,
+        Some(a) => listen_on(a).map_err(|e| bind_error(a.to_string(), e))?,
         // `:port`: the IPv6 wildcard takes IPv4 too (bindv6only=0, Linux' default);
         // a host with IPv6 off gets the IPv4 wildcard.
-        None => match TcpListener::bind((Ipv6Addr::UNSPECIFIED, addr.port)).await {
+        None => match listen_on((Ipv6Addr::UNSPECIFIED, addr.port).into()) {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 return Err(bind_error(addr.to_string(), e));
             }
-            Err(_) => TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port)))
-                .await
+            Err(_) => listen_on(SocketAddr::from(([0, 0, 0, 0], addr.port)))
                 .map_err(|e| bind_error(addr.to_string(), e))?,
         },
     };
