@@ -61,8 +61,16 @@ fn promtool_checks_the_rules_and_runs_their_unit_tests() {
         &dir,
     );
     eprintln!("{checked}");
-    let tested = promtool(&["test", "rules", "tests/tcpmon-alerts.test.yaml"], &dir);
-    assert!(tested.contains("SUCCESS"), "{tested}");
+    let tested = promtool(
+        &[
+            "test",
+            "rules",
+            "tests/tcpmon-alerts.test.yaml",
+            "tests/tcpmon-rules.test.yaml",
+        ],
+        &dir,
+    );
+    assert_eq!(tested.matches("SUCCESS").count(), 2, "{tested}");
     // Every alert has a unit test that expects it to fire.
     let tests = read("tests/tcpmon-alerts.test.yaml");
     for line in read("alerts/tcpmon-alerts.yaml").lines() {
