@@ -469,6 +469,9 @@ fn prometheus_scrapes_a_lab_and_every_query_answers() {
         "sum(instance_role_port:tcpmon_connections_opened:rate5m{{role=\"server\", port=\"{PORT}\"}})"
     ));
     assert!(opened > 0.0, "legitimate handshakes {opened}/s");
+    // What one node costs (README, Fleet scale): series scraped from this agent.
+    one("count({job=\"tcpmon\"})");
+    one("count(count by (__name__) ({job=\"tcpmon\"}))");
     let flooded = one("cluster:tcpmon_nodes_syn_flooded:sum");
     assert_eq!(flooded, 1.0, "nodes flooded in the cluster");
     // TIME-WAIT pressure (its `for` cut) fires for 120 of 200 ports toward one remote.
