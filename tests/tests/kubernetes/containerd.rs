@@ -41,6 +41,8 @@ pub struct Containerd {
     daemon: Child,
     dir: Scratch,
     bin: PathBuf,
+    /// Its containerd namespace, also the parent cgroup of its containers.
+    namespace: String,
 }
 
 impl Containerd {
@@ -63,7 +65,13 @@ impl Containerd {
             .stderr(std::fs::File::create(dir.0.join("containerd.log")).unwrap())
             .spawn()
             .expect("containerd");
-        let c = Containerd { daemon, dir, bin };
+        let namespace = format!("tcpmon-k8s-{}", std::process::id());
+        let c = Containerd {
+            daemon,
+            dir,
+            bin,
+            namespace,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !c
             .ctr()
@@ -86,6 +94,8 @@ impl Containerd {
         let mut c = Command::new(self.bin.join("ctr"));
         c.arg("--address")
             .arg(self.dir.0.join("sock"))
+            .arg("--namespace")
+            .arg(&self.namespace)
             .env("PATH", path_with(&self.bin));
         c
     }
@@ -154,6 +164,13 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        // The namespace's parent cgroup, empty once its containers are deleted
+        // (cgroup v1: one per controller; v2: one).
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        let _ = std::fs::remove_dir(root.join(&self.namespace));
+        for c in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(c.path().join(&self.namespace));
+        }
     }
 }
 
