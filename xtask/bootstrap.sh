@@ -116,7 +116,11 @@ install_k8s_tools() {
     if [[ $have != *"$KUBERNETES_VALIDATE_VERSION"* ]]; then
         log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+        # Its dependencies pinned too, as resolved when this was written.
+        "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+            attrs==26.1.0 importlib_resources==7.1.0 jsonschema==4.26.0 \
+            jsonschema-specifications==2025.9.1 packaging==26.4 PyYAML==6.0.4 \
+            referencing==0.37.0 rpds-py==2026.9.1 typing_extensions==4.16.0
     fi
     # Debian's containerd, unpacked, not installed: the test runs a private daemon,
     # and installing the package would enable a system service.

@@ -208,6 +208,57 @@ fn daemonset_args_are_tcpmon_flags_and_probes_hit_its_endpoints() {
 
 #[test]
 #[ignore = "needs bootstrap's PyYAML venv: run with `cargo xtask test`"]
+fn the_containerfile_builds_what_the_daemonset_runs() {
+    // The image is not built here; its recipe must at least agree with the pod spec
+    // (and with the containers the tests run: /usr/local/bin/tcpmon, args only).
+    let path = manifests::deploy_dir().join("../container/Containerfile");
+    let text = std::fs::read_to_string(&path).expect("deploy/container/Containerfile");
+    let last = |key: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .next_back()
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key} in the Containerfile"))
+            .to_string()
+    };
+    assert_eq!(last("ENTRYPOINT "), r#"["/usr/local/bin/tcpmon"]"#);
+    assert_eq!(last("EXPOSE "), monitor::DEFAULT_PORT.to_string());
+    let ds = the("DaemonSet");
+    let c = container(&ds);
+    assert!(
+        c["command"].is_null(),
+        "the image's entrypoint runs, with args"
+    );
+    let uid = c["securityContext"]["runAsUser"]
+        .as_u64()
+        .expect("runAsUser");
+    assert_eq!(last("USER "), format!("{uid}:{uid}"));
+    // What the image holds: tcpmon, and glibc and libgcc from the base.
+    assert!(
+        text.contains("FROM gcr.io/distroless/cc-debian12"),
+        "{text}"
+    );
+    let out = tests::run(Command::new("ldd").arg(tests::target_bin("tcpmon")));
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let lib = l.split_whitespace().next().unwrap_or("");
+        assert!(
+            [
+                "linux-vdso",
+                "libgcc_s",
+                "libm.",
+                "libc.",
+                "ld-linux",
+                "/lib64/ld-linux"
+            ]
+            .iter()
+            .any(|ok| lib.contains(ok)),
+            "tcpmon links {lib}, which distroless cc lacks"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs bootstrap's PyYAML venv: run with `cargo xtask test`"]
 fn daemonset_is_least_privilege_and_runs_on_every_node() {
     let ds = the("DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
