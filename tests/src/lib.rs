@@ -11,6 +11,7 @@ pub mod lab;
 pub mod monitor;
 pub mod pki;
 pub mod prometheus;
+pub mod scrape_load;
 pub mod testrun;
 pub mod tshark;
 pub mod verifier;
