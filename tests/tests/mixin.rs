@@ -208,6 +208,17 @@ fn firing(states: &[(String, Value)]) -> bool {
     states.iter().any(|(s, _)| s == "firing")
 }
 
+/// A child process killed on drop: a namespace's deletion does not end what runs
+/// in it.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 const PORT: u16 = 8080;
 const TW_PORTS: &str = "40000 40199";
 const TW_CONNS: usize = 120;
@@ -237,14 +248,15 @@ fn prometheus_scrapes_a_lab_and_every_query_answers() {
     );
     // 3 % of the data segments to iperf3 dropped on arrival: retransmissions, for
     // the 5 s of a paced transfer (a counter must grow while it is scraped).
-    let nft = tests::monitor::scratch_dir("nft").join("loss.nft");
-    std::fs::write(
-        &nft,
-        "table inet loss {\n chain c { type filter hook input priority 0; \
-         tcp dport 5201 tcp flags & (syn | fin | rst) == 0 numgen random mod 1000 < 30 drop; }\n}\n",
-    )
-    .unwrap();
-    lab.exec(&ns, "nft", &["-f", nft.to_str().unwrap()]);
+    // (The table goes with the namespace.)
+    for cmd in [
+        "add table inet loss",
+        "add chain inet loss c { type filter hook input priority 0; }",
+        "add rule inet loss c tcp dport 5201 tcp flags & (syn | fin | rst) == 0 \
+         numgen random mod 1000 < 30 drop",
+    ] {
+        lab.exec(&ns, "nft", &[cmd]);
+    }
     let mon = Monitor::start_agent(
         &lab,
         &ns,
@@ -298,32 +310,34 @@ fn prometheus_scrapes_a_lab_and_every_query_answers() {
         tests::peer_bin().to_str().unwrap(),
         &["refused", &format!("{SERVER_V4}:9"), "5"],
     );
-    let mut iperf = lab
-        .cmd(&ns, "iperf3")
-        .args(["-s", "-1", "-B", SERVER_V4])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3");
+    let mut iperf = Killed(
+        lab.cmd(&ns, "iperf3")
+            .args(["-s", "-1", "-B", SERVER_V4])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("iperf3"),
+    );
     std::thread::sleep(Duration::from_millis(300));
     lab.exec(
         &lab.client,
         "timeout",
         &["20", "iperf3", "-c", SERVER_V4, "-t", "5", "-b", "200M"],
     );
-    let _ = iperf.wait();
+    let _ = iperf.0.wait();
     // TIME-WAIT churn toward one remote: the monitored host connects out and closes
     // first, 120 times, to the same remote IP and port.
     let tw_remote = format!("{CLIENT_V4}:7000");
-    let mut tw_server = lab
-        .cmd(&lab.client, tests::peer_bin())
-        .args(["serve", &tw_remote, &TW_CONNS.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("peer server");
+    let mut tw_server = Killed(
+        lab.cmd(&lab.client, tests::peer_bin())
+            .args(["serve", &tw_remote, &TW_CONNS.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("peer server"),
+    );
     {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(tw_server.stdout.take().unwrap())
+        std::io::BufReader::new(tw_server.0.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "listening");
@@ -333,7 +347,7 @@ fn prometheus_scrapes_a_lab_and_every_query_answers() {
         tests::peer_bin().to_str().unwrap(),
         &["connect", &tw_remote, &TW_CONNS.to_string(), "10"],
     );
-    assert!(tw_server.wait().unwrap().success());
+    assert!(tw_server.0.wait().unwrap().success());
     let ss_tw = lab
         .exec(
             &ns,
@@ -528,5 +542,4 @@ fn prometheus_scrapes_a_lab_and_every_query_answers() {
         "TcpmonDown firing {down:?} after tcpmon stopped; whole test {:.1?}",
         t_start.elapsed()
     );
-    let _ = std::fs::remove_dir_all(nft.parent().unwrap());
 }
