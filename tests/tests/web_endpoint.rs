@@ -180,7 +180,8 @@ fn tls_client_certificates_basic_auth_and_renewal() {
     );
     assert_eq!(status(&lab, &lab.server, &refs(&a)), "000", "TLS 1.1");
 
-    // The certificate renewed in place: the next connection gets the new one.
+    // The certificate renewed in place: connections get the new one within the
+    // re-read interval (1 s), without a restart.
     let renewed = pki.issue("renewed", "tcpmon-server-2", "IP:127.0.0.1", "serverAuth");
     std::fs::rename(&renewed.key, &server.key).unwrap();
     std::fs::rename(&renewed.cert, &server.cert).unwrap();
@@ -188,9 +189,19 @@ fn tls_client_certificates_basic_auth_and_renewal() {
         &scraper,
         &["-v", "-u", "prometheus:s3cret", "-o", "/dev/null", &u],
     );
-    let out = curl(&lab, &lab.server, &refs(&a));
-    let verbose = String::from_utf8_lossy(&out.stderr);
-    assert!(verbose.contains("CN=tcpmon-server-2"), "{verbose}");
+    let renewed_by = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = curl(&lab, &lab.server, &refs(&a));
+        let verbose = String::from_utf8_lossy(&out.stderr).into_owned();
+        if verbose.contains("CN=tcpmon-server-2") {
+            break;
+        }
+        assert!(
+            Instant::now() < renewed_by,
+            "still the old certificate: {verbose}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A broken edit keeps the last good config, and says so in a metric.
     write_config(
@@ -198,12 +209,20 @@ fn tls_client_certificates_basic_auth_and_renewal() {
         "tls_server_config:\n  cert_file: server.crt\n  bogus: 1\n",
     );
     let a = with(&scraper, &["-u", "prometheus:s3cret", &u]);
-    let text = String::from_utf8_lossy(&curl(&lab, &lab.server, &refs(&a)).stdout).into_owned();
-    assert_eq!(
-        sample(&text, "tcpmon_web_config_last_reload_successful"),
-        Some(0.0),
-        "{text}"
-    );
+    let noticed_by = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        // Still served (under the last good config) while the file is broken.
+        let text = String::from_utf8_lossy(&curl(&lab, &lab.server, &refs(&a)).stdout).into_owned();
+        assert!(text.contains("tcpmon_build_info{"), "{text}");
+        if sample(&text, "tcpmon_web_config_last_reload_successful") == Some(0.0) {
+            break text;
+        }
+        assert!(
+            Instant::now() < noticed_by,
+            "broken edit not noticed: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(sample(&text, "tcpmon_web_config_reloads_total{result=\"success\"}").unwrap() >= 2.0);
     assert!(m.stderr().contains("bogus"), "{}", m.stderr());
     m.stop();

@@ -100,7 +100,7 @@ async fn http<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    slot.idle();
+    // Idle since accept: with TLS, the handshake and the request head share one timeout.
     let slot = Arc::new(slot);
     let svc = {
         let (ctx, slot) = (ctx.clone(), slot.clone());

@@ -83,6 +83,18 @@ pub fn serve(p: Prepared, shared: Arc<Shared>, landing: Landing) -> anyhow::Resu
         slots: slots::Slots::new(p.opts.max_connections),
         opts: p.opts,
     });
+    if ctx.state.watches_files() {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let ctx = ctx.clone();
+                let _ = tokio::task::spawn_blocking(move || ctx.state.refresh()).await;
+            }
+        });
+    }
     for l in p.listeners {
         tracing::info!(listener = %l.describe(), "serving /metrics");
         tokio::spawn(accept_loop(l, ctx.clone()));

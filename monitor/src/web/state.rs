@@ -1,6 +1,7 @@
 //! The web config in force, re-read when its file or a certificate it names changes
-//! (checked as a connection arrives, as exporter-toolkit does): renewed certificates
-//! and changed users apply without a restart; a broken edit keeps the last good one.
+//! (checked every second, off the async workers): renewed certificates and changed
+//! users apply to the next connection without a restart; a broken edit keeps the last
+//! good one.
 
 use std::{
     path::{Path, PathBuf},
@@ -103,15 +104,21 @@ impl WebState {
         &self.metrics
     }
 
-    /// The config for a new connection, re-read first if a file changed.
+    /// The config a new connection is served under.
     pub fn active(&self) -> Arc<Active> {
-        let mut current = self.current.lock().expect("web state");
+        self.current.lock().expect("web state").1.clone()
+    }
+
+    /// Re-reads the file and certificates if one changed (file system calls: run it
+    /// off the async workers).
+    pub fn refresh(&self) {
         let Some(path) = &self.path else {
-            return current.1.clone();
+            return;
         };
+        let mut current = self.current.lock().expect("web state");
         let now = Self::stamp_of(path, &current.1.config);
         if now == current.0 {
-            return current.1.clone();
+            return;
         }
         match WebConfig::load(path).map(|c| (Self::stamp_of(path, &c), c)) {
             Ok((stamp, config)) => match Active::build(config) {
@@ -124,7 +131,10 @@ impl WebState {
             },
             Err(e) => self.keep(&mut current, now, &e.to_string()),
         }
-        current.1.clone()
+    }
+
+    pub fn watches_files(&self) -> bool {
+        self.path.is_some()
     }
 
     /// A bad edit: the last good config stays, and the same bad files aren't re-read
