@@ -209,7 +209,7 @@ impl Feature {
     fn probe(self) -> Result<bool, String> {
         match self {
             Feature::RingBuf => {
-                aya::sys::is_map_supported(MapType::RingBuf).map_err(|e| e.to_string())
+                aya::sys::is_map_supported(MapType::RingBuf).map_err(|e| with_causes(&e))
             }
             Feature::BpfLink => probe_link_create(BPF_CGROUP_INET_INGRESS),
             Feature::XdpLink => probe_link_create(BPF_XDP),
@@ -218,6 +218,29 @@ impl Feature {
             Feature::Btf => Ok(std::path::Path::new("/sys/kernel/btf/vmlinux").exists()),
         }
     }
+}
+
+/// The error with its causes (aya's syscall errors keep the errno in theirs), and
+/// what an EPERM from bpf(2) at this point usually means.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    let mut eperm = false;
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        eperm |= c
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM));
+        cause = c.source();
+    }
+    if eperm {
+        text.push_str(
+            " (bpf(2) refused with the capabilities present: a seccomp profile without \
+             `bpf`? Container runtimes' default profiles allow it with CAP_BPF from \
+             containerd 1.6.9/1.7.0, CRI-O 1.31 and Docker 23.0; see deploy/kubernetes)",
+        );
+    }
+    text
 }
 
 fn feature_names() -> String {

@@ -177,10 +177,13 @@ fn the_seccomp_profile_is_what_lets_bpf_through() {
     let mut c = runc::Container::start(&lab, &lab.server, &spec);
     let st = c.wait(Duration::from_secs(20));
     assert!(!st.success(), "tcpmon ran without bpf(2)");
-    // Refused at the first bpf(2) call, the feature probes.
+    // Refused at the first bpf(2) call, the feature probes, with the errno and the
+    // hint that points at seccomp.
     let err = c.stderr();
     assert!(
-        err.contains("probing kernel features") && err.contains("bpf"),
+        err.contains("probing kernel features")
+            && err.contains("Operation not permitted")
+            && err.contains("seccomp profile without `bpf`"),
         "{err}"
     );
 }
