@@ -3,6 +3,7 @@
 //! monitor/build.rs); this only sequences what a person would type.
 
 mod matrix;
+mod service;
 
 use std::{
     path::{Path, PathBuf},
@@ -36,10 +37,16 @@ enum Task {
         /// Skip the kernel matrix (qemu guests) after the integration tests.
         #[arg(long)]
         no_kernel_matrix: bool,
+        /// Skip the Debian package and systemd service test (a qemu guest).
+        #[arg(long)]
+        no_systemd_vm: bool,
     },
     /// tcpmon on real kernels (needs root): Debian 5.10, 6.1 and 6.12 cloud kernels in
     /// qemu, and the host's kernel natively; prints kernel × mode results.
     KernelMatrix(matrix::Options),
+    /// The Debian package (cargo deb, lintian) and its sandboxed systemd service in a
+    /// Debian guest with systemd as init (needs root; qemu).
+    SystemdVm(service::Options),
     /// A spoofed SYN flood between lab namespaces, watched live with `tcpmon top`
     /// (needs root; everything is torn down on q, Ctrl-C or after the duration).
     Demo {
@@ -161,7 +168,7 @@ fn nightly() -> anyhow::Result<String> {
         .context("EBPF_NIGHTLY not found in monitor/build.rs")
 }
 
-fn test(no_lint: bool, kernel_matrix: bool) -> anyhow::Result<()> {
+fn test(no_lint: bool, kernel_matrix: bool, systemd_vm: bool) -> anyhow::Result<()> {
     if !no_lint {
         step(
             "cargo fmt --check",
@@ -201,6 +208,14 @@ fn test(no_lint: bool, kernel_matrix: bool) -> anyhow::Result<()> {
         // Each kernel × mode row counts as one test in the closing line.
         tally.passed += rows.passed;
         tally.failed += rows.failed;
+        result = r;
+    }
+    if result.is_ok() && systemd_vm {
+        // After the matrix, whose release build it packages.
+        eprintln!("\n==> Debian package and systemd service (a bookworm guest in qemu)");
+        let (checks, r) = service::run(&service::Options::standing_gate());
+        tally.passed += checks.passed;
+        tally.failed += checks.failed;
         result = r;
     }
     // One plain closing line over every test binary of all phases.
@@ -309,8 +324,10 @@ fn main() {
         Task::Test {
             no_lint,
             no_kernel_matrix,
-        } => test(no_lint, !no_kernel_matrix),
+            no_systemd_vm,
+        } => test(no_lint, !no_kernel_matrix, !no_systemd_vm),
         Task::KernelMatrix(opts) => matrix::run(&opts).1,
+        Task::SystemdVm(opts) => service::run(&opts).1,
         Task::Bench => bench(),
         Task::Demo { seconds } => demo(seconds),
     };

@@ -10,9 +10,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian's archive, as the system's bookworm sources name it.
-const DEBIAN: &str = "http://deb.debian.org/debian";
+pub(crate) const DEBIAN: &str = "http://deb.debian.org/debian";
 const DEBIAN_SECURITY: &str = "http://deb.debian.org/debian-security";
-const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+pub(crate) const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// A row of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

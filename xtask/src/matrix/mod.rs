@@ -5,8 +5,8 @@
 //! `cargo xtask integration-test vm`.
 
 mod initramfs;
-mod kernels;
-mod qemu;
+pub(crate) mod kernels;
+pub(crate) mod qemu;
 mod report;
 
 use std::{

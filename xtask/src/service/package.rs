@@ -72,6 +72,7 @@ pub fn build(dir: &Path, version: &str) -> anyhow::Result<Built> {
 pub fn check_debug_split(b: &Built, scratch: &Path) -> anyhow::Result<String> {
     let _ = std::fs::remove_dir_all(scratch);
     let (main, dbg) = (scratch.join("deb"), scratch.join("ddeb"));
+    std::fs::create_dir_all(scratch)?;
     output(Command::new("dpkg-deb").arg("-x").arg(&b.deb).arg(&main))?;
     output(Command::new("dpkg-deb").arg("-x").arg(&b.dbgsym).arg(&dbg))?;
     let bin = main.join("usr/bin/tcpmon");
@@ -82,7 +83,7 @@ pub fn check_debug_split(b: &Built, scratch: &Path) -> anyhow::Result<String> {
     let notes = output(Command::new("readelf").arg("-nW").arg(&bin))?;
     let id = notes
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .find_map(|l| l.split_once("Build ID: ").map(|(_, id)| id))
         .context("/usr/bin/tcpmon has no build id")?
         .trim()
         .to_string();
@@ -99,33 +100,32 @@ pub fn check_debug_split(b: &Built, scratch: &Path) -> anyhow::Result<String> {
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() / 1024).unwrap_or(0);
     let _ = std::fs::remove_dir_all(scratch);
     Ok(format!(
-        "binary {} KiB without DWARF, build id {id}; debug file {} KiB in {}",
+        "/usr/bin/tcpmon without DWARF (package {} KiB), build id {id}; its debug file in {} ({} KiB)",
         size(&b.deb),
-        size(&b.dbgsym),
-        b.dbgsym.file_name().unwrap_or_default().to_string_lossy()
+        b.dbgsym.file_name().unwrap_or_default().to_string_lossy(),
+        size(&b.dbgsym)
     ))
 }
 
-/// lintian on both packages: errors fail, so does a warning not in [`KEPT_WARNINGS`].
-/// Returns the tags it reported, for the summary.
+/// lintian on the package: errors fail, so does a warning not in [`KEPT_WARNINGS`];
+/// overridden tags (deploy/debian/lintian-overrides, each explained there) are listed.
+/// Returns the tags it reported, for the summary. The -dbgsym package is not
+/// linted: cargo-deb makes it as Ubuntu's .ddeb files are (no changelog or copyright
+/// of its own, priority extra), which lintian's rules for .deb files refuse.
 pub fn lintian(b: &Built) -> anyhow::Result<Vec<String>> {
-    let out = Command::new("lintian")
-        .args(["--no-cfg", "--display-level", ">=warning"])
-        .arg(&b.deb)
-        .arg(&b.dbgsym)
-        .output()
-        .context("spawning lintian (bash xtask/bootstrap.sh test installs it)")?;
+    let run = |extra: &[&str]| {
+        Command::new("lintian")
+            .args(["--no-cfg", "--display-level", ">=warning"])
+            .args(extra)
+            .arg(&b.deb)
+            .output()
+            .context("spawning lintian (bash xtask/bootstrap.sh test installs it)")
+    };
+    let out = run(&[])?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut tags = Vec::new();
     let mut bad = Vec::new();
-    for line in text.lines() {
-        // "E: tcpmon: tag-name extra…"
-        let mut parts = line.splitn(3, ": ");
-        let (Some(level), Some(_pkg), Some(rest)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let tag = rest.split_whitespace().next().unwrap_or_default();
+    for (level, tag, line) in tag_lines(&text) {
         tags.push(format!("{level}: {tag}"));
         match level {
             "E" => bad.push(line.to_string()),
@@ -133,7 +133,7 @@ pub fn lintian(b: &Built) -> anyhow::Result<Vec<String>> {
             _ => {}
         }
     }
-    // lintian exits non-zero for errors it reports (handled above) and for its own.
+    // lintian exits 1 for the errors it reports (handled above), 2 when it failed.
     if !out.status.success() && bad.is_empty() {
         bail!(
             "lintian failed ({}): {}{}",
@@ -148,5 +148,25 @@ pub fn lintian(b: &Built) -> anyhow::Result<Vec<String>> {
             bad.join("\n")
         );
     }
+    // Only to list them: lintian 2.116 exits 2 whenever --show-overrides is given.
+    let shown = run(&["--show-overrides"])?;
+    for (level, tag, _) in tag_lines(&String::from_utf8_lossy(&shown.stdout)) {
+        if level == "O" {
+            tags.push(format!("O: {tag}"));
+        }
+    }
     Ok(tags)
+}
+
+/// (level, tag, line) of each "L: package: tag [context]" line.
+fn tag_lines(text: &str) -> Vec<(&str, &str, &str)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ": ");
+            let (level, _pkg, rest) = (parts.next()?, parts.next()?, parts.next()?);
+            // N: lines are explanations, not tags.
+            (level.len() == 1 && level != "N").then_some(())?;
+            Some((level, rest.split_whitespace().next()?, line))
+        })
+        .collect()
 }
