@@ -170,3 +170,26 @@ fn tag_lines(text: &str) -> Vec<(&str, &str, &str)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lintian_lines() {
+        let out = "W: tcpmon: no-manual-page [usr/bin/tcpmon]\n\
+                   N: Not a copy of the C library: unsafe-libyaml, the Rust translation\n\
+                   O: tcpmon: embedded-library libyaml [usr/bin/tcpmon]\n\
+                   E: tcpmon-dbgsym: no-copyright-file\n";
+        let tags: Vec<_> = super::tag_lines(out)
+            .into_iter()
+            .map(|(l, t, _)| (l, t))
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                ("W", "no-manual-page"),
+                ("O", "embedded-library"),
+                ("E", "no-copyright-file")
+            ]
+        );
+    }
+}
