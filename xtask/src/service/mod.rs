@@ -278,10 +278,13 @@ fn qemu_command(vmlinuz: &Path, image: &Path, payload: &Path, console: &Path) ->
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .args(["-serial", "stdio"])
+        // The console is a file of its own, so warnings may go there (loglevel=4).
+        // TCG on shared cores can stall the guest for many seconds: NVMe's 30 s
+        // command timeout once failed the root disk mid-boot, so it is raised.
         .args([
             "-append",
-            "console=ttyS0 root=/dev/nvme0n1 rw panic=-1 quiet loglevel=3 \
-             mitigations=off systemd.show_status=error",
+            "console=ttyS0 root=/dev/nvme0n1 rw panic=-1 loglevel=4 mitigations=off \
+             systemd.show_status=error nvme_core.io_timeout=600 nvme_core.admin_timeout=600",
         ]);
     q
 }
