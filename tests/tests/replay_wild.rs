@@ -126,6 +126,30 @@ fn sum(text: &str, name: &str, labels: &[&str]) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// tcpmon-delay on queue `args[0]` in `ns`, fed by an iptables OUTPUT rule for TCP
+/// with `rule` (match and target); the queue bypasses when the delayer is gone.
+fn delayer(lab: &Lab, ns: &str, args: &[&str], rule: &[&str]) -> std::process::Child {
+    let mut delay = lab
+        .cmd(ns, tests::target_bin("tcpmon-delay"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(delay.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "delayer did not start");
+    tests::run(
+        lab.cmd(ns, "iptables-legacy")
+            .args(["-A", "OUTPUT", "-p", "tcp"])
+            .args(rule)
+            .arg("--queue-bypass"),
+    );
+    delay
+}
+
 #[test]
 #[ignore = "needs root"]
 fn reordered_segments_equal_tshark_live_and_replay() {
@@ -135,9 +159,10 @@ fn reordered_segments_equal_tshark_live_and_replay() {
     let mut cap = Capture::start(&lab, &server, lab.server_if);
     // The client's segments go through the delayer: pairs swapped, some held late
     // enough to be retransmitted; FINs and ACKs included.
-    let mut delay = lab
-        .cmd(&lab.client, tests::target_bin("tcpmon-delay"))
-        .args([
+    let mut delay = delayer(
+        &lab,
+        &lab.client,
+        &[
             "7",
             "30",
             "--swap-every",
@@ -146,37 +171,47 @@ fn reordered_segments_equal_tshark_live_and_replay() {
             "29",
             "--hold-ms",
             "250",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(delay.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "delayer did not start");
-    }
-    tests::run(lab.cmd(&lab.client, "iptables-legacy").args([
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "8084",
-        "-j",
-        "NFQUEUE",
-        "--queue-num",
-        "7",
-        "--queue-bypass",
-    ]));
+        ],
+        &["--dport", "8084", "-j", "NFQUEUE", "--queue-num", "7"],
+    );
+    // The server's SYN-ACKs are held 5 ms: every iRTT (Wireshark's yardstick between
+    // out-of-order and retransmitted) is then well above a swapped pair's gap, which
+    // a loaded machine can stretch to tens of microseconds; with loopback-fast iRTTs
+    // (36 us) that put pairs on the boundary, where the monitor's and the capture's
+    // timestamps of one packet could fall on either side.
+    let mut synack_delay = delayer(
+        &lab,
+        &lab.server,
+        &[
+            "8",
+            "30",
+            "--swap-every",
+            "0",
+            "--hold-every",
+            "1",
+            "--hold-ms",
+            "5",
+        ],
+        &[
+            "--sport",
+            "8084",
+            "--tcp-flags",
+            "SYN,ACK",
+            "SYN,ACK",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "8",
+        ],
+    );
     serve(&mut lab, &format!("{SERVER_V4}:8084"), 4, &["--echo-all"]);
     lab.connect(&format!("{SERVER_V4}:8084"), 4, 3000, &["--rounds", "15"]);
     lab.wait_servers();
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(delay.id() as i32, libc::SIGKILL) };
-    let _ = delay.wait();
+    for d in [&mut delay, &mut synack_delay] {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(d.id() as i32, libc::SIGKILL) };
+        let _ = d.wait();
+    }
     std::thread::sleep(Duration::from_millis(500));
     cap.stop();
     let m = mon.metrics(&lab);
