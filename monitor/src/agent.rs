@@ -382,6 +382,9 @@ pub async fn run_until(
         attachments.len()
     );
     seeding::run(shared.clone(), ifaces, seed_tx).await;
+    // Attached, listening, seeded: nothing further needs more than these.
+    let kept = crate::privileges::drop_unneeded()?;
+    tracing::info!(kept = ?kept, "capabilities dropped but for what the running agent uses");
     ready(shared.clone());
     systemd::ready(&status);
     stop.await?;

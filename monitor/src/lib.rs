@@ -10,6 +10,7 @@ pub mod kstats;
 pub mod loader;
 pub mod metrics;
 pub mod preflight;
+pub mod privileges;
 pub mod sockstat;
 pub mod summary;
 pub mod syn;
