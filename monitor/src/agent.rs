@@ -387,22 +387,64 @@ pub async fn run_until(
     tracing::info!(kept = ?kept, "capabilities dropped but for what the running agent uses");
     ready(shared.clone());
     systemd::ready(&status);
-    stop.await?;
+    // Supervised: a task that ends before the stop signal stops the agent, loudly
+    // (and detached), instead of leaving it attached and silently idle.
+    let (mut reader, mut ticker, mut syn_ticker) = (reader, ticker, syn_ticker);
+    let (outcome, reader_done) = tokio::select! {
+        r = stop => (r, false),
+        r = &mut reader => (reader_ended(r), true),
+        r = &mut ticker => (Err(task_died("the lifecycle ticker", r)), false),
+        r = &mut syn_ticker => (Err(task_died("the SYN-flood ticker", r)), false),
+    };
     systemd::stopping();
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    reader.await??;
+    let read = if reader_done {
+        Ok(())
+    } else {
+        reader_ended(reader.await)
+    };
     ticker.abort();
     syn_ticker.abort();
-    shared.refresh();
+    if outcome.is_ok() {
+        shared.refresh();
+    }
     // Exactly what this run added through netlink (a SIGKILL skips this: the next
     // start removes it).
     let released = tc.release();
     // Dropping the object closes every link fd: XDP and TCX programs detach here (and
     // would on any exit, SIGKILL included, since nothing is pinned).
     drop(bpf);
+    outcome?;
+    read?;
     released.context("removing tcpmon's tc filters")?;
     Ok(())
+}
+
+/// How the ring-buffer reader ended: a closed stdout (`tcpmon events | head`) is a
+/// clean stop; anything else is the agent's failure.
+fn reader_ended(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e))
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            tracing::info!("stdout was closed (its reader went away): stopping");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.context("the ring-buffer reader failed; tcpmon detached and stopped")),
+        Err(e) => Err(task_died("the ring-buffer reader", Err(e))),
+    }
+}
+
+fn task_died(name: &str, r: Result<(), tokio::task::JoinError>) -> anyhow::Error {
+    match r {
+        Ok(()) => anyhow::anyhow!("{name} ended unexpectedly; tcpmon detached and stopped"),
+        Err(e) => anyhow::anyhow!("{name} died ({e}); tcpmon detached and stopped"),
+    }
 }
 
 /// SIGTERM or SIGINT, listened for from the call on: a signal that comes while
@@ -472,7 +514,10 @@ async fn drain_events(
                             .get(&ev.raw.ifindex)
                             .cloned()
                             .or_else(|| iface::name_of(ev.raw.ifindex));
-                        serde_json::to_writer(&mut *out, &EventRecord::new(&ev, &clock, name))?;
+                        // Serialized first: a closed stdout then fails as the io error
+                        // it is (serde_json's would hide it), which stops cleanly.
+                        let line = serde_json::to_vec(&EventRecord::new(&ev, &clock, name))?;
+                        out.write_all(&line)?;
                         out.write_all(b"\n")?;
                     }
                     return Ok(sampled);
