@@ -3,7 +3,7 @@
 use std::{
     io::Write,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -12,7 +12,10 @@ use std::{
 pub(crate) mod seeding;
 
 use anyhow::Context as _;
+// Not poisoned by a panic: one task dying must not turn every later lock into a
+// second panic (the supervisor then reports the first and detaches).
 use aya::maps::{MapData, RingBuf};
+use parking_lot::Mutex;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 
 use monitor_common::{counters, event::EventKind};
@@ -115,19 +118,18 @@ pub struct Shared {
 impl Shared {
     /// Pulls kernel counters and the engine's gauges into the registry.
     pub fn refresh(&self) {
-        self.lifecycle
-            .update_gauges(&self.engine.lock().expect("engine lock"));
+        self.lifecycle.update_gauges(&self.engine.lock());
         // The wire shows every active close; the kernel keeps no more TIME-WAIT
         // sockets than its cap: the gauge says what the kernel keeps.
         if let Some(kept) = self.time_wait.refresh() {
             self.lifecycle.cap_state(TcpState::TimeWait, kept);
         }
-        let mut kernel = self.kernel.lock().expect("kernel stats lock");
+        let mut kernel = self.kernel.lock();
         match kernel.totals() {
             Ok(t) => self.metrics.apply_kernel_totals(&t),
             Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
         }
-        let mut last = self.last_flow_walk.lock().expect("flow walk lock");
+        let mut last = self.last_flow_walk.lock();
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             self.metrics
                 .set_flow_table(kernel.flow_entries(), kernel.flow_capacity);
@@ -139,7 +141,7 @@ impl Shared {
 impl Shared {
     /// One reading of the SYN maps (every [`syn::TICK_NS`]).
     fn syn_tick(&self) {
-        let totals = match self.kernel.lock().expect("kernel stats lock").totals() {
+        let totals = match self.kernel.lock().totals() {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "reading kernel counters");
@@ -159,17 +161,17 @@ impl Shared {
             synack_overflow: totals[counters::SYNACK_PORT_OVERFLOW as usize],
             prefix_inserts: totals[counters::PREFIX_INSERTS as usize],
         };
-        let mut maps = self.syn_maps.lock().expect("syn maps lock");
+        let mut maps = self.syn_maps.lock();
         // The engine lock only for a copy of what the tick needs: the map reads below
         // must not hold up the ring buffer's drain.
         let (half_open, mut labels) = {
-            let engine = self.engine.lock().expect("engine lock");
+            let engine = self.engine.lock();
             (engine.half_open_by_port(), engine.out.ports.clone())
         };
         let now = crate::event::monotonic_ns();
         let unix_ms = unix_ms();
         let sampled = counts.sampled;
-        let mut syn = self.syn.lock().expect("syn lock");
+        let mut syn = self.syn.lock();
         let r = syn.tick(now, unix_ms, &mut *maps, &mut labels, &half_open, counts);
         // Sampling now, or some time since the last tick (its windows are 100 ms).
         let before = self.sampled_seen.swap(sampled, Ordering::Relaxed);
@@ -177,29 +179,23 @@ impl Shared {
             .store(syn.sampling() || sampled > before, Ordering::Relaxed);
         drop(syn);
         // Service ports the tick admitted (they answered with a SYN-ACK).
-        self.engine
-            .lock()
-            .expect("engine lock")
-            .out
-            .ports
-            .admit_from(&labels);
+        self.engine.lock().out.ports.admit_from(&labels);
         if let Err(e) = r {
             tracing::warn!(error = %e, "reading the SYN maps");
         }
     }
 
     pub fn syn_snapshot(&self) -> api::SynSnapshot {
-        self.syn.lock().expect("syn lock").snapshot()
+        self.syn.lock().snapshot()
     }
 
     /// What `tcpmon top` shows.
     pub fn top_snapshot(&self) -> api::TopSnapshot {
-        self.lifecycle
-            .update_gauges(&self.engine.lock().expect("engine lock"));
+        self.lifecycle.update_gauges(&self.engine.lock());
         let families = self.metrics.registry.gather();
         api::TopSnapshot {
             syn: self.syn_snapshot(),
-            connections: self.conns.lock().expect("conns lock").summary(&families),
+            connections: self.conns.lock().summary(&families),
         }
     }
 }
@@ -345,10 +341,16 @@ pub async fn run_until(
             let mut every = tokio::time::interval(Duration::from_secs(1));
             loop {
                 every.tick().await;
-                let now = crate::event::monotonic_ns();
-                let mut engine = s.engine.lock().expect("engine lock");
-                let mut kernel = s.kernel.lock().expect("kernel stats lock");
-                engine.tick(now, &mut *kernel);
+                let s = s.clone();
+                // Expiry checks the kernel flow map (syscalls): off the async workers.
+                tokio::task::spawn_blocking(move || {
+                    let now = crate::event::monotonic_ns();
+                    let mut engine = s.engine.lock();
+                    let mut kernel = s.kernel.lock();
+                    engine.tick(now, &mut *kernel);
+                })
+                .await
+                .expect("the lifecycle tick panicked");
             }
         })
     };
@@ -532,7 +534,7 @@ async fn drain_events(
     // Everything in the ring, under one engine lock; returns how many records, and
     // whether any was of a sampled connection.
     let drain = |ring: &mut RingBuf<MapData>, out: &mut Box<dyn Write + Send>| {
-        let mut engine = shared.engine.lock().expect("engine lock");
+        let mut engine = shared.engine.lock();
         let (mut n, mut sampled) = (0usize, false);
         while let Some(item) = ring.next() {
             sampled |= handle(&item, &mut engine, &mut **out)?;
@@ -579,7 +581,7 @@ async fn drain_events(
             Some(job) = seeds.recv() => {
                 // What the kernel emitted before the table was read goes first.
                 drain(fd.get_mut(), &mut out)?;
-                job.apply(&mut shared.engine.lock().expect("engine lock"));
+                job.apply(&mut shared.engine.lock());
             }
             _ = stop.changed() => break,
         }

@@ -1,7 +1,7 @@
 //! The Prometheus registry. Every label is a closed enum (hook, class, outcome, kind)
 //! or a bounded configured set (interfaces): never an address or an ephemeral port.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use monitor_common::{
     counters,
@@ -250,7 +250,7 @@ impl Metrics {
     /// Adds what the kernel counted since the last call. Only hooks that were
     /// attached produce series with non-zero values.
     pub fn apply_kernel_totals(&self, now: &Totals) {
-        let mut last = self.last.lock().expect("metrics lock");
+        let mut last = self.last.lock();
         let delta = |i: u32| now[i as usize].saturating_sub(last[i as usize]);
         for h in &Hook::ALL[..Hook::KERNEL_COUNT] {
             for c in FlagClass::ALL {

@@ -106,7 +106,7 @@ impl Shared {
 /// whatever happened: a failure is logged with what is missing.
 pub async fn run(shared: Arc<Shared>, ifaces: Vec<String>, jobs: mpsc::Sender<SeedJob>) {
     let started = Instant::now();
-    let mark = Arc::new(shared.engine.lock().expect("engine lock").seed_mark());
+    let mark = Arc::new(shared.engine.lock().seed_mark());
     let mut total = SeedOutcome {
         complete: true,
         ..SeedOutcome::default()
