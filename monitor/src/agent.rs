@@ -12,8 +12,6 @@ use std::{
 pub(crate) mod seeding;
 
 use anyhow::Context as _;
-// Not poisoned by a panic: one task dying must not turn every later lock into a
-// second panic (the supervisor then reports the first and detaches).
 use aya::maps::{MapData, RingBuf};
 use parking_lot::Mutex;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
@@ -93,7 +91,9 @@ impl LifecycleOptions {
     }
 }
 
-/// What the HTTP handlers and the event loop share.
+/// What the HTTP handlers and the event loop share. Its locks are parking_lot's, not
+/// poisoned by a panic: one task dying must not turn every later lock into a second
+/// panic (the supervisor reports the first and detaches).
 pub struct Shared {
     pub metrics: Metrics,
     lifecycle: Arc<LifecycleMetrics>,
