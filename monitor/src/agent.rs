@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod ifaces;
 pub(crate) mod seeding;
 
 use anyhow::Context as _;
@@ -39,6 +40,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     pub ifaces: Vec<String>,
+    /// A named interface missing at the start is waited for, not an error.
+    pub iface_wait: bool,
     pub ingress: IngressMode,
     /// How tc programs are attached.
     pub tc_attach: TcAttachMode,
@@ -262,16 +265,37 @@ pub async fn run_until(
         None => None,
     };
 
+    // Subscribed before attaching: a change during the attach is not missed.
+    let mut links = match crate::linkwatch::LinkWatch::open() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot follow link changes (rtnetlink): a deleted interface is not re-attached");
+            None
+        }
+    };
     let mut bpf = loader::load(&opts.load)?;
-    let targets = ifaces
-        .iter()
-        .map(|n| Ok((n.clone(), iface::index_of(n)?)))
-        .collect::<Result<Vec<_>, iface::IfaceError>>()?;
+    let mut targets = Vec::new();
+    for n in &ifaces {
+        match iface::index_of(n) {
+            Ok(i) => targets.push((n.clone(), i)),
+            Err(_) if opts.iface_wait => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     // Declared after `bpf`, so dropped before it on any early return: the netlink
     // filters it owns go first, then the programs and links.
     let mut tc = TcOwner::prepare(&opts.state_dir, &targets, tc_backend)
         .context("preparing the tc attach")?;
-    let attachments = loader::attach(&mut bpf, &ifaces, opts.ingress, &mut tc)?;
+    let metrics = Metrics::new(&preflight::kernel_release(), &opts.node_name);
+    let mut watched = self::ifaces::Interfaces::attach(
+        &mut bpf,
+        &mut tc,
+        &ifaces,
+        opts.ingress,
+        opts.iface_wait,
+        &metrics.registry,
+    )?;
+    let attachments = watched.attachments();
     for a in &attachments {
         tracing::info!(
             iface = %a.iface,
@@ -291,7 +315,6 @@ pub async fn run_until(
         syn_maps.without_batches();
         kernel.without_batches();
     }
-    let metrics = Metrics::new(&preflight::kernel_release(), &opts.node_name);
     metrics.set_kernel_features(&features);
     metrics.add_leftovers(tc.removed);
     let mut syn_monitor = SynMonitor::new(opts.syn.clone(), &metrics.registry);
@@ -392,11 +415,27 @@ pub async fn run_until(
     // Supervised: a task that ends before the stop signal stops the agent, loudly
     // (and detached), instead of leaving it attached and silently idle.
     let (mut reader, mut ticker, mut syn_ticker) = (reader, ticker, syn_ticker);
-    let (outcome, reader_done) = tokio::select! {
-        r = stop => (r, false),
-        r = &mut reader => (reader_ended(r), true),
-        r = &mut ticker => (Err(task_died("the lifecycle ticker", r)), false),
-        r = &mut syn_ticker => (Err(task_died("the SYN-flood ticker", r)), false),
+    tokio::pin!(stop);
+    // A safety net under the link notifications (a lost one, a failed re-attach).
+    let mut recheck = tokio::time::interval(IFACE_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Attaching is syscalls, here on the thread that drives this future (block_on),
+    // not on an async worker.
+    let (outcome, reader_done) = loop {
+        tokio::select! {
+            r = &mut stop => break (r, false),
+            r = &mut reader => break (reader_ended(r), true),
+            r = &mut ticker => break (Err(task_died("the lifecycle ticker", r)), false),
+            r = &mut syn_ticker => break (Err(task_died("the SYN-flood ticker", r)), false),
+            changes = next_links(&mut links) => match changes {
+                Ok(c) => watched.on_changes(&c, &mut bpf, &mut tc, &shared.metrics),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading link changes failed: interfaces are re-checked every {}s only", IFACE_RECHECK.as_secs());
+                    links = None;
+                }
+            },
+            _ = recheck.tick() => watched.reconcile(&mut bpf, &mut tc, &shared.metrics),
+        }
     };
     systemd::stopping();
     tracing::info!("shutting down");
@@ -421,6 +460,19 @@ pub async fn run_until(
     read?;
     released.context("removing tcpmon's tc filters")?;
     Ok(())
+}
+
+/// How often the watched interfaces are re-checked without a link notification.
+const IFACE_RECHECK: Duration = Duration::from_secs(5);
+
+/// The next link changes, or never without a link watch.
+async fn next_links(
+    links: &mut Option<crate::linkwatch::LinkWatch>,
+) -> std::io::Result<Vec<crate::linkwatch::LinkChange>> {
+    match links {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How the ring-buffer reader ended: a closed stdout (`tcpmon events | head`) is a

@@ -7,6 +7,7 @@ pub mod ebpf;
 pub mod event;
 pub mod iface;
 pub mod kstats;
+pub mod linkwatch;
 pub mod loader;
 pub mod metrics;
 pub mod preflight;

@@ -6,7 +6,10 @@
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
     maps::ProgramArray,
-    programs::{Program, ProgramError, ProgramFd, SchedClassifier, Xdp, XdpMode},
+    programs::{
+        Link as _, Program, ProgramError, ProgramFd, SchedClassifier, Xdp, XdpMode,
+        tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
 use monitor_common::{datapath, event::Hook};
 
@@ -113,6 +116,8 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Tc(crate::attach::AttachError),
+    #[error("detaching: {0}")]
+    Detach(String),
 }
 
 /// Loads the monitor object with the requested map sizes (programs are loaded later,
@@ -241,16 +246,18 @@ fn load_program(bpf: &mut Ebpf, name: &'static str) -> Result<ProgramFd, LoadErr
 }
 
 /// Loads (once) and attaches a classifier by the method `tc` was prepared with;
-/// returns the method used.
+/// returns the method used, and the link aya holds for a TCX attachment.
 fn attach_tc(
     bpf: &mut Ebpf,
     tc: &mut TcOwner,
     iface: &str,
     ifindex: u32,
     hook: TcHook,
+    links: &mut Vec<LinkId>,
 ) -> Result<&'static str, LoadError> {
     let program = hook.program();
-    tc.attach(classifier(bpf, hook)?, ifindex, hook)
+    let (mode, link) = tc
+        .attach(classifier(bpf, hook)?, ifindex, hook)
         .map_err(|e| match e {
             AttachError::Program(e) => LoadError::Attach {
                 program,
@@ -258,7 +265,25 @@ fn attach_tc(
                 detail: describe(&e),
             },
             e => LoadError::Tc(e),
-        })
+        })?;
+    links.extend(link.map(|id| LinkId::Tc(hook, id)));
+    Ok(mode)
+}
+
+/// A link aya holds for one of tcpmon's attachments (netlink tc filters are the
+/// [`TcOwner`]'s, not aya's).
+#[derive(Debug)]
+enum LinkId {
+    Xdp(XdpLinkId),
+    Tc(TcHook, SchedClassifierLinkId),
+}
+
+/// What one interface got, to be detached again if it goes away.
+#[derive(Debug)]
+pub struct IfaceAttachment {
+    pub ifindex: u32,
+    pub attachments: Vec<Attachment>,
+    links: Vec<LinkId>,
 }
 
 /// Attaches ingress and egress observation to every interface in `ifaces`; tc
@@ -268,31 +293,109 @@ pub fn attach(
     ifaces: &[String],
     mode: IngressMode,
     tc: &mut TcOwner,
-) -> Result<Vec<Attachment>, LoadError> {
-    let mut out = Vec::new();
-    for name in ifaces {
-        let ifindex = iface::index_of(name)?;
-        if ifindex == crate::lifecycle::engine::LOOPBACK_IFINDEX {
-            // Every loopback segment leaves through egress and comes back through
-            // ingress of the same device: observed once, on egress (the engine
-            // counts such connections for both of their sockets).
-            tracing::info!(
-                iface = name.as_str(),
-                "loopback: each segment is observed once, on tc egress"
-            );
-        } else {
-            out.push(attach_ingress(bpf, tc, name, ifindex, mode)?);
+) -> Result<Vec<IfaceAttachment>, LoadError> {
+    ifaces
+        .iter()
+        .map(|name| attach_iface(bpf, tc, name, iface::index_of(name)?, mode))
+        .collect()
+}
+
+/// Attaches ingress and egress observation to one interface.
+pub fn attach_iface(
+    bpf: &mut Ebpf,
+    tc: &mut TcOwner,
+    name: &str,
+    ifindex: u32,
+    mode: IngressMode,
+) -> Result<IfaceAttachment, LoadError> {
+    tc.adopt(name, ifindex).map_err(LoadError::Tc)?;
+    let mut out = IfaceAttachment {
+        ifindex,
+        attachments: Vec::new(),
+        links: Vec::new(),
+    };
+    // Whatever part of it was attached goes again if the rest fails: a retry must
+    // not stack a second copy.
+    let r = attach_iface_into(bpf, tc, name, ifindex, mode, &mut out);
+    match r {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            if let Err(d) = detach_iface(bpf, tc, out, false) {
+                tracing::warn!(iface = name, error = %d, "undoing a partial attach");
+            }
+            Err(e)
         }
-        let mode = attach_tc(bpf, tc, name, ifindex, TcHook::Egress)?;
-        out.push(Attachment {
-            iface: name.clone(),
-            ifindex,
-            hook: Hook::TcEgress,
-            mode,
-            bpf_link: mode == TcBackend::Tcx.name(),
-        });
     }
-    Ok(out)
+}
+
+fn attach_iface_into(
+    bpf: &mut Ebpf,
+    tc: &mut TcOwner,
+    name: &str,
+    ifindex: u32,
+    mode: IngressMode,
+    out: &mut IfaceAttachment,
+) -> Result<(), LoadError> {
+    if ifindex == crate::lifecycle::engine::LOOPBACK_IFINDEX {
+        // Every loopback segment leaves through egress and comes back through
+        // ingress of the same device: observed once, on egress (the engine
+        // counts such connections for both of their sockets).
+        tracing::info!(
+            iface = name,
+            "loopback: each segment is observed once, on tc egress"
+        );
+    } else {
+        let a = attach_ingress(bpf, tc, name, ifindex, mode, &mut out.links)?;
+        out.attachments.push(a);
+    }
+    let mode = attach_tc(bpf, tc, name, ifindex, TcHook::Egress, &mut out.links)?;
+    out.attachments.push(Attachment {
+        iface: name.to_string(),
+        ifindex,
+        hook: Hook::TcEgress,
+        mode,
+        bpf_link: mode == TcBackend::Tcx.name(),
+    });
+    Ok(())
+}
+
+/// Detaches what [`attach_iface`] attached. If the device is `gone`, the kernel
+/// took its programs with it: only the handles are let go of (a netlink XDP
+/// attachment is not looked for again, as its ifindex may be another device's now).
+pub fn detach_iface(
+    bpf: &mut Ebpf,
+    tc: &mut TcOwner,
+    a: IfaceAttachment,
+    gone: bool,
+) -> Result<(), LoadError> {
+    let netlink_xdp = a
+        .attachments
+        .iter()
+        .any(|x| x.hook == Hook::XdpIngress && !x.bpf_link);
+    let mut failed = None;
+    for link in a.links {
+        let r: Result<(), ProgramError> = match link {
+            LinkId::Xdp(id) => match xdp(bpf)?.take_link(id) {
+                Ok(l) if gone && netlink_xdp => {
+                    std::mem::forget(l);
+                    Ok(())
+                }
+                Ok(l) => l.detach(),
+                Err(e) => Err(e),
+            },
+            LinkId::Tc(hook, id) => classifier(bpf, hook)?
+                .take_link(id)
+                .and_then(|l| l.detach()),
+        };
+        if let Err(e) = r {
+            failed.get_or_insert(e);
+        }
+    }
+    tc.forget(a.ifindex, gone).map_err(LoadError::Tc)?;
+    match failed {
+        Some(e) if !gone => Err(LoadError::Detach(describe(&e))),
+        _ => Ok(()),
+    }
 }
 
 fn attach_ingress(
@@ -301,6 +404,7 @@ fn attach_ingress(
     name: &str,
     ifindex: u32,
     mode: IngressMode,
+    links: &mut Vec<LinkId>,
 ) -> Result<Attachment, LoadError> {
     let done = |hook, mode, bpf_link| Attachment {
         iface: name.to_string(),
@@ -349,19 +453,23 @@ fn attach_ingress(
     };
     match mode {
         IngressMode::Tc => {
-            let mode = attach_tc(bpf, tc, name, ifindex, TcHook::Ingress)?;
+            let mode = attach_tc(bpf, tc, name, ifindex, TcHook::Ingress, links)?;
             Ok(done(Hook::TcIngress, mode, mode == TcBackend::Tcx.name()))
         }
         IngressMode::XdpGeneric => {
-            xdp(bpf)?
+            let id = xdp(bpf)?
                 .attach(ifindex, XdpMode::Skb)
                 .map_err(|e| attach_err(PROG_XDP, &e))?;
+            links.push(LinkId::Xdp(id));
             Ok(done(Hook::XdpIngress, "generic", xdp_link(bpf)))
         }
         IngressMode::XdpNative | IngressMode::Xdp | IngressMode::Auto => {
             let prog = xdp(bpf)?;
             match prog.attach(ifindex, XdpMode::Driver) {
-                Ok(_) => Ok(done(Hook::XdpIngress, "native", xdp_link(bpf))),
+                Ok(id) => {
+                    links.push(LinkId::Xdp(id));
+                    Ok(done(Hook::XdpIngress, "native", xdp_link(bpf)))
+                }
                 Err(e)
                     if mode == IngressMode::Xdp
                         && !matches!(errno(&e), Some(libc::EBUSY | libc::EEXIST)) =>
@@ -371,8 +479,10 @@ fn attach_ingress(
                         error = %describe(&e),
                         "native XDP unavailable, falling back to generic XDP"
                     );
-                    prog.attach(ifindex, XdpMode::Skb)
+                    let id = prog
+                        .attach(ifindex, XdpMode::Skb)
                         .map_err(|e| attach_err(PROG_XDP, &e))?;
+                    links.push(LinkId::Xdp(id));
                     Ok(done(Hook::XdpIngress, "generic", xdp_link(bpf)))
                 }
                 Err(e) => Err(attach_err(PROG_XDP, &e)),

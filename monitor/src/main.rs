@@ -56,6 +56,12 @@ struct AttachArgs {
     #[arg(short, long = "iface")]
     ifaces: Vec<String>,
 
+    /// Wait for a named interface missing at the start instead of failing: it is
+    /// attached when it appears. Interfaces deleted and re-created (or renamed back)
+    /// while tcpmon runs are re-attached with or without this.
+    #[arg(long)]
+    iface_wait: bool,
+
     /// How to observe ingress packets.
     #[arg(long, value_enum, default_value = "auto")]
     ingress: IngressMode,
@@ -445,6 +451,7 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
     } = agent_args;
     let opts = AgentOptions {
         ifaces: attach.ifaces,
+        iface_wait: attach.iface_wait,
         ingress: attach.ingress,
         tc_attach: attach.tc_attach,
         state_dir: attach.state_dir,

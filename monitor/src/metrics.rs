@@ -225,6 +225,15 @@ impl Metrics {
         }
     }
 
+    /// Attachments that went with their interface.
+    pub fn clear_attachments(&self, atts: &[Attachment]) {
+        for a in atts {
+            let _ = self
+                .attachments
+                .remove_label_values(&[&a.iface, a.hook.name(), a.mode]);
+        }
+    }
+
     pub fn set_kernel_features(&self, features: &KernelFeatures) {
         for (f, has) in features.iter() {
             self.kernel_features

@@ -42,33 +42,39 @@ impl Lab {
         };
         run(Command::new("ip").args(["netns", "add", &lab.client]));
         run(Command::new("ip").args(["netns", "add", &lab.server]));
+        lab.link();
+        lab
+    }
+
+    /// Creates the veth pair between the namespaces, addressed and up (again, after
+    /// a test deleted it).
+    pub fn link(&self) {
         run(Command::new("ip").args([
             "link",
             "add",
-            lab.client_if,
+            self.client_if,
             "netns",
-            &lab.client,
+            &self.client,
             "type",
             "veth",
             "peer",
             "name",
-            lab.server_if,
+            self.server_if,
             "netns",
-            &lab.server,
+            &self.server,
         ]));
         for (ns, dev, v4, v6) in [
-            (&lab.client, lab.client_if, CLIENT_V4, CLIENT_V6),
-            (&lab.server, lab.server_if, SERVER_V4, SERVER_V6),
+            (&self.client, self.client_if, CLIENT_V4, CLIENT_V6),
+            (&self.server, self.server_if, SERVER_V4, SERVER_V6),
         ] {
-            lab.ip(ns, &["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            lab.ip(
+            self.ip(ns, &["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            self.ip(
                 ns,
                 &["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"],
             );
-            lab.ip(ns, &["link", "set", dev, "up"]);
-            lab.ip(ns, &["link", "set", "lo", "up"]);
+            self.ip(ns, &["link", "set", dev, "up"]);
+            self.ip(ns, &["link", "set", "lo", "up"]);
         }
-        lab
     }
 
     pub fn ip(&self, ns: &str, args: &[&str]) {

@@ -67,7 +67,9 @@ impl TcOwner {
             });
         }
         for i in 0..self.ifaces.len() {
-            if self.ifaces[i].lock.is_none() {
+            // Only the interfaces taken over now: the others' filters are this run's.
+            let ifindex = self.ifaces[i].ifindex;
+            if self.ifaces[i].lock.is_none() || !targets.iter().any(|(_, t)| *t == ifindex) {
                 continue;
             }
             let (ifindex, iface) = (self.ifaces[i].ifindex, self.ifaces[i].iface.clone());

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::programs::{
     LinkOrder, SchedClassifier,
-    tc::{self, NlOptions, TcAttach, TcHandle},
+    tc::{self, NlOptions, SchedClassifierLinkId, TcAttach, TcHandle},
 };
 
 use super::{
@@ -36,6 +36,8 @@ pub(super) struct Owned {
 pub struct TcOwner {
     backend: TcBackend,
     rtnl: Option<Rtnl>,
+    /// Kept for interfaces that appear later (re-created, or waited for).
+    place: Option<Place>,
     pub(super) ifaces: Vec<Owned>,
     pub removed: Leftovers,
 }
@@ -66,6 +68,7 @@ impl TcOwner {
         let mut owner = TcOwner {
             backend,
             rtnl: None,
+            place: None,
             ifaces: Vec::new(),
             removed: Leftovers::default(),
         };
@@ -81,7 +84,39 @@ impl TcOwner {
                 }
             }
         }
+        owner.place = Some(place);
         Ok(owner)
+    }
+
+    /// Takes over an interface that appeared after the start (re-created, or waited
+    /// for), as [`TcOwner::prepare`] does for the ones there at the start.
+    pub fn adopt(&mut self, name: &str, ifindex: u32) -> Result<(), AttachError> {
+        if self.backend == TcBackend::Tcx || self.ifaces.iter().any(|o| o.ifindex == ifindex) {
+            return Ok(());
+        }
+        let Some(place) = self.place.take() else {
+            return Ok(());
+        };
+        let r = self.take_over(&place, &[(name.to_string(), ifindex)]);
+        self.place = Some(place);
+        r
+    }
+
+    /// Lets go of one interface: if the device is `gone`, its filters and qdisc went
+    /// with it and only the record is removed; else what tcpmon added is deleted.
+    pub fn forget(&mut self, ifindex: u32, gone: bool) -> Result<(), AttachError> {
+        let Some(i) = self.ifaces.iter().position(|o| o.ifindex == ifindex) else {
+            return Ok(());
+        };
+        let o = self.ifaces.swap_remove(i);
+        match (gone, o.lock) {
+            (_, None) => Ok(()),
+            (true, Some(lock)) => Ok(lock.remove()?),
+            (false, Some(lock)) => self.remove_owned(Owned {
+                lock: Some(lock),
+                ..o
+            }),
+        }
     }
 
     pub(super) fn rtnl(&mut self) -> Result<&mut Rtnl, NetlinkError> {
@@ -92,22 +127,23 @@ impl TcOwner {
     }
 
     /// Attaches `prog` to `hook` of `ifindex` with the chosen method; returns the
-    /// method's name.
+    /// method's name, and the link a TCX attachment is held by (netlink filters are
+    /// this owner's, not aya's).
     pub fn attach(
         &mut self,
         prog: &mut SchedClassifier,
         ifindex: u32,
         hook: TcHook,
-    ) -> Result<&'static str, AttachError> {
+    ) -> Result<(&'static str, Option<SchedClassifierLinkId>), AttachError> {
         if self.backend == TcBackend::Tcx {
-            prog.attach(
+            let id = prog.attach(
                 ifindex,
                 TcAttach::Tcx {
                     attach_type: hook.attach_type(),
                     order: LinkOrder::default(),
                 },
             )?;
-            return Ok(TcBackend::Tcx.name());
+            return Ok((TcBackend::Tcx.name(), Some(id)));
         }
         let i = self
             .ifaces
@@ -149,7 +185,7 @@ impl TcOwner {
                 // handle when dropped; this owner deletes the filter itself, after
                 // checking it is still tcpmon's. The link is plain data (no fd).
                 std::mem::forget(prog.take_link(id)?);
-                Ok(TcBackend::Netlink.name())
+                Ok((TcBackend::Netlink.name(), None))
             }
             Err(e) => {
                 self.record(i, |s| {
@@ -226,41 +262,42 @@ impl TcOwner {
     }
 
     fn remove_all(&mut self) -> Vec<AttachError> {
-        let mut errors = Vec::new();
-        for o in std::mem::take(&mut self.ifaces) {
-            let Some(lock) = o.lock else { continue };
-            let mut r = Ok(());
-            for rec in &o.state.filters {
-                match self.delete_recorded(o.ifindex, rec) {
-                    Ok(0) => {
-                        tracing::warn!(iface = %o.iface, hook = rec.hook.name(), "tcpmon's tc filter was already gone")
-                    }
-                    Ok(_) => {}
-                    Err(e) => r = Err(e),
+        std::mem::take(&mut self.ifaces)
+            .into_iter()
+            .filter_map(|o| self.remove_owned(o).err())
+            .collect()
+    }
+
+    /// Deletes what this run recorded on one interface, then the record; a record
+    /// whose filters could not all be deleted stays for the next start.
+    fn remove_owned(&mut self, o: Owned) -> Result<(), AttachError> {
+        let Some(lock) = o.lock else { return Ok(()) };
+        let mut r = Ok(());
+        for rec in &o.state.filters {
+            match self.delete_recorded(o.ifindex, rec) {
+                Ok(0) => {
+                    tracing::warn!(iface = %o.iface, hook = rec.hook.name(), "tcpmon's tc filter was already gone")
                 }
-            }
-            if r.is_ok() && o.state.clsact_created {
-                match self.remove_clsact_if_unused(o.ifindex) {
-                    Ok(true) => {
-                        tracing::info!(iface = %o.iface, "removed the clsact qdisc tcpmon added")
-                    }
-                    Ok(false) => {}
-                    Err(e) => r = Err(e),
-                }
-            }
-            match r {
-                Ok(()) => {
-                    if let Err(e) = lock.remove() {
-                        errors.push(e.into());
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(iface = %o.iface, error = %e, "could not remove what tcpmon added: the next start will");
-                    errors.push(e);
-                }
+                Ok(_) => {}
+                Err(e) => r = Err(e),
             }
         }
-        errors
+        if r.is_ok() && o.state.clsact_created {
+            match self.remove_clsact_if_unused(o.ifindex) {
+                Ok(true) => {
+                    tracing::info!(iface = %o.iface, "removed the clsact qdisc tcpmon added")
+                }
+                Ok(false) => {}
+                Err(e) => r = Err(e),
+            }
+        }
+        match r {
+            Ok(()) => Ok(lock.remove()?),
+            Err(e) => {
+                tracing::error!(iface = %o.iface, error = %e, "could not remove what tcpmon added: the next start will");
+                Err(e)
+            }
+        }
     }
 }
 
