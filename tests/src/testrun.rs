@@ -1,15 +1,17 @@
 //! Running the real kernel programs on crafted frames with BPF_PROG_TEST_RUN.
 
+use std::os::fd::AsFd as _;
+
 use aya::{
     Ebpf,
-    maps::{MapData, RingBuf},
+    maps::{HashMap, Map, MapData, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use monitor::{
     kstats::{KernelStats, Totals},
     loader::{self, LoadOptions},
 };
-use monitor_common::event::Hook;
+use monitor_common::{FlowKey, FlowState, event::Hook, flow::Embryo};
 
 /// Which program to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +39,15 @@ impl Prog {
             Prog::TcIngress | Prog::TcEgress => -1i32 as u32, // TC_ACT_UNSPEC / TCX_NEXT
         }
     }
+
+    /// The hook the program counts and reports as.
+    pub fn hook(self) -> Hook {
+        match self {
+            Prog::Xdp => Hook::XdpIngress,
+            Prog::TcIngress => Hook::TcIngress,
+            Prog::TcEgress => Hook::TcEgress,
+        }
+    }
 }
 
 /// The monitor object loaded (not attached), with its maps at hand.
@@ -44,6 +55,10 @@ pub struct Loaded {
     pub bpf: Ebpf,
     pub stats: KernelStats,
     pub ring: RingBuf<MapData>,
+    /// The flow map and the embryo table, read and cleared by the tests (a second
+    /// handle on the flow map, which `stats` holds too).
+    pub flows: HashMap<MapData, FlowKey, FlowState>,
+    pub embryos: HashMap<MapData, FlowKey, Embryo>,
 }
 
 pub struct RunResult {
@@ -62,8 +77,16 @@ impl Loaded {
             loader::prepare(&mut bpf, hook).expect("verifier accepts both stages");
         }
         let ring = RingBuf::try_from(bpf.take_map(loader::EVENTS_MAP).unwrap()).unwrap();
+        let flows = HashMap::try_from(dup_map(&bpf, loader::FLOWS_MAP)).unwrap();
+        let embryos = HashMap::try_from(dup_map(&bpf, loader::EMBRYOS_MAP)).unwrap();
         let stats = KernelStats::new(&mut bpf, opts.flow_entries).unwrap();
-        Loaded { bpf, stats, ring }
+        Loaded {
+            bpf,
+            stats,
+            ring,
+            flows,
+            embryos,
+        }
     }
 
     /// Runs `prog` on `frame` `repeat` times.
@@ -84,10 +107,23 @@ impl Loaded {
         frame: &[u8],
         repeat: u32,
     ) -> Result<RunResult, aya::programs::ProgramError> {
+        self.try_run_ctx(prog, frame, repeat, None)
+    }
+
+    /// As [`Loaded::try_run`], with a context for the program to start from
+    /// (`ctx_in`; for the tc programs see [`skb_ctx`]).
+    pub fn try_run_ctx(
+        &mut self,
+        prog: Prog,
+        frame: &[u8],
+        repeat: u32,
+        ctx: Option<&[u8]>,
+    ) -> Result<RunResult, aya::programs::ProgramError> {
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             repeat,
             ..TestRunOptions::default()
         };
@@ -118,6 +154,38 @@ impl Loaded {
         }
         v
     }
+}
+
+/// A `struct __sk_buff` for [`Loaded::try_run_ctx`] with only `gso_segs` set: the
+/// segment count of a GSO super-packet, as the tc programs read it. BPF_PROG_TEST_RUN
+/// copies a few fields of the context into the skb (this one among them) and refuses
+/// any other that is not zero. Offset and size as in the UAPI header; a kernel with a
+/// shorter structure takes the zero tail.
+pub fn skb_ctx(gso_segs: u32) -> Vec<u8> {
+    const GSO_SEGS: usize = 164;
+    const SIZE: usize = 192;
+    let mut c = vec![0u8; SIZE];
+    c[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
+    c
+}
+
+/// A second handle on map `name` of `bpf` (its descriptor duplicated), so that a test
+/// can read a map that a handle of the monitor's takes for itself.
+pub fn dup_map(bpf: &Ebpf, name: &str) -> Map {
+    let data = match bpf.map(name) {
+        Some(
+            Map::Array(d)
+            | Map::HashMap(d)
+            | Map::LruHashMap(d)
+            | Map::PerCpuArray(d)
+            | Map::PerCpuHashMap(d)
+            | Map::PerCpuLruHashMap(d),
+        ) => d,
+        Some(_) => panic!("map {name}: not a type dup_map handles"),
+        None => panic!("no map {name} (already taken?)"),
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned().expect("dup map fd");
+    Map::from_map_data(MapData::from_fd(fd).expect("map from fd")).expect("map type")
 }
 
 impl Default for Loaded {
