@@ -9,6 +9,7 @@ pub mod capture;
 pub mod flood;
 pub mod lab;
 pub mod monitor;
+pub mod mutate;
 pub mod pki;
 pub mod prometheus;
 pub mod scrape_load;
