@@ -7,7 +7,7 @@ mod pipeline;
 pub mod summary;
 pub mod syn;
 
-use std::{fs::File, net::IpAddr, path::Path, sync::Arc};
+use std::{fs::File, io::Read, net::IpAddr, path::Path, sync::Arc};
 
 use monitor_common::{
     FlowKey, TcpEvent,
@@ -130,9 +130,27 @@ pub fn replay(path: &Path, opts: &ReplayOptions) -> Result<Report, ReplayError> 
         path: path.display().to_string(),
         source,
     })?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    );
+    replay_from(file, &name, opts).map_err(|e| match e {
+        ReplayError::NotCapture(_) => ReplayError::NotCapture(path.display().to_string()),
+        e => e,
+    })
+}
+
+/// [`replay`] of a capture read from `input` (a file, a pipe, bytes in memory);
+/// `name` stands for the file's (`tcpmon_attached{iface}`, errors). A broken capture
+/// gives a report of what was read, its `error` saying where reading stopped.
+pub fn replay_from(
+    input: impl Read + Send,
+    name: &str,
+    opts: &ReplayOptions,
+) -> Result<Report, ReplayError> {
     // The reader keeps its own buffer: a BufReader under it would copy twice.
-    let mut reader = pcap_parser::create_reader(1 << 20, file)
-        .map_err(|_| ReplayError::NotCapture(path.display().to_string()))?;
+    let reader = pcap_parser::create_reader(1 << 20, input)
+        .map_err(|_| ReplayError::NotCapture(name.to_string()))?;
     let agent_metrics = Metrics::new(
         &crate::preflight::kernel_release(),
         &crate::preflight::hostname(),
@@ -170,10 +188,7 @@ pub fn replay(path: &Path, opts: &ReplayOptions) -> Result<Report, ReplayError> 
         flows: ReplayFlows::default(),
         metrics,
         agent_metrics,
-        source_name: path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into(),
-        ),
+        source_name: name.to_string(),
     };
     // The engine runs on its own thread meanwhile; it is put back when all is read.
     let mut engine = std::mem::replace(
@@ -188,17 +203,34 @@ pub fn replay(path: &Path, opts: &ReplayOptions) -> Result<Report, ReplayError> 
     let mut kernel = syn::KernelSyn::new(opts.prefix_entries);
     let local = &opts.lifecycle.engine.local_addrs;
     let mut flows = ReplayFlows::default();
-    pipeline::with_engine(&mut engine, |feed| {
+    let capture = pipeline::with_engine(&mut engine, |feed| {
         let mut st = State {
             r: &mut r,
             flows: &mut flows,
             kernel: &mut kernel,
             local,
         };
-        read_all(&mut reader, &mut st, feed);
+        let capture = read_blocks(reader, |lt, ts, data, tick| {
+            let r = &mut *st.r;
+            // The agent reads the SYN maps on its own clock, between packets.
+            r.syn_ticker
+                .before_packet(ts, st.kernel, &r.syn_counts, feed);
+            handle(&mut st, feed, lt, ts, data);
+            if tick {
+                feed.tick(ts, st.flows);
+            }
+        });
         let (r, kernel) = (&mut *st.r, &mut *st.kernel);
         r.syn_ticker.finish(kernel, &r.syn_counts, feed);
+        capture
     });
+    r.format = capture.format;
+    r.linktypes = capture.linktypes;
+    r.packets = capture.packets;
+    r.bytes_read = capture.bytes_read;
+    r.first_ns = capture.first_ns;
+    r.last_ns = capture.last_ns;
+    r.error = capture.error;
     r.engine = engine;
     r.counts.flow_entries = flows.flows.len();
     r.counts.outcomes = r.outcomes;
@@ -225,9 +257,49 @@ struct State<'a> {
     local: &'a [IpAddr],
 }
 
-type Reader = Box<dyn pcap_parser::traits::PcapReaderIterator + Send>;
+/// What reading a capture's blocks found, besides the packets themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capture {
+    /// "pcap" or "pcapng".
+    pub format: &'static str,
+    /// Of the pcap header, or of each pcapng interface, in order.
+    pub linktypes: Vec<i32>,
+    pub packets: u64,
+    /// Bytes of the blocks read whole.
+    pub bytes_read: u64,
+    /// Earliest and latest packet stamps (Unix ns), if any packet was read.
+    pub first_ns: Option<u64>,
+    pub last_ns: Option<u64>,
+    /// Where and why reading stopped early, if it did.
+    pub error: Option<String>,
+}
 
-fn read_all(reader: &mut Reader, st: &mut State<'_>, feed: &mut pipeline::Feed) {
+/// Reads a pcap or pcapng capture from `input`, block by block through a reader
+/// buffer of `capacity` bytes, and hands each packet to `packet` as (link type,
+/// Unix ns, bytes, whether a second has passed since the last such packet: replay
+/// ticks its engine then). Reading stops at the end or at the first broken block,
+/// which the result's `error` describes; None: not a pcap or pcapng file.
+pub fn read_capture<'r>(
+    input: impl Read + Send + 'r,
+    capacity: usize,
+    packet: impl FnMut(i32, u64, &[u8], bool),
+) -> Option<Capture> {
+    let reader = pcap_parser::create_reader(capacity, input).ok()?;
+    Some(read_blocks(reader, packet))
+}
+
+type Reader<'r> = Box<dyn pcap_parser::traits::PcapReaderIterator + Send + 'r>;
+
+fn read_blocks(mut reader: Reader<'_>, mut packet: impl FnMut(i32, u64, &[u8], bool)) -> Capture {
+    let mut c = Capture {
+        format: "pcap",
+        linktypes: Vec::new(),
+        packets: 0,
+        bytes_read: 0,
+        first_ns: None,
+        last_ns: None,
+        error: None,
+    };
     // Per pcapng interface: link type, units per second, offset in seconds.
     let mut ifaces: Vec<(i32, u64, i64)> = Vec::new();
     let mut legacy: Option<(i32, bool)> = None;
@@ -235,11 +307,10 @@ fn read_all(reader: &mut Reader, st: &mut State<'_>, feed: &mut pipeline::Feed) 
     loop {
         match reader.next() {
             Ok((offset, block)) => {
-                let r = &mut *st.r;
-                let packet: Option<(i32, u64, &[u8])> = match block {
+                let found: Option<(i32, u64, &[u8])> = match block {
                     PcapBlockOwned::LegacyHeader(h) => {
                         legacy = Some((h.network.0, h.is_nanosecond_precision()));
-                        r.linktypes.push(h.network.0);
+                        c.linktypes.push(h.network.0);
                         None
                     }
                     PcapBlockOwned::Legacy(b) => legacy.map(|(lt, nanos)| {
@@ -247,12 +318,12 @@ fn read_all(reader: &mut Reader, st: &mut State<'_>, feed: &mut pipeline::Feed) 
                         (lt, b.ts_sec as u64 * 1_000_000_000 + frac, b.data)
                     }),
                     PcapBlockOwned::NG(Block::SectionHeader(_)) => {
-                        r.format = "pcapng";
+                        c.format = "pcapng";
                         ifaces.clear();
                         None
                     }
                     PcapBlockOwned::NG(Block::InterfaceDescription(i)) => {
-                        r.linktypes.push(i.linktype.0);
+                        c.linktypes.push(i.linktype.0);
                         ifaces.push((
                             i.linktype.0,
                             i.ts_resolution().unwrap_or(1_000_000),
@@ -273,45 +344,43 @@ fn read_all(reader: &mut Reader, st: &mut State<'_>, feed: &mut pipeline::Feed) 
                     }
                     PcapBlockOwned::NG(_) => None,
                 };
-                if let Some((lt, ts, data)) = packet {
-                    r.packets += 1;
-                    r.first_ns = Some(r.first_ns.map_or(ts, |f| f.min(ts)));
-                    r.last_ns = Some(r.last_ns.map_or(ts, |l| l.max(ts)));
-                    // The agent reads the SYN maps on its own clock, between packets.
-                    r.syn_ticker
-                        .before_packet(ts, st.kernel, &r.syn_counts, feed);
-                    handle(st, feed, lt, ts, data);
-                    if ts >= last_tick + 1_000_000_000 {
-                        feed.tick(ts, st.flows);
+                if let Some((lt, ts, data)) = found {
+                    c.packets += 1;
+                    c.first_ns = Some(c.first_ns.map_or(ts, |f| f.min(ts)));
+                    c.last_ns = Some(c.last_ns.map_or(ts, |l| l.max(ts)));
+                    let tick = ts >= last_tick + 1_000_000_000;
+                    packet(lt, ts, data, tick);
+                    if tick {
                         last_tick = ts;
                     }
                 }
-                st.r.bytes_read += offset as u64;
+                c.bytes_read += offset as u64;
                 reader.consume(offset);
             }
             Err(PcapError::Eof) => break,
             Err(PcapError::Incomplete(_)) => {
                 if let Err(e) = reader.refill() {
-                    st.r.error = Some(format!("reading at byte {}: {e:?}", st.r.bytes_read));
+                    c.error = Some(format!("reading at byte {}: {e:?}", c.bytes_read));
                     break;
                 }
             }
             Err(PcapError::UnexpectedEof) => {
-                st.r.error = Some(format!(
+                c.error = Some(format!(
                     "truncated: the file ends inside a block at byte {} (after {} packets)",
-                    st.r.bytes_read, st.r.packets
+                    c.bytes_read, c.packets
                 ));
                 break;
             }
             Err(e) => {
-                st.r.error = Some(format!(
+                c.error = Some(format!(
                     "corrupt block at byte {}: {e:?} (after {} packets)",
-                    st.r.bytes_read, st.r.packets
+                    c.bytes_read, c.packets
                 ));
                 break;
             }
         }
     }
+    c
 }
 
 fn handle(st: &mut State<'_>, feed: &mut pipeline::Feed, linktype: i32, ts: u64, data: &[u8]) {
