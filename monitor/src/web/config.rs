@@ -171,9 +171,10 @@ impl WebConfig {
         })
     }
 
-    /// `dir` anchors relative file names (the config file's directory, as
-    /// exporter-toolkit does).
-    fn parse(text: &str, dir: &Path) -> Result<WebConfig, Error> {
+    /// The file's text, parsed and checked (nothing is read: certificate files are
+    /// loaded later). `dir` anchors relative file names (the config file's
+    /// directory, as exporter-toolkit does).
+    pub fn parse(text: &str, dir: &Path) -> Result<WebConfig, Error> {
         let file: Option<File> =
             serde_yaml_ng::from_str(text).map_err(|e| Error::Syntax(e.to_string()))?;
         let file = file.unwrap_or_default();
@@ -208,7 +209,9 @@ impl WebConfig {
     }
 }
 
-enum Error {
+/// Why a config text was refused ([`WebConfig::load`] adds the file's path).
+#[derive(Debug)]
+pub enum Error {
     Syntax(String),
     Invalid(String),
 }
