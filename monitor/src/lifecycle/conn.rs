@@ -281,7 +281,8 @@ impl Conn {
         self.bytes[r] = self.bytes[r].max(seg.bytes_recv);
         self.segs[s] = self.segs[s].max(seg.segs_sent);
         self.segs[r] = self.segs[r].max(seg.segs_recv);
-        if seg.len > 0 || self.bytes[0] + self.bytes[1] > 0 {
+        // Not a sum: the totals are the kernel's u64 counters, any value.
+        if seg.len > 0 || self.bytes != [0, 0] {
             self.completeness |= cpl::DATA;
         }
         // Wireshark sets its ACK bit for any non-SYN segment with ACK set (a refused
