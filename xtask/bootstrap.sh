@@ -154,6 +154,17 @@ install_cargo_deb() {
     cargo install "cargo-deb@$CARGO_DEB_VERSION" --locked --root "$CARGO_HOME"
 }
 
+# cargo-fuzz drives the fuzz targets (cargo xtask fuzz, and the smoke in cargo xtask
+# test) with the pinned nightly; pinned, built once into $CARGO_HOME.
+CARGO_FUZZ_VERSION=0.13.2
+install_cargo_fuzz() {
+    local version
+    version=$(cargo fuzz --version 2>/dev/null || true)
+    [[ $version == *"$CARGO_FUZZ_VERSION"* ]] && return 0
+    log "building cargo-fuzz $CARGO_FUZZ_VERSION (about a minute)"
+    cargo install "cargo-fuzz@$CARGO_FUZZ_VERSION" --locked --root "$CARGO_HOME"
+}
+
 install_test_deps() {
     apt_install iproute2 tcpdump tshark bpftool prometheus ethtool util-linux procps iperf3 nftables hping3
     # The reordering test queues segments to a delayer through an iptables NFQUEUE rule.
@@ -165,6 +176,7 @@ install_test_deps() {
     # the guest's root filesystem, lintian, readelf for the debug-symbol split.
     apt_install debootstrap lintian e2fsprogs binutils
     install_cargo_deb
+    install_cargo_fuzz
     install_k8s_tools
 }
 

@@ -2,6 +2,7 @@
 //! the kernel matrix. Building is cargo's job (the eBPF object is built by
 //! monitor/build.rs); this only sequences what a person would type.
 
+mod fuzz;
 mod matrix;
 mod service;
 
@@ -40,7 +41,13 @@ enum Task {
         /// Skip the Debian package and systemd service test (a qemu guest).
         #[arg(long)]
         no_systemd_vm: bool,
+        /// Skip the fuzz smoke (each cargo-fuzz target for 15 s).
+        #[arg(long)]
+        no_fuzz: bool,
     },
+    /// The cargo-fuzz targets (pinned nightly): each to 10 million executions by
+    /// default, one at a time, with executions, time, exec/s and crashes per target.
+    Fuzz(fuzz::Options),
     /// tcpmon on real kernels (needs root): Debian 5.10, 6.1 and 6.12 cloud kernels in
     /// qemu, and the host's kernel natively; prints kernel × mode results.
     KernelMatrix(matrix::Options),
@@ -168,7 +175,7 @@ fn nightly() -> anyhow::Result<String> {
         .context("EBPF_NIGHTLY not found in monitor/build.rs")
 }
 
-fn test(no_lint: bool, kernel_matrix: bool, systemd_vm: bool) -> anyhow::Result<()> {
+fn test(no_lint: bool, kernel_matrix: bool, systemd_vm: bool, fuzz: bool) -> anyhow::Result<()> {
     if !no_lint {
         step(
             "cargo fmt --check",
@@ -200,6 +207,9 @@ fn test(no_lint: bool, kernel_matrix: bool, systemd_vm: bool) -> anyhow::Result<
         "build tcpmon and the test peer",
         cargo().args(["build", "-p", "monitor", "-p", "tests", "--bins"]),
     )?;
+    if fuzz {
+        fuzz::smoke()?;
+    }
     let mut tally = Tally::default();
     let mut result = run_tests(&mut tally);
     if result.is_ok() && kernel_matrix {
@@ -325,7 +335,9 @@ fn main() {
             no_lint,
             no_kernel_matrix,
             no_systemd_vm,
-        } => test(no_lint, !no_kernel_matrix, !no_systemd_vm),
+            no_fuzz,
+        } => test(no_lint, !no_kernel_matrix, !no_systemd_vm, !no_fuzz),
+        Task::Fuzz(opts) => fuzz::run(&opts),
         Task::KernelMatrix(opts) => matrix::run(&opts).1,
         Task::SystemdVm(opts) => service::run(&opts).1,
         Task::Bench => bench(),
