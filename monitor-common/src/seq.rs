@@ -223,7 +223,8 @@ pub struct Rewound {
 pub fn classify(r: &Rewound, irtt_ns: u64) -> Rewind {
     let flags = r.flags;
     let ctl = (flags & SYN != 0) as u32 + (flags & FIN != 0) as u32;
-    let end = r.seq.wrapping_add(r.payload_len + ctl);
+    // Sequence space wraps: a record's length is not trusted to stay in range.
+    let end = r.seq.wrapping_add(r.payload_len.wrapping_add(ctl));
     if r.payload_len <= 1 && flags & (SYN | FIN | RST) == 0 && r.seq == r.high.wrapping_sub(1) {
         return Rewind::KeepAlive;
     }
@@ -429,5 +430,19 @@ mod tests {
         assert!(zero_window(&pkt(ACK, 0, 0, 0, 0)));
         assert!(!zero_window(&pkt(ACK | FIN, 0, 0, 0, 0)));
         assert!(!zero_window(&pkt(ACK, 0, 0, 0, 1)));
+    }
+
+    #[test]
+    fn a_length_past_sequence_space_wraps() {
+        // A record's length is not trusted (found by the record fuzz target: a FIN
+        // with a u32::MAX payload length overflowed the end's sum).
+        let r = Rewound {
+            seq: 7,
+            payload_len: u32::MAX,
+            flags: FIN | ACK,
+            high: 100,
+            ..Rewound::default()
+        };
+        assert_eq!(classify(&r, 0), Rewind::OutOfOrder);
     }
 }
