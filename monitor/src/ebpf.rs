@@ -1,12 +1,10 @@
-//! The kernel objects embedded at build time.
+//! The kernel object embedded at build time (the tests' lab helpers are
+//! `tests::LAB_OBJECT`, not part of tcpmon).
 
 use aya::include_bytes_aligned;
 
 /// The monitor's XDP/tc programs.
 pub static MONITOR_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpmon"));
-
-/// Lab helpers (VLAN tagging) for tests and the demo.
-pub static LAB_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpmon-lab"));
 
 /// Why this build has no eBPF objects, if it has none.
 pub fn missing_reason() -> Option<&'static str> {

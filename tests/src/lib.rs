@@ -20,6 +20,19 @@ pub mod vlan;
 
 use std::process::{Command, Output};
 
+/// The lab helpers' kernel object (tests/ebpf, built by build.rs): VLAN push/pop
+/// (`lab_vlan_push`, `lab_vlan_pop`), the SYN source spoofer (`lab_spoof_syn`) and
+/// the bench's baseline (`lab_xdp_pass`). Test programs, never part of tcpmon.
+pub static LAB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpmon-lab"));
+
+/// Why this build's [`LAB_OBJECT`] is empty, if it is.
+pub fn lab_missing_reason() -> Option<&'static str> {
+    let why = env!("LAB_NO_EBPF_REASON");
+    LAB_OBJECT
+        .is_empty()
+        .then_some(if why.is_empty() { "unknown" } else { why })
+}
+
 /// Runs a command, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd

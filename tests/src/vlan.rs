@@ -36,13 +36,14 @@ pub(crate) fn attach_lab_program(
             0,
             "setns"
         );
+        if let Some(why) = crate::lab_missing_reason() {
+            panic!("this build has no lab object ({why}): run `bash xtask/bootstrap.sh setup`");
+        }
         let mut loader = EbpfLoader::new();
         for (name, bytes) in &globals {
             loader.override_global(name, bytes.as_slice(), true);
         }
-        let mut bpf = loader
-            .load(monitor::ebpf::LAB_OBJECT)
-            .expect("load lab object");
+        let mut bpf = loader.load(crate::LAB_OBJECT).expect("load lab object");
         let prog: &mut SchedClassifier = bpf.program_mut(program).unwrap().try_into().unwrap();
         prog.load().expect("load lab program");
         let ifindex = monitor::iface::index_of(&iface).expect("lab interface");

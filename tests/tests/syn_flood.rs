@@ -164,7 +164,7 @@ fn spoofer_program_on_crafted_frames() {
         .override_global("LAB_SPOOF_TOS", &FLOOD_TOS, true)
         .override_global("LAB_SPOOF_BASE", &base, true)
         .override_global("LAB_SPOOF_MASK", &mask, true)
-        .load(monitor::ebpf::LAB_OBJECT)
+        .load(tests::LAB_OBJECT)
         .expect("load lab object");
     let prog: &mut SchedClassifier = bpf
         .program_mut("lab_spoof_syn")

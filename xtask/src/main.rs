@@ -188,6 +188,8 @@ fn test(no_lint: bool, kernel_matrix: bool, systemd_vm: bool, fuzz: bool) -> any
                 "--workspace",
                 "--exclude",
                 "monitor-ebpf",
+                "--exclude",
+                "tests-ebpf",
                 "--all-targets",
                 "--",
                 "-D",
@@ -199,6 +201,7 @@ fn test(no_lint: bool, kernel_matrix: bool, systemd_vm: bool, fuzz: bool) -> any
             Command::new("rustup")
                 .current_dir(root())
                 .args(["run", &nightly()?, "cargo", "clippy", "-p", "monitor-ebpf"])
+                .args(["-p", "tests-ebpf"])
                 .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
                 .args(["--", "-D", "warnings"]),
         )?;
@@ -236,7 +239,13 @@ fn test(no_lint: bool, kernel_matrix: bool, systemd_vm: bool, fuzz: bool) -> any
 fn run_tests(tally: &mut Tally) -> anyhow::Result<()> {
     cargo_test(
         "unit and unprivileged tests",
-        &["--workspace", "--exclude", "monitor-ebpf"],
+        &[
+            "--workspace",
+            "--exclude",
+            "monitor-ebpf",
+            "--exclude",
+            "tests-ebpf",
+        ],
         tally,
     )?;
     if !is_root() {

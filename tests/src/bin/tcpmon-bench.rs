@@ -84,7 +84,7 @@ impl Kernel {
 
 fn kernel_table(out: &mut String) {
     let mut base = EbpfLoader::new()
-        .load(monitor::ebpf::LAB_OBJECT)
+        .load(tests::LAB_OBJECT)
         .expect("lab object");
     let p: &mut Xdp = base
         .program_mut("lab_xdp_pass")
