@@ -331,7 +331,13 @@ fn check_header(name: String, value: String) -> Result<(String, String), Error> 
             "invalid value for {name}. Expected one of: {allowed:?}, but got: {value:?}"
         )));
     }
-    if axum::http::HeaderValue::from_str(&value).is_err() {
+    // Visible ASCII, spaces and tabs: HeaderValue also takes obs-text (bytes from
+    // 0x80), which RFC 9110 keeps only for old senders; in a configured value it is
+    // a typing mistake (a no-break space), found by the web_config fuzz target.
+    let visible = value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+    if !visible || axum::http::HeaderValue::from_str(&value).is_err() {
         return Err(invalid(format!(
             "header {name}: value {value:?} is not valid"
         )));

@@ -110,6 +110,11 @@ fn users_need_bcrypt_hashes_and_headers_a_known_name() {
     let e =
         parse("http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n").unwrap_err();
     assert!(e.contains("nosniff"), "{e}");
+    // A no-break space (found by the web_config fuzz target) is not visible ASCII.
+    let e =
+        parse("http_server_config:\n  headers:\n    Strict-Transport-Security: max-age=1\u{a0}x\n")
+            .unwrap_err();
+    assert!(e.contains("Strict-Transport-Security"), "{e}");
 }
 
 #[test]
