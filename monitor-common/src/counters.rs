@@ -32,8 +32,15 @@ pub const PREFIX_FAILURES: u32 = PREFIX_INSERTS + 1;
 /// Packets whose stage-two program could not be tail-called (not loaded): parsed
 /// and counted, but not tracked.
 pub const TAIL_CALL_FAILURES: u32 = PREFIX_FAILURES + 1;
+/// New elements inserted in the flow map. The LRU map evicts without telling the
+/// program: evictions are these - [`FLOW_REMOVES`] - the map's entries.
+pub const FLOW_INSERTS: u32 = TAIL_CALL_FAILURES + 1;
+/// Flow-map inserts the map refused (a new connection not followed).
+pub const FLOW_INSERT_FAILURES: u32 = FLOW_INSERTS + 1;
+/// Flow-map entries the programs removed (a tuple whose new SYN was sampled out).
+pub const FLOW_REMOVES: u32 = FLOW_INSERT_FAILURES + 1;
 /// Slots in the array.
-pub const LEN: u32 = TAIL_CALL_FAILURES + 1;
+pub const LEN: u32 = FLOW_REMOVES + 1;
 
 #[inline(always)]
 pub const fn sampled(kind: EventKind) -> u32 {
@@ -108,6 +115,9 @@ mod tests {
             PREFIX_INSERTS,
             PREFIX_FAILURES,
             TAIL_CALL_FAILURES,
+            FLOW_INSERTS,
+            FLOW_INSERT_FAILURES,
+            FLOW_REMOVES,
         ] {
             mark(i);
         }

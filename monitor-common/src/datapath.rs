@@ -12,7 +12,7 @@ use crate::{
     counters,
     event::{EventKind, Hook},
     flags::{self, FlagClass},
-    flow::{FlowTable, Sampler, Tracked, track_sampled},
+    flow::{FLOW_INSERTED, FLOW_REFUSED, FLOW_REMOVED, FlowTable, Sampler, Tracked, track_sampled},
     parse::{OUTCOME_TCP, PacketBytes, TcpPacket, parse_ethernet},
     seq::LazyClock,
     syn::{self, PrefixKey, SynConfig, SynCount},
@@ -200,7 +200,24 @@ where
     if tracked.zero_window {
         c.bump(counters::zero_windows(hook), 1);
     }
+    if tracked.flow_ops != 0 {
+        count_flow_ops(c, tracked.flow_ops);
+    }
     tracked
+}
+
+/// What a packet did to the flow table, counted (see [`counters::FLOW_INSERTS`]).
+#[inline(always)]
+fn count_flow_ops<C: Counters>(c: &mut C, ops: u8) {
+    if ops & FLOW_INSERTED != 0 {
+        c.bump(counters::FLOW_INSERTS, 1);
+    }
+    if ops & FLOW_REFUSED != 0 {
+        c.bump(counters::FLOW_INSERT_FAILURES, 1);
+    }
+    if ops & FLOW_REMOVED != 0 {
+        c.bump(counters::FLOW_REMOVES, 1);
+    }
 }
 
 /// Per-port, per-prefix and distinct-source accounting of a SYN or SYN-ACK.

@@ -176,9 +176,12 @@ const _: () = assert!(core::mem::size_of::<Embryo>() == 32);
 /// stack: the kernel has 512 bytes of it.
 pub trait FlowTable {
     fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState>;
-    /// Inserts (or resets) `key` to [`FlowState::ZERO`] and returns the entry.
-    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState>;
-    fn remove(&mut self, key: &FlowKey);
+    /// Inserts (or resets) `key` to [`FlowState::ZERO`] and returns the entry, with
+    /// whether it is a new element of the table (not one reset in place). `None`: the
+    /// table refused the insert.
+    fn create(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)>;
+    /// Removes `key`'s entry; whether there was one.
+    fn remove(&mut self, key: &FlowKey) -> bool;
     /// The embryo table (sampled-out handshakes). Without one, sampled-out
     /// connections are not followed at all; replay never samples.
     fn embryo(&mut self, _key: &FlowKey) -> Option<&mut Embryo> {
@@ -203,10 +206,10 @@ impl<S: core::hash::BuildHasher> FlowTable for HostFlows<S> {
     fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
         self.flows.lookup(key)
     }
-    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+    fn create(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)> {
         self.flows.create(key)
     }
-    fn remove(&mut self, key: &FlowKey) {
+    fn remove(&mut self, key: &FlowKey) -> bool {
         FlowTable::remove(&mut self.flows, key)
     }
     fn embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
@@ -226,13 +229,14 @@ impl<S: core::hash::BuildHasher> FlowTable for std::collections::HashMap<FlowKey
     fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
         self.get_mut(key)
     }
-    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+    fn create(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)> {
+        let new = !self.contains_key(key);
         let s = self.entry(*key).or_insert(FlowState::ZERO);
         *s = FlowState::ZERO;
-        Some(s)
+        Some((s, new))
     }
-    fn remove(&mut self, key: &FlowKey) {
-        std::collections::HashMap::remove(self, key);
+    fn remove(&mut self, key: &FlowKey) -> bool {
+        std::collections::HashMap::remove(self, key).is_some()
     }
 }
 
@@ -298,6 +302,10 @@ pub struct Tracked {
     pub completed: bool,
     pub dup_ack: bool,
     pub zero_window: bool,
+    /// What the packet did to the flow table: [`FLOW_INSERTED`], [`FLOW_REFUSED`],
+    /// [`FLOW_REMOVED`]. An LRU map evicts without telling: the agent derives its
+    /// evictions as inserts - removes - entries.
+    pub flow_ops: u8,
 }
 
 impl Tracked {
@@ -315,6 +323,34 @@ impl Tracked {
 
 /// `Tracked::sampled` when nothing was sampled out.
 pub const NOT_SAMPLED: u8 = 0xff;
+
+/// `Tracked::flow_ops`: a new element was inserted in the flow table.
+pub const FLOW_INSERTED: u8 = 1;
+/// `Tracked::flow_ops`: the flow table refused an insert.
+pub const FLOW_REFUSED: u8 = 2;
+/// `Tracked::flow_ops`: an entry was removed.
+pub const FLOW_REMOVED: u8 = 4;
+
+/// [`FlowTable::create`], noting in `t` what it did to the table.
+#[inline(always)]
+fn create<'a, T: FlowTable>(
+    table: &'a mut T,
+    key: &FlowKey,
+    t: &mut Tracked,
+) -> Option<&'a mut FlowState> {
+    match table.create(key) {
+        Some((s, new)) => {
+            if new {
+                t.flow_ops |= FLOW_INSERTED;
+            }
+            Some(s)
+        }
+        None => {
+            t.flow_ops |= FLOW_REFUSED;
+            None
+        }
+    }
+}
 
 /// Decides, once per new connection, whether its handshake events are emitted.
 pub trait Sampler {
@@ -419,7 +455,9 @@ fn sampled_syn<T: FlowTable>(
     t: &mut Tracked,
 ) {
     t.sampled = EventKind::Syn as u8;
-    table.remove(key);
+    if table.remove(key) {
+        t.flow_ops |= FLOW_REMOVED;
+    }
     // Every field set: a partly zeroed struct would become a memset call in BPF.
     table.insert_embryo(
         key,
@@ -477,7 +515,7 @@ fn promote<T: FlowTable>(
         return Embryonic::Handled;
     }
     table.remove_embryo(key);
-    let Some(s) = table.create(key) else {
+    let Some(s) = create(table, key, t) else {
         return Embryonic::Handled;
     };
     s.client_dir = e.client_dir;
@@ -521,7 +559,7 @@ fn mid_stream_embryo<T: FlowTable>(
         return Embryonic::Handled;
     }
     table.remove_embryo(key);
-    let Some(s) = table.create(key) else {
+    let Some(s) = create(table, key, t) else {
         return Embryonic::Handled;
     };
     s.shift = e.shift;
@@ -576,7 +614,7 @@ fn first_seen_mid_stream<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
         );
         return false;
     }
-    let Some(s) = table.create(key) else {
+    let Some(s) = create(table, key, t) else {
         return false;
     };
     s.shift = shift;
@@ -620,7 +658,7 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             table.remove_embryo(&key);
             // A (re)transmitted SYN starts the connection afresh, including reuse of
             // a tuple still in TIME-WAIT.
-            let Some(s) = table.create(&key) else {
+            let Some(s) = create(table, &key, t) else {
                 t.set(Emit::new(EventKind::Syn, None, dir, SeqNote::default()));
                 return;
             };
@@ -651,7 +689,7 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
         let s = if known {
             table.lookup(&key)
         } else {
-            table.create(&key)
+            create(table, &key, t)
         };
         let Some(s) = s else {
             t.set(Emit::new(EventKind::SynAck, None, dir, SeqNote::default()));

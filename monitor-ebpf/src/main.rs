@@ -363,25 +363,23 @@ impl FlowTable for KernelFlows {
     }
 
     #[inline(always)]
-    fn create(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+    fn create(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)> {
         // An entry already there (a retransmitted SYN, a reused tuple) is reset in
         // place: an LRU update would take a fresh element and free the old one.
         if let Some(s) = self.lookup(key) {
             *s = FLOW_ZERO;
-            return Some(s);
+            return Some((s, false));
         }
         // From read-only data, not the stack: the value is copied by the helper.
         FLOWS.insert(key, &FLOW_ZERO, 0).ok()?;
-        self.lookup(key)
+        self.lookup(key).map(|s| (s, true))
     }
 
     #[inline(always)]
-    fn remove(&mut self, key: &FlowKey) {
+    fn remove(&mut self, key: &FlowKey) -> bool {
         // A flood's spoofed tuples have none: a lookup takes no bucket lock.
         // SAFETY: only tested for presence.
-        if unsafe { FLOWS.get(key) }.is_some() {
-            let _ = FLOWS.remove(key);
-        }
+        unsafe { FLOWS.get(key) }.is_some() && FLOWS.remove(key).is_ok()
     }
 
     #[inline(always)]

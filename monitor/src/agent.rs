@@ -10,6 +10,7 @@ use std::{
 };
 
 pub mod ifaces;
+mod pressure;
 pub(crate) mod seeding;
 
 use anyhow::Context as _;
@@ -116,6 +117,8 @@ pub struct Shared {
     seed: seeding::metrics::SeedMetrics,
     /// What the kernel keeps of TIME-WAIT (its cap drops some).
     time_wait: crate::sockstat::TimeWait,
+    /// Ring-buffer losses and flow-map evictions, as logged.
+    pressure: pressure::Pressure,
 }
 
 impl Shared {
@@ -128,14 +131,24 @@ impl Shared {
             self.lifecycle.cap_state(TcpState::TimeWait, kept);
         }
         let mut kernel = self.kernel.lock();
-        match kernel.totals() {
-            Ok(t) => self.metrics.apply_kernel_totals(&t),
-            Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
-        }
+        let before = match kernel.totals() {
+            Ok(t) => {
+                self.metrics.apply_kernel_totals(&t);
+                t
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading kernel counters");
+                return;
+            }
+        };
         let mut last = self.last_flow_walk.lock();
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            self.metrics
-                .set_flow_table(kernel.flow_entries(), kernel.flow_capacity);
+            let entries = kernel.flow_entries();
+            self.metrics.set_flow_table(entries, kernel.flow_capacity);
+            if let Ok(after) = kernel.totals() {
+                let evicted = self.metrics.note_flow_evictions(&before, entries, &after);
+                self.pressure.note_evictions(evicted, Instant::now());
+            }
             *last = Some(Instant::now());
         }
     }
@@ -151,6 +164,7 @@ impl Shared {
                 return;
             }
         };
+        self.pressure.note_lost(&totals, Instant::now());
         let counts = syn::KernelCounts {
             sampled: EventKind::ALL
                 .iter()
@@ -338,6 +352,7 @@ pub async fn run_until(
         conns: Mutex::new(ConnTracker::default()),
         seed,
         time_wait,
+        pressure: pressure::Pressure::new(opts.load.ring_bytes, opts.load.flow_entries),
     });
     shared.metrics.set_attachments(&attachments);
 

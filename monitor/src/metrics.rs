@@ -28,6 +28,10 @@ pub struct Metrics {
     zero_windows: IntCounterVec,
     flow_entries: IntGauge,
     flow_capacity: IntGauge,
+    flow_inserts: IntCounter,
+    flow_insert_failures: IntCounter,
+    flow_removes: IntCounter,
+    flow_evictions: IntCounter,
     attachments: IntGaugeVec,
     kernel_features: IntGaugeVec,
     leftovers: IntCounterVec,
@@ -59,6 +63,12 @@ pub struct ReplayCounts {
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
@@ -124,15 +134,11 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
-            decode_errors: {
-                let c = IntCounter::new(
-                    "tcpmon_event_decode_errors_total",
-                    "Ring buffer records that could not be decoded",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            decode_errors: counter(
+                &r,
+                "tcpmon_event_decode_errors_total",
+                "Ring buffer records that could not be decoded",
+            ),
             dup_acks: counter_vec(
                 &r,
                 "tcpmon_duplicate_acks_total",
@@ -154,6 +160,26 @@ impl Metrics {
                 &r,
                 "tcpmon_flow_table_capacity",
                 "Capacity of the kernel's LRU flow map",
+            ),
+            flow_inserts: counter(
+                &r,
+                "tcpmon_flow_table_inserts_total",
+                "New entries the programs inserted in the kernel's flow map",
+            ),
+            flow_insert_failures: counter(
+                &r,
+                "tcpmon_flow_table_insert_failures_total",
+                "Flow-map inserts the kernel refused: connections not followed",
+            ),
+            flow_removes: counter(
+                &r,
+                "tcpmon_flow_table_removes_total",
+                "Flow-map entries the programs removed (a tuple's new SYN sampled out)",
+            ),
+            flow_evictions: counter(
+                &r,
+                "tcpmon_flow_table_evictions_total",
+                "Flow-map entries the LRU map recycled for newer flows (inserts - removes - entries, never more): connections followed from their next segment as seen mid-stream",
             ),
             attachments: {
                 let g = IntGaugeVec::new(
@@ -256,6 +282,23 @@ impl Metrics {
         self.flow_capacity.set(capacity as i64);
     }
 
+    /// Brings the eviction count up to what the kernel's counters prove: the LRU map
+    /// evicts without telling, so evictions are inserts - removes - entries. `before`
+    /// and `after` are counter totals read on either side of counting the `entries`;
+    /// the inserts of the first and the removes of the second make a lower bound that
+    /// the programs running meanwhile cannot push past the truth.
+    /// Returns the evictions counted so far.
+    pub fn note_flow_evictions(&self, before: &Totals, entries: usize, after: &Totals) -> u64 {
+        let proven = before[counters::FLOW_INSERTS as usize]
+            .saturating_sub(after[counters::FLOW_REMOVES as usize])
+            .saturating_sub(entries as u64);
+        let counted = self.flow_evictions.get();
+        if proven > counted {
+            self.flow_evictions.inc_by(proven - counted);
+        }
+        self.flow_evictions.get()
+    }
+
     /// Adds what the kernel counted since the last call. Only hooks that were
     /// attached produce series with non-zero values.
     pub fn apply_kernel_totals(&self, now: &Totals) {
@@ -296,6 +339,10 @@ impl Metrics {
                 .inc_by(delta(counters::sampled(k)));
         }
         self.untracked.inc_by(delta(counters::TAIL_CALL_FAILURES));
+        self.flow_inserts.inc_by(delta(counters::FLOW_INSERTS));
+        self.flow_insert_failures
+            .inc_by(delta(counters::FLOW_INSERT_FAILURES));
+        self.flow_removes.inc_by(delta(counters::FLOW_REMOVES));
         *last = *now;
     }
 
@@ -384,6 +431,37 @@ mod tests {
             text.contains("tcpmon_build_info{kernel=\"test\",node=\"node-a\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn flow_evictions_are_a_lower_bound_that_only_grows() {
+        let m = Metrics::new("test", "node-a");
+        let totals = |inserts: u64, removes: u64| {
+            let mut t = [0u64; counters::LEN as usize];
+            t[counters::FLOW_INSERTS as usize] = inserts;
+            t[counters::FLOW_REMOVES as usize] = removes;
+            t
+        };
+        assert_eq!(
+            m.note_flow_evictions(&totals(100, 0), 100, &totals(100, 0)),
+            0
+        );
+        assert_eq!(
+            m.note_flow_evictions(&totals(300, 10), 128, &totals(300, 10)),
+            162
+        );
+        // Inserts after `before` and removes before `after` cannot add phantoms: the
+        // bound takes the earlier inserts and the later removes.
+        assert_eq!(
+            m.note_flow_evictions(&totals(300, 10), 120, &totals(310, 14)),
+            166
+        );
+        // Never down.
+        assert_eq!(
+            m.note_flow_evictions(&totals(300, 14), 128, &totals(300, 14)),
+            166
+        );
+        assert!(m.render().contains("tcpmon_flow_table_evictions_total 166"));
     }
 
     #[test]

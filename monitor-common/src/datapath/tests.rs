@@ -153,3 +153,89 @@ fn full_port_tables_count_overflow() {
     // Ingress SYNs only: the egress SYN-ACK is the server's answer.
     assert_eq!(t.ports[&80], [1, 0, 0]);
 }
+
+/// A flow table with no room: every insert refused.
+struct NoRoom;
+
+impl FlowTable for NoRoom {
+    fn lookup(&mut self, _: &FlowKey) -> Option<&mut FlowState> {
+        None
+    }
+    fn create(&mut self, _: &FlowKey) -> Option<(&mut FlowState, bool)> {
+        None
+    }
+    fn remove(&mut self, _: &FlowKey) -> bool {
+        false
+    }
+}
+
+/// Samples every new connection out.
+struct NoneKept;
+
+impl Sampler for NoneKept {
+    fn decide(&mut self, _: &FlowKey, _: u64) -> (bool, u8) {
+        (false, 4)
+    }
+}
+
+fn stage_two<T: FlowTable, S: Sampler>(c: &mut Ctrs, flows: &mut T, sampler: &mut S, f: &Frame) {
+    let p = parse_stage(c, &f.build()[..], Hook::Replay, 7, 1, 0).unwrap();
+    let cfg = SynConfig {
+        seed: 1,
+        sample_limit: 0,
+        bank: 0,
+    };
+    let mut tables = Tables {
+        counters: c,
+        flows,
+        sampler,
+        syn: &mut HostSyn::default(),
+    };
+    track_stage(
+        &mut tables,
+        &mut LazyClock::new(|| 1_000),
+        &p,
+        Hook::Replay,
+        cfg,
+    );
+}
+
+#[test]
+fn flow_table_inserts_removes_and_refusals_are_counted() {
+    let (mut c, mut flows) = ([0u64; counters::LEN as usize], HashMap::new());
+    let syn = Frame::v4(CLIENT, 40000, SERVER, 80)
+        .flags(SYN)
+        .seq_ack(100, 0);
+    let synack = Frame::v4(SERVER, 80, CLIENT, 40000)
+        .flags(SYN | ACK)
+        .seq_ack(500, 101);
+    stage_two(&mut c, &mut flows, &mut FullRate, &syn);
+    stage_two(&mut c, &mut flows, &mut FullRate, &synack);
+    // A retransmitted SYN resets its entry in place: no new element.
+    stage_two(&mut c, &mut flows, &mut FullRate, &syn);
+    let other = Frame::v4(CLIENT, 40001, SERVER, 80)
+        .flags(SYN)
+        .seq_ack(7, 0);
+    stage_two(&mut c, &mut flows, &mut FullRate, &other);
+    let at = |c: &Ctrs, i: u32| c[i as usize];
+    assert_eq!(at(&c, counters::FLOW_INSERTS), 2);
+    assert_eq!(flows.len(), 2);
+    // A new SYN of a followed tuple, sampled out, ends its entry.
+    stage_two(&mut c, &mut flows, &mut NoneKept, &other);
+    assert_eq!(at(&c, counters::FLOW_REMOVES), 1);
+    assert_eq!(flows.len(), 1);
+    // Inserts - removes - entries: nothing evicted.
+    assert_eq!(
+        at(&c, counters::FLOW_INSERTS) - at(&c, counters::FLOW_REMOVES),
+        1
+    );
+    // A table without room refuses the SYN and the data of a flow seen mid-stream.
+    stage_two(&mut c, &mut NoRoom, &mut FullRate, &syn);
+    let data = Frame::v4(CLIENT, 40002, SERVER, 80)
+        .flags(ACK)
+        .seq_ack(9, 9)
+        .payload(10);
+    stage_two(&mut c, &mut NoRoom, &mut FullRate, &data);
+    assert_eq!(at(&c, counters::FLOW_INSERT_FAILURES), 2);
+    assert_eq!(at(&c, counters::FLOW_INSERTS), 2);
+}
