@@ -1,84 +1,10 @@
 //! Attaching and detaching: nothing is left behind however tcpmon exits, it runs with
 //! three capabilities instead of root, and the errors users meet say what to do.
-
-use std::time::{Duration, Instant};
-
 use tests::{
+    attached::{held_by, wait_gone, xdp_attached},
     lab::{Lab, SERVER_V4},
     monitor::{Monitor, expect_failure, scratch_dir},
 };
-
-/// XDP programs the kernel reports on the lab's client interface (netns-scoped).
-fn xdp_attached(lab: &Lab) -> String {
-    lab.exec(
-        &lab.client,
-        "ip",
-        &["-d", "link", "show", "dev", lab.client_if],
-    )
-    .lines()
-    .filter(|l| l.contains("prog/xdp"))
-    .collect()
-}
-
-/// BPF objects a process holds, from /proc/PID/fdinfo: (prog ids, link ids, link types).
-/// Debian's bpftool predates TCX, so the kernel's own fd accounting is the witness.
-fn held_by(pid: u32) -> (Vec<u32>, Vec<u32>, Vec<String>) {
-    let (mut progs, mut links, mut types) = (Vec::new(), Vec::new(), Vec::new());
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-        for l in info.lines() {
-            let mut kv = l.splitn(2, ':');
-            let (k, v) = (kv.next().unwrap_or(""), kv.next().unwrap_or("").trim());
-            match k {
-                "prog_id" => progs.push(v.parse().unwrap()),
-                "link_id" => links.push(v.parse().unwrap()),
-                "link_type" => types.push(v.to_string()),
-                _ => {}
-            }
-        }
-    }
-    progs.sort();
-    progs.dedup();
-    (progs, links, types)
-}
-
-/// Waits until none of `progs`/`links` exists in the kernel and no XDP is attached.
-fn wait_gone(lab: &Lab, progs: &[u32], links: &[u32]) {
-    let exists = |what: &str, id: u32| {
-        std::process::Command::new("bpftool")
-            .args([what, "show", "id", &id.to_string()])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left: Vec<String> = progs
-            .iter()
-            .filter(|i| exists("prog", **i))
-            .map(|i| format!("prog {i}"))
-            .chain(
-                links
-                    .iter()
-                    .filter(|i| exists("link", **i))
-                    .map(|i| format!("link {i}")),
-            )
-            .collect();
-        let xdp = xdp_attached(lab);
-        if left.is_empty() && xdp.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still in the kernel after exit: {left:?} {xdp}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn types_are(types: &[String], want: &[&str]) {
     let mut t = types.to_vec();

@@ -9,12 +9,10 @@
 use std::path::PathBuf;
 
 use tests::{
+    attached::{filters, tcpmon_filters as ours},
     lab::{Lab, SERVER_V4},
     monitor::{Monitor, expect_failure_env, sample, scratch_dir},
 };
-
-const PRIO: &str = "pref 1939";
-const HANDLE: &str = "handle 0x19393";
 
 /// A state directory of the test's own, deleted on drop.
 struct StateDir(PathBuf);
@@ -42,29 +40,6 @@ impl Drop for StateDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// `tc filter show` of one hook of the client's interface, one filter per line.
-fn filters(lab: &Lab, hook: &str) -> Vec<String> {
-    lab.exec(
-        &lab.client,
-        "tc",
-        &["filter", "show", "dev", lab.client_if, hook],
-    )
-    .lines()
-    .filter(|l| l.starts_with("filter") && l.contains("handle"))
-    .map(str::to_string)
-    .collect()
-}
-
-/// tcpmon's filters on a hook: its program name at its priority and handle.
-fn ours(lab: &Lab, hook: &str) -> usize {
-    filters(lab, hook)
-        .iter()
-        .filter(|l| {
-            l.contains(PRIO) && l.contains(HANDLE) && l.contains(&format!("tcpmon_tc_{hook}"))
-        })
-        .count()
 }
 
 fn has_clsact(lab: &Lab) -> bool {
