@@ -39,8 +39,10 @@ pub const FLOW_INSERTS: u32 = TAIL_CALL_FAILURES + 1;
 pub const FLOW_INSERT_FAILURES: u32 = FLOW_INSERTS + 1;
 /// Flow-map entries the programs removed (a tuple whose new SYN was sampled out).
 pub const FLOW_REMOVES: u32 = FLOW_INSERT_FAILURES + 1;
+/// Kernel log messages (`--kernel-log`) a CPU's token bucket held back.
+pub const LOG_SUPPRESSED: u32 = FLOW_REMOVES + 1;
 /// Slots in the array.
-pub const LEN: u32 = FLOW_REMOVES + 1;
+pub const LEN: u32 = LOG_SUPPRESSED + 1;
 
 #[inline(always)]
 pub const fn sampled(kind: EventKind) -> u32 {
@@ -118,6 +120,7 @@ mod tests {
             FLOW_INSERTS,
             FLOW_INSERT_FAILURES,
             FLOW_REMOVES,
+            LOG_SUPPRESSED,
         ] {
             mark(i);
         }

@@ -13,7 +13,7 @@ use crate::{
     event::{EventKind, Hook},
     flags::{self, FlagClass},
     flow::{FLOW_INSERTED, FLOW_REFUSED, FLOW_REMOVED, FlowTable, Sampler, Tracked, track_sampled},
-    parse::{OUTCOME_TCP, PacketBytes, TcpPacket, parse_ethernet},
+    parse::{OUTCOME_TCP, PacketBytes, ParseError, TcpPacket, parse_ethernet},
     seq::LazyClock,
     syn::{self, PrefixKey, SynConfig, SynCount},
 };
@@ -31,8 +31,14 @@ pub struct Parsed {
 
 const _: () = assert!(core::mem::size_of::<Parsed>() == 64);
 
-/// Slots of the kernel's stage-two program array: one per kernel hook.
-pub const TRACK_SLOTS: u32 = Hook::KERNEL_COUNT as u32;
+/// Slots of the kernel's program arrays: a stage two per kernel hook, then the log
+/// program.
+pub const TRACK_SLOTS: u32 = LOG_SLOT + 1;
+/// The program-array slot of the kernel log program (`--kernel-log`), after the
+/// hooks' stage twos: one per program type, in each type's array.
+pub const LOG_SLOT: u32 = Hook::KERNEL_COUNT as u32;
+/// The kernel log programs, for the XDP array and the tc array.
+pub const LOG_PROGRAMS: [&str; 2] = ["tcpmon_log_xdp", "tcpmon_log_tc"];
 
 /// The program-array slot of `hook`'s stage two.
 #[inline(always)]
@@ -115,12 +121,12 @@ pub fn parse_stage<P: PacketBytes + ?Sized, C: Counters>(
     ifindex: u32,
     segs: u16,
     hw_vlan: u16,
-) -> Option<Parsed> {
+) -> Result<Parsed, ParseError> {
     let mut tcp = match parse_ethernet(pkt) {
         Ok(tcp) => tcp,
         Err(e) => {
             c.bump(counters::outcome(hook, e as usize), 1);
-            return None;
+            return Err(e);
         }
     };
     if hw_vlan != 0 {
@@ -128,7 +134,7 @@ pub fn parse_stage<P: PacketBytes + ?Sized, C: Counters>(
         tcp.vlan_depth += 1;
     }
     count_parsed(c, &tcp, hook, segs);
-    Some(Parsed {
+    Ok(Parsed {
         tcp,
         ifindex,
         segs,

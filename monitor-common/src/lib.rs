@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod event;
 pub mod flags;
 pub mod flow;
+pub mod klog;
 pub mod parse;
 pub mod seq;
 pub mod syn;

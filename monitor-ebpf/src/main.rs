@@ -10,6 +10,7 @@
 // pointer; the lint fires inside that expansion, not on code written here.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+mod klog;
 mod packet;
 
 use aya_ebpf::{
@@ -26,10 +27,11 @@ use monitor_common::{
     FlowKey, FlowState, TcpEvent, counters,
     datapath::{self, Counters as _, Parsed, PortField, PrefixAdd, SynTables, Tables},
     event::{EventKind, Hook},
-    flow::{Embryo, FlowTable, Sampler},
+    flow::{Embryo, FLOW_REFUSED, FlowTable, Sampler},
     seq::LazyClock,
     syn::{self, HLL_REGS, PortSyn, PrefixKey, SamplerState, SynConfig},
 };
+use monitor_common::{ParseError, klog as notes};
 use packet::Packet;
 
 /// Each hook's stage-two program, at [`datapath::track_slot`]; filled by the agent.
@@ -63,7 +65,8 @@ static EMBRYOS: LruHashMap<FlowKey, Embryo> = LruHashMap::with_max_entries(13107
 
 /// All counters of one CPU in one slot: one map lookup per packet.
 #[map]
-static COUNTERS: PerCpuArray<[u64; counters::LEN as usize]> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static COUNTERS: PerCpuArray<[u64; counters::LEN as usize]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Agent-written settings: hash seed, sampling limit, current sketch bank.
 #[map]
@@ -93,18 +96,29 @@ static SYN_SKETCH: PerCpuArray<[u8; HLL_REGS]> =
 #[map]
 static SKETCH_SLOT: Array<u8> = Array::with_max_entries(65536, 0);
 
+// Each program ends in klog::flush: with the kernel log on and something noted, it
+// tail-calls the log program of its type, which returns the same verdict.
+
 #[xdp]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
     let pkt = Packet::new(ctx.data(), ctx.data_end(), 0);
     if stage_one(&pkt, Hook::XdpIngress, ctx.ingress_ifindex() as u32, 1, 0) {
         to_stage_two(&TRACK_XDP, &ctx, Hook::XdpIngress);
     }
+    klog::flush(&ctx, &TRACK_XDP);
     xdp_action::XDP_PASS
 }
 
 #[xdp]
-pub fn tcpmon_trk_xdp(_ctx: XdpContext) -> u32 {
+pub fn tcpmon_trk_xdp(ctx: XdpContext) -> u32 {
     stage_two(Hook::XdpIngress);
+    klog::flush(&ctx, &TRACK_XDP);
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn tcpmon_log_xdp(ctx: XdpContext) -> u32 {
+    klog::write_noted(&ctx, &TRACK_XDP);
     xdp_action::XDP_PASS
 }
 
@@ -113,13 +127,15 @@ pub fn tcpmon_tc_egress(ctx: TcContext) -> i32 {
     if observe_skb(&ctx, Hook::TcEgress) {
         to_stage_two(&TRACK_TC, &ctx, Hook::TcEgress);
     }
+    klog::flush(&ctx, &TRACK_TC);
     // TCX_NEXT / "unspecified": let whatever is attached after us decide.
     TC_ACT_UNSPEC
 }
 
 #[classifier]
-pub fn tcpmon_trk_tceg(_ctx: TcContext) -> i32 {
+pub fn tcpmon_trk_tceg(ctx: TcContext) -> i32 {
     stage_two(Hook::TcEgress);
+    klog::flush(&ctx, &TRACK_TC);
     TC_ACT_UNSPEC
 }
 
@@ -128,12 +144,20 @@ pub fn tcpmon_tc_ingress(ctx: TcContext) -> i32 {
     if observe_skb(&ctx, Hook::TcIngress) {
         to_stage_two(&TRACK_TC, &ctx, Hook::TcIngress);
     }
+    klog::flush(&ctx, &TRACK_TC);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
-pub fn tcpmon_trk_tcin(_ctx: TcContext) -> i32 {
+pub fn tcpmon_trk_tcin(ctx: TcContext) -> i32 {
     stage_two(Hook::TcIngress);
+    klog::flush(&ctx, &TRACK_TC);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tcpmon_log_tc(ctx: TcContext) -> i32 {
+    klog::write_noted(&ctx, &TRACK_TC);
     TC_ACT_UNSPEC
 }
 
@@ -188,12 +212,28 @@ fn stage_one(pkt: &Packet, hook: Hook, ifindex: u32, segs: u16, hw_vlan: u16) ->
     // call that reads the scratch slot runs on this CPU before any other program can.
     let (c, slot) = unsafe { (&mut *c, &mut *slot) };
     match datapath::parse_stage(c, pkt, hook, ifindex, segs, hw_vlan) {
-        Some(p) => {
+        Ok(p) => {
             *slot = p;
             true
         }
-        None => false,
+        Err(e) => {
+            log_parse_error(e, hook, ifindex);
+            false
+        }
     }
+}
+
+/// The classes of broken frames worth a line (not other protocols or fragments).
+#[inline(always)]
+fn log_parse_error(e: ParseError, hook: Hook, ifindex: u32) {
+    let what = match e {
+        ParseError::Truncated => notes::NOTE_TRUNCATED,
+        ParseError::Malformed => notes::NOTE_MALFORMED,
+        ParseError::Ipv6ChainTooLong => notes::NOTE_IPV6_CHAIN,
+        ParseError::TooManyVlans => notes::NOTE_VLANS,
+        ParseError::NonIp | ParseError::NonTcp | ParseError::NonFirstFragment => return,
+    };
+    klog::note(what, hook, |n| n.ifindex = ifindex);
 }
 
 /// Jumps to the hook's stage-two program; returns only if the jump failed.
@@ -207,6 +247,7 @@ fn to_stage_two<C: EbpfContext>(track: &ProgramArray, ctx: &C, hook: Hook) {
         // SAFETY: as in stage_one.
         unsafe { &mut *c }.bump(counters::TAIL_CALL_FAILURES, 1);
     }
+    klog::note(notes::NOTE_NO_STAGE_TWO, hook, |_| {});
 }
 
 /// Stage two: SYN accounting, the flow policy, and the event if one is due.
@@ -227,10 +268,13 @@ fn stage_two(hook: Hook) {
     let mut tables = Tables {
         counters: &mut *c,
         flows: &mut KernelFlows,
-        sampler: &mut KernelSampler,
-        syn: &mut KernelSyn,
+        sampler: &mut KernelSampler { hook },
+        syn: &mut KernelSyn { hook },
     };
     let tracked = datapath::track_stage(&mut tables, &mut clock, p, hook, cfg);
+    if tracked.flow_ops & FLOW_REFUSED != 0 {
+        klog::note(notes::NOTE_FLOW_REFUSED, hook, |_| {});
+    }
     if !tracked.emits {
         return;
     }
@@ -251,13 +295,18 @@ fn stage_two(hook: Hook) {
             slot.submit(if sampling { BPF_RB_NO_WAKEUP } else { 0 });
             c.bump(counters::submitted(kind), 1);
         }
-        None => c.bump(counters::lost(kind), 1),
+        None => {
+            c.bump(counters::lost(kind), 1);
+            klog::note(notes::NOTE_RING_FULL, hook, |n| n.kind = kind as u8);
+        }
     }
 }
 
 /// The shared sampler over this CPU's state and the agent's settings, read when a
 /// new flow is decided on (a SYN, or a flow first seen mid-stream), not per packet.
-struct KernelSampler;
+struct KernelSampler {
+    hook: Hook,
+}
 
 impl Sampler for KernelSampler {
     #[inline(always)]
@@ -268,7 +317,11 @@ impl Sampler for KernelSampler {
         };
         // SAFETY: this CPU's slot; programs do not migrate mid-run.
         let st = unsafe { &mut *st };
+        let before = st.shift;
         let shift = syn::sampler_shift(st, now_ns, cfg.sample_limit);
+        if shift != before {
+            klog::note(notes::NOTE_SAMPLING, self.hook, |n| n.shift = shift);
+        }
         (syn::keep(syn::flow_hash(cfg.seed, key), shift), shift)
     }
 }
@@ -293,7 +346,9 @@ static PORT_ONE: [PortSyn; 3] = [
 ];
 
 /// The SYN aggregation maps behind the shared SYN accounting.
-struct KernelSyn;
+struct KernelSyn {
+    hook: Hook,
+}
 
 impl SynTables for KernelSyn {
     #[inline(always)]
@@ -336,7 +391,10 @@ impl SynTables for KernelSyn {
                 unsafe { *n += 1 };
                 PrefixAdd::Counted
             }
-            None => PrefixAdd::Failed,
+            None => {
+                klog::note(notes::NOTE_PREFIX_REFUSED, self.hook, |_| {});
+                PrefixAdd::Failed
+            }
         }
     }
 

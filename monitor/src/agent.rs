@@ -10,6 +10,7 @@ use std::{
 };
 
 pub mod ifaces;
+mod kernel_log;
 mod pressure;
 pub(crate) mod seeding;
 
@@ -288,6 +289,8 @@ pub async fn run_until(
         }
     };
     let mut bpf = loader::load(&opts.load)?;
+    let klog = kernel_log::start(&mut bpf, opts.load.kernel_log)
+        .context("reading the kernel programs' log")?;
     let mut targets = Vec::new();
     for n in &ifaces {
         match iface::index_of(n) {
@@ -429,7 +432,7 @@ pub async fn run_until(
     systemd::ready(&status);
     // Supervised: a task that ends before the stop signal stops the agent, loudly
     // (and detached), instead of leaving it attached and silently idle.
-    let (mut reader, mut ticker, mut syn_ticker) = (reader, ticker, syn_ticker);
+    let (mut reader, mut ticker, mut syn_ticker, mut klog) = (reader, ticker, syn_ticker, klog);
     tokio::pin!(stop);
     // A safety net under the link notifications (a lost one, a failed re-attach).
     let mut recheck = tokio::time::interval(IFACE_RECHECK);
@@ -442,6 +445,7 @@ pub async fn run_until(
             r = &mut reader => break (reader_ended(r), true),
             r = &mut ticker => break (Err(task_died("the lifecycle ticker", r)), false),
             r = &mut syn_ticker => break (Err(task_died("the SYN-flood ticker", r)), false),
+            r = optional(&mut klog) => break (Err(task_died("the kernel log reader", r)), false),
             changes = next_links(&mut links) => match changes {
                 Ok(c) => watched.on_changes(&c, &mut bpf, &mut tc, &shared.metrics),
                 Err(e) => {
@@ -462,6 +466,9 @@ pub async fn run_until(
     };
     ticker.abort();
     syn_ticker.abort();
+    if let Some(k) = &klog {
+        k.abort();
+    }
     if outcome.is_ok() {
         shared.refresh();
     }
@@ -475,6 +482,16 @@ pub async fn run_until(
     read?;
     released.context("removing tcpmon's tc filters")?;
     Ok(())
+}
+
+/// A task that may not have been started: pending for ever if it was not.
+async fn optional<T>(
+    task: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How often the watched interfaces are re-checked without a link notification.
@@ -632,9 +649,12 @@ async fn drain_events(
             guard = fd.readable_mut() => {
                 let (drained, sampled) = {
                     let mut guard = guard?;
-                    let drained = drain(guard.get_inner_mut(), &mut out)?;
+                    // Cleared before draining, not after: the kernel wakes the reader
+                    // only for a record written when it had caught up, so a record
+                    // that came during the drain and whose wakeup was cleared after
+                    // it would wait for the next sweep, with all behind it.
                     guard.clear_ready();
-                    drained
+                    drain(guard.get_inner_mut(), &mut out)?
                 };
                 next_sweep = tokio::time::Instant::now() + period(sampled);
                 if drained > 0 {

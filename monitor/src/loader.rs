@@ -49,6 +49,41 @@ pub enum IngressMode {
     Tc,
 }
 
+/// How much the kernel programs log (`--kernel-log`): rare conditions, through
+/// aya-log into the agent's log, rate-limited in the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum KernelLog {
+    /// Nothing: the verifier prunes every message site.
+    #[default]
+    Off,
+    /// A stage-two program that is not loaded.
+    Error,
+    /// Refused map inserts, events lost to a full ring buffer.
+    Warn,
+    /// Malformed frames by class, SYN sampling level changes.
+    Info,
+    /// Truncated frames.
+    Debug,
+}
+
+impl KernelLog {
+    /// The value of aya-log's level global: messages at or above it go out.
+    pub fn global(self) -> u8 {
+        match self {
+            KernelLog::Off => 0,
+            KernelLog::Error => aya_log::Level::Error as u8,
+            KernelLog::Warn => aya_log::Level::Warn as u8,
+            KernelLog::Info => aya_log::Level::Info as u8,
+            KernelLog::Debug => aya_log::Level::Debug as u8,
+        }
+    }
+}
+
+/// aya-log's ring buffer of kernel messages.
+pub const KERNEL_LOG_MAP: &str = "AYA_LOGS";
+/// Its size when the kernel log is on (it is there either way: one page when off).
+const KERNEL_LOG_BYTES: u32 = 128 << 10;
+
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
@@ -59,6 +94,7 @@ pub struct LoadOptions {
     pub prefix_entries: u32,
     /// Capacity of the LRU map of sampled-out handshakes.
     pub embryo_entries: u32,
+    pub kernel_log: KernelLog,
 }
 
 impl Default for LoadOptions {
@@ -68,6 +104,7 @@ impl Default for LoadOptions {
             flow_entries: 65536,
             prefix_entries: 8192,
             embryo_entries: 131_072,
+            kernel_log: KernelLog::Off,
         }
     }
 }
@@ -135,8 +172,12 @@ pub fn load_with_log(opts: &LoadOptions, log: VerifierLogLevel) -> Result<Ebpf, 
     if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
         return Err(LoadError::RingSize(opts.ring_bytes));
     }
+    let level = opts.kernel_log.global();
+    let log_bytes = if level == 0 { 4096 } else { KERNEL_LOG_BYTES };
     EbpfLoader::new()
         .verifier_log_level(log)
+        .override_global(aya_log::LEVEL, &level, true)
+        .map_max_entries(KERNEL_LOG_MAP, log_bytes)
         .map_max_entries(EVENTS_MAP, opts.ring_bytes)
         .map_max_entries(FLOWS_MAP, opts.flow_entries)
         .map_max_entries(crate::syn::kernel::PREFIXES_MAP, opts.prefix_entries.max(1))
@@ -223,6 +264,25 @@ pub fn prepare(bpf: &mut Ebpf, hook: Hook) -> Result<(), LoadError> {
             detail: format!("putting it in {array}: {e}"),
         })?;
     load_program(bpf, entry).map(|_| ())
+}
+
+/// Loads the kernel log programs and puts them where the packet programs jump to
+/// when they noted something (`--kernel-log`; without it nothing is noted).
+pub fn prepare_kernel_log(bpf: &mut Ebpf) -> Result<(), LoadError> {
+    for (name, array) in datapath::LOG_PROGRAMS
+        .into_iter()
+        .zip([TRACK_XDP_MAP, TRACK_TC_MAP])
+    {
+        let fd = load_program(bpf, name)?;
+        let map = bpf.map_mut(array).expect("object has the program arrays");
+        ProgramArray::try_from(map)
+            .and_then(|mut a| a.set(datapath::LOG_SLOT, &fd, 0))
+            .map_err(|e| LoadError::Program {
+                program: name,
+                detail: format!("putting it in {array}: {e}"),
+            })?;
+    }
+    Ok(())
 }
 
 /// Loads a program of the object unless it is loaded; returns its descriptor.

@@ -8,7 +8,7 @@ use monitor::{
     agent::{self, AgentOptions, LifecycleOptions},
     attach::{DEFAULT_STATE_DIR, TcAttachMode},
     lifecycle,
-    loader::{IngressMode, LoadOptions},
+    loader::{IngressMode, KernelLog, LoadOptions},
     replay::ReplayOptions,
     syn::{SynOptions, detector::FloodConfig},
 };
@@ -91,6 +91,15 @@ struct AttachArgs {
     /// flow map, so that a legitimate one is still recognised when it completes.
     #[arg(long, default_value_t = LoadOptions::default().embryo_entries)]
     embryo_entries: u32,
+
+    /// What the kernel programs log, into this log (target tcpmon::kernel): error (a
+    /// stage two not loaded), warn (refused map inserts, events lost to a full ring
+    /// buffer), info (malformed frames by class, SYN sampling changes), debug
+    /// (truncated frames). Set at load; off costs nothing per packet. Rate-limited in
+    /// the kernel to a burst of 10, then 10 a second, per CPU; the rest is counted in
+    /// tcpmon_kernel_log_suppressed_total.
+    #[arg(long, value_enum, default_value = "off", value_name = "LEVEL")]
+    kernel_log: KernelLog,
 }
 
 /// The SYN table's capacity: the agent's kernel map, and replay's copy of it.
@@ -403,7 +412,13 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
             // The full-screen view owns the terminal: only errors may cross it.
             let fullscreen = matches!(cli.command, Some(Command::Top { plain: false, .. }))
                 && std::io::IsTerminal::is_terminal(&std::io::stdout());
-            EnvFilter::new(if fullscreen { "error" } else { "info" })
+            // Kernel messages are filtered in the kernel (--kernel-log): what comes
+            // is wanted, debug included.
+            EnvFilter::new(if fullscreen {
+                "error"
+            } else {
+                "info,tcpmon::kernel=debug"
+            })
         }))
         .with_writer(std::io::stderr)
         .init();
@@ -460,6 +475,7 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
             flow_entries: attach.flow_entries,
             prefix_entries: attach.prefixes.prefix_entries,
             embryo_entries: attach.embryo_entries,
+            kernel_log: attach.kernel_log,
         },
         web,
         node_name,

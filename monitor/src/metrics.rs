@@ -32,6 +32,7 @@ pub struct Metrics {
     flow_insert_failures: IntCounter,
     flow_removes: IntCounter,
     flow_evictions: IntCounter,
+    kernel_log_suppressed: IntCounter,
     attachments: IntGaugeVec,
     kernel_features: IntGaugeVec,
     leftovers: IntCounterVec,
@@ -175,6 +176,11 @@ impl Metrics {
                 &r,
                 "tcpmon_flow_table_removes_total",
                 "Flow-map entries the programs removed (a tuple's new SYN sampled out)",
+            ),
+            kernel_log_suppressed: counter(
+                &r,
+                "tcpmon_kernel_log_suppressed_total",
+                "Kernel log messages (--kernel-log) a CPU's token bucket held back",
             ),
             flow_evictions: counter(
                 &r,
@@ -343,6 +349,8 @@ impl Metrics {
         self.flow_insert_failures
             .inc_by(delta(counters::FLOW_INSERT_FAILURES));
         self.flow_removes.inc_by(delta(counters::FLOW_REMOVES));
+        self.kernel_log_suppressed
+            .inc_by(delta(counters::LOG_SUPPRESSED));
         *last = *now;
     }
 

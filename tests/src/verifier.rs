@@ -9,7 +9,7 @@
 //! to hand out the descriptor (EMFILE): aya returns that failure with the log.
 
 use aya::{Ebpf, VerifierLogLevel, programs::Program};
-use monitor::loader::{self, LoadOptions};
+use monitor::loader::{self, KernelLog, LoadOptions};
 
 /// The verifier's verdict on one program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,9 +64,13 @@ fn stats_line(log: &str) -> String {
         .to_string()
 }
 
-/// Loads every program of the monitor object and reports the verifier's work.
-pub fn verify_all() -> anyhow::Result<Vec<Verdict>> {
-    let opts = LoadOptions::default();
+/// Loads every program of the monitor object, its kernel log at `kernel_log`, and
+/// reports the verifier's work; with the log on, program names end in `+log`.
+pub fn verify_all(kernel_log: KernelLog) -> anyhow::Result<Vec<Verdict>> {
+    let opts = LoadOptions {
+        kernel_log,
+        ..LoadOptions::default()
+    };
     let mut bpf = loader::load_with_log(&opts, VerifierLogLevel::STATS)?;
     let names: Vec<String> = bpf.programs().map(|(n, _)| n.to_string()).collect();
     let mut out = Vec::new();
@@ -110,7 +114,14 @@ pub fn verify_all() -> anyhow::Result<Vec<Verdict>> {
                 detail: e.to_string(),
             },
         };
-        out.push(v);
+        out.push(if kernel_log == KernelLog::Off {
+            v
+        } else {
+            Verdict {
+                program: format!("{}+log", v.program),
+                ..v
+            }
+        });
     }
     Ok(out)
 }

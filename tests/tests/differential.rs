@@ -177,7 +177,7 @@ impl Model {
         let v = view(prog, frame);
         let tcp = monitor_common::parse::parse_ethernet(&v);
         let mut events = Vec::new();
-        if let Some(p) = datapath::parse_stage(&mut c, &v, hook, self.ifindex, segs, 0) {
+        if let Ok(p) = datapath::parse_stage(&mut c, &v, hook, self.ifindex, segs, 0) {
             self.now += 1000;
             let now = self.now;
             // As stage_two: the settings are read for SYNs only.

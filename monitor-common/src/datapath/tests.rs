@@ -53,7 +53,7 @@ fn both_stages(
     frame: &[u8],
     hook: Hook,
 ) -> Option<Tracked> {
-    let p = parse_stage(c, frame, hook, 7, 1, 0)?;
+    let p = parse_stage(c, frame, hook, 7, 1, 0).ok()?;
     let cfg = SynConfig {
         seed: 1,
         sample_limit: 0,
@@ -126,7 +126,10 @@ fn stage_one_counts_outcomes_and_segments() {
     );
     assert_eq!(c[counters::segments(Hook::TcIngress) as usize], 4);
     let short = &data[..30];
-    assert!(parse_stage(&mut c, short, Hook::TcIngress, 3, 1, 0).is_none());
+    assert_eq!(
+        parse_stage(&mut c, short, Hook::TcIngress, 3, 1, 0).err(),
+        Some(ParseError::Truncated)
+    );
     let truncated = counters::outcome(Hook::TcIngress, ParseError::Truncated as usize);
     assert_eq!(c[truncated as usize], 1);
 }
