@@ -225,6 +225,15 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Sum of the samples whose line starts with `prefix` (a family and the opening
+/// brace, perhaps its first labels) and contains each of `must`.
+pub fn sum(text: &str, prefix: &str, must: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && must.iter().all(|m| l.contains(m)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// Whether /metrics parses, by Prometheus' own checker.
 pub fn promtool_check(text: &str) {
     use std::io::Write;

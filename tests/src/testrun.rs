@@ -13,6 +13,12 @@ use monitor::{
 };
 use monitor_common::{FlowKey, FlowState, event::Hook, flow::Embryo};
 
+/// Two hosts' addresses for crafted frames (documentation ranges).
+pub const A4: [u8; 4] = [192, 0, 2, 1];
+pub const B4: [u8; 4] = [198, 51, 100, 2];
+pub const A6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const B6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
 /// Which program to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prog {

@@ -12,7 +12,7 @@ use monitor_common::{
 };
 use tests::{
     lab::{Lab, in_netns},
-    monitor::{Monitor, sample},
+    monitor::{Monitor, sample, sum},
 };
 
 const MALFORMED: usize = 400;
@@ -71,13 +71,11 @@ fn broken_frames() -> Vec<Vec<u8>> {
 }
 
 fn outcome(m: &str, outcome: &str) -> f64 {
-    m.lines()
-        .filter(|l| {
-            l.starts_with("tcpmon_parse_outcomes_total{")
-                && l.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sum(
+        m,
+        "tcpmon_parse_outcomes_total{",
+        &[&format!("outcome=\"{outcome}\"")],
+    )
 }
 
 /// Runs the agent on the server's interface with `args`, sends the broken frames,

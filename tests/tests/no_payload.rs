@@ -14,12 +14,7 @@ use monitor_common::{
     frames::Frame,
     parse::ETH_P_8021Q,
 };
-use tests::testrun::{Loaded, Prog, skb_ctx};
-
-const A4: [u8; 4] = [192, 0, 2, 1];
-const B4: [u8; 4] = [198, 51, 100, 2];
-const A6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const B6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+use tests::testrun::{A4, A6, B4, B6, Loaded, Prog, skb_ctx};
 
 /// Shortest run of payload bytes looked for in a record: 6 random bytes match a given
 /// place by chance once in 2^48, far from any of the few thousand places checked.

@@ -7,19 +7,12 @@ use std::time::{Duration, Instant};
 
 use tests::{
     lab::{Lab, SERVER_V4},
-    monitor::{Monitor, sample},
+    monitor::{Monitor, sample, sum},
 };
 
-/// Sum of a family's samples over all label sets (0 if absent); `family` may end in
-/// the first labels, with their comma (`name{a="b",`).
+/// Sum of a labelled family's samples over all its label sets.
 fn total(text: &str, family: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(family)
-                .is_some_and(|r| family.ends_with(',') || r.starts_with('{') || r.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sum(text, &format!("{family}{{"), &[])
 }
 
 /// Handshakes the agent counted, whatever the role and port labels.
@@ -33,6 +26,21 @@ fn connections(lab: &mut Lab, port: u16, n: usize) {
     lab.serve(&addr, n, &[]);
     lab.connect(&addr, n, 10, &[]);
     lab.wait_servers();
+}
+
+/// The agent on the server's interface with `extra`, nothing sampled (so every
+/// event is either written or counted lost) and the lab's port labelled.
+fn server_agent(lab: &Lab, extra: &[&str]) -> Monitor {
+    let mut args = vec![
+        "-i",
+        lab.server_if,
+        "--syn-sample-rate",
+        "0",
+        "--port",
+        "8080",
+    ];
+    args.extend_from_slice(extra);
+    Monitor::start_agent(lab, &lab.server, &args)
 }
 
 /// Scrapes until `done` holds for the text (the agent drains and ticks on its own
@@ -53,23 +61,9 @@ fn scrape_until(mon: &Monitor, lab: &Lab, done: impl Fn(&str) -> bool) -> String
 #[ignore = "needs root: namespaces and BPF"]
 fn a_full_ring_buffer_is_counted_and_the_agent_recovers() {
     let mut lab = Lab::new();
-    let ns = lab.server.clone();
     // 16 KiB holds about a hundred records; nothing is sampled, so every SYN, SYN-ACK,
     // FIN and RST must be either written or counted lost.
-    let mon = Monitor::start_agent(
-        &lab,
-        &ns,
-        &[
-            "-i",
-            lab.server_if,
-            "--ring-bytes",
-            "16384",
-            "--syn-sample-rate",
-            "0",
-            "--port",
-            "8080",
-        ],
-    );
+    let mon = server_agent(&lab, &["--ring-bytes", "16384"]);
     // The reader stops while 300 connections (about 1800 events) come and go.
     unsafe { libc::kill(mon.pid() as i32, libc::SIGSTOP) };
     connections(&mut lab, 8080, 300);
@@ -82,7 +76,11 @@ fn a_full_ring_buffer_is_counted_and_the_agent_recovers() {
     assert_eq!(total(&m, "tcpmon_events_sampled_total"), 0.0);
     for (kind, class) in [("syn", "syn"), ("synack", "synack"), ("fin", "fin")] {
         // Both hooks of the server's interface: SYNs in, SYN-ACKs out, FINs both ways.
-        let packets = total(&m, &format!("tcpmon_packets_total{{class=\"{class}\","));
+        let packets = sum(
+            &m,
+            "tcpmon_packets_total{",
+            &[&format!("class=\"{class}\"")],
+        );
         let emitted = sample(
             &m,
             &format!("tcpmon_events_emitted_total{{kind=\"{kind}\"}}"),
@@ -101,7 +99,7 @@ fn a_full_ring_buffer_is_counted_and_the_agent_recovers() {
     // Every SYN the ingress hook saw (300, and any retransmission).
     scrape_until(&mon, &lab, |m| {
         let received = total(m, "tcpmon_syn_received_total");
-        received >= 300.0 && received == total(m, "tcpmon_packets_total{class=\"syn\",")
+        received >= 300.0 && received == sum(m, "tcpmon_packets_total{", &["class=\"syn\""])
     });
     assert_eq!(sample(&m, "tcpmon_event_decode_errors_total"), Some(0.0));
 
@@ -137,20 +135,7 @@ fn kernel_flow_entries(lab: &Lab, ns: &str) -> f64 {
 fn flow_map_evictions_are_counted_and_the_agent_recovers() {
     let mut lab = Lab::new();
     let ns = lab.server.clone();
-    let mon = Monitor::start_agent(
-        &lab,
-        &ns,
-        &[
-            "-i",
-            lab.server_if,
-            "--flow-entries",
-            "128",
-            "--syn-sample-rate",
-            "0",
-            "--port",
-            "8080",
-        ],
-    );
+    let mon = server_agent(&lab, &["--flow-entries", "128"]);
     connections(&mut lab, 8080, 400);
     let entries = kernel_flow_entries(&lab, &ns);
     let m = scrape_until(&mon, &lab, |m| {

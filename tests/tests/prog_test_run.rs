@@ -9,12 +9,7 @@ use monitor_common::{
     frames::{Frame, Ip},
     parse::{ETH_P_8021AD, ETH_P_8021Q, MAX_IPV6_EXT_HEADERS, OUTCOME_NAMES, OUTCOME_TCP},
 };
-use tests::testrun::{Loaded, Prog};
-
-const A4: [u8; 4] = [192, 0, 2, 1];
-const B4: [u8; 4] = [198, 51, 100, 2];
-const A6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const B6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+use tests::testrun::{A4, A6, B4, B6, Loaded, Prog};
 
 fn outcome(name: &str) -> usize {
     OUTCOME_NAMES.iter().position(|n| *n == name).unwrap()

@@ -12,7 +12,7 @@ use std::{
 use tests::{
     attached::{held_by, tcpmon_filters, tcx_programs, xdp_attached},
     lab::{Lab, SERVER_V4},
-    monitor::{Monitor, sample, scratch_dir},
+    monitor::{Monitor, sample, scratch_dir, sum},
 };
 
 const PORT: u16 = 8080;
@@ -49,10 +49,7 @@ fn stop_traffic(children: [Child; 2]) {
 
 /// Handshakes the agent counted, whatever the role and port labels.
 fn opened(text: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with("tcpmon_connections_opened_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sum(text, "tcpmon_connections_opened_total{", &[])
 }
 
 /// tcpmon's programs on the client interface: XDP (by ip link), and on egress by

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 use tests::{
     capture::Capture,
     lab::{Lab, SERVER_V4, SERVER_V6},
-    monitor::{Monitor, sample},
+    monitor::{Monitor, sample, sum},
 };
 
 /// Wire segments (payload / MSS, rounded up) of the packets tshark flags with
@@ -37,13 +37,6 @@ fn tshark_count(file: &Path, field: &str, filter: &str) -> u64 {
         "frame.number",
     ]));
     String::from_utf8_lossy(&out.stdout).lines().count() as u64
-}
-
-fn sum(text: &str, prefix: &str, must: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix) && must.iter().all(|m| l.contains(m)))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
 }
 
 fn nft(lab: &Lab, ns: &str, rules: &str) {

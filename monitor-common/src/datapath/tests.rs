@@ -46,9 +46,10 @@ impl SynTables for HostSyn {
 
 type Ctrs = [u64; counters::LEN as usize];
 
-fn both_stages(
+fn both_stages<T: FlowTable, S: Sampler>(
     c: &mut Ctrs,
-    flows: &mut HashMap<FlowKey, FlowState>,
+    flows: &mut T,
+    sampler: &mut S,
     t: &mut HostSyn,
     frame: &[u8],
     hook: Hook,
@@ -63,7 +64,7 @@ fn both_stages(
     let mut tables = Tables {
         counters: c,
         flows,
-        sampler: &mut FullRate,
+        sampler,
         syn: t,
     };
     Some(track_stage(&mut tables, &mut clock, &p, hook, cfg))
@@ -87,10 +88,34 @@ fn a_handshake_through_both_stages() {
         .seq_ack(101, 501);
     // Replay's view: one hook sees both directions.
     let hook = Hook::Replay;
-    let s = both_stages(&mut c, &mut flows, &mut t, &syn.build(), hook).unwrap();
+    let s = both_stages(
+        &mut c,
+        &mut flows,
+        &mut FullRate,
+        &mut t,
+        &syn.build(),
+        hook,
+    )
+    .unwrap();
     assert_eq!(s.emit().map(|e| e.kind), Some(EventKind::Syn as u8));
-    both_stages(&mut c, &mut flows, &mut t, &synack.build(), hook).unwrap();
-    let a = both_stages(&mut c, &mut flows, &mut t, &ack.build(), hook).unwrap();
+    both_stages(
+        &mut c,
+        &mut flows,
+        &mut FullRate,
+        &mut t,
+        &synack.build(),
+        hook,
+    )
+    .unwrap();
+    let a = both_stages(
+        &mut c,
+        &mut flows,
+        &mut FullRate,
+        &mut t,
+        &ack.build(),
+        hook,
+    )
+    .unwrap();
     assert!(a.completed);
     assert_eq!(
         a.emit().map(|e| e.kind),
@@ -143,13 +168,27 @@ fn full_port_tables_count_overflow() {
     };
     for port in [80, 81, 82] {
         let syn = Frame::v4(CLIENT, 40000, SERVER, port).flags(SYN).build();
-        both_stages(&mut c, &mut flows, &mut t, &syn, Hook::XdpIngress);
+        both_stages(
+            &mut c,
+            &mut flows,
+            &mut FullRate,
+            &mut t,
+            &syn,
+            Hook::XdpIngress,
+        );
     }
     let synack = Frame::v4(SERVER, 81, CLIENT, 40000)
         .flags(SYN | ACK)
         .seq_ack(5, 1)
         .build();
-    both_stages(&mut c, &mut flows, &mut t, &synack, Hook::TcEgress);
+    both_stages(
+        &mut c,
+        &mut flows,
+        &mut FullRate,
+        &mut t,
+        &synack,
+        Hook::TcEgress,
+    );
     assert_eq!(t.ports.len(), 1);
     assert_eq!(c[counters::SYN_PORT_OVERFLOW as usize], 2);
     assert_eq!(c[counters::SYNACK_PORT_OVERFLOW as usize], 1);
@@ -181,26 +220,10 @@ impl Sampler for NoneKept {
     }
 }
 
+/// `f` through both stages as replay runs them, SYN tables aside.
 fn stage_two<T: FlowTable, S: Sampler>(c: &mut Ctrs, flows: &mut T, sampler: &mut S, f: &Frame) {
-    let p = parse_stage(c, &f.build()[..], Hook::Replay, 7, 1, 0).unwrap();
-    let cfg = SynConfig {
-        seed: 1,
-        sample_limit: 0,
-        bank: 0,
-    };
-    let mut tables = Tables {
-        counters: c,
-        flows,
-        sampler,
-        syn: &mut HostSyn::default(),
-    };
-    track_stage(
-        &mut tables,
-        &mut LazyClock::new(|| 1_000),
-        &p,
-        Hook::Replay,
-        cfg,
-    );
+    let mut syn = HostSyn::default();
+    both_stages(c, flows, sampler, &mut syn, &f.build(), Hook::Replay).unwrap();
 }
 
 #[test]
