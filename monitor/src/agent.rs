@@ -135,18 +135,20 @@ impl Shared {
         let before = match kernel.totals() {
             Ok(t) => {
                 self.metrics.apply_kernel_totals(&t);
-                t
+                Some(t)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading kernel counters");
-                return;
+                None
             }
         };
         let mut last = self.last_flow_walk.lock();
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             let entries = kernel.flow_entries();
             self.metrics.set_flow_table(entries, kernel.flow_capacity);
-            if let Ok(after) = kernel.totals() {
+            if let Some(before) = before
+                && let Ok(after) = kernel.totals()
+            {
                 let evicted = self.metrics.note_flow_evictions(&before, entries, &after);
                 self.pressure.note_evictions(evicted, Instant::now());
             }
