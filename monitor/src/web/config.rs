@@ -394,7 +394,9 @@ pub fn go_duration(s: &str) -> Option<Duration> {
         total += value * scale;
         rest = tail;
     }
-    Some(Duration::from_secs_f64(total))
+    // Too long for a Duration is invalid, as Go's ParseDuration says of an overflow
+    // (found by the web_config fuzz target: from_secs_f64 panicked).
+    Duration::try_from_secs_f64(total).ok()
 }
 
 fn bcrypt_cost(hash: &str) -> Result<u32, String> {

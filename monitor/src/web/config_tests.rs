@@ -126,4 +126,6 @@ fn go_durations() {
     assert_eq!(go_duration("0"), Some(Duration::ZERO));
     assert_eq!(go_duration("5"), None);
     assert_eq!(go_duration("1d"), None);
+    let huge = format!("0m0m0m0m0{}m", "5".repeat(40));
+    assert_eq!(go_duration(&huge), None, "an overflow is no duration");
 }
