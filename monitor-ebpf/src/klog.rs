@@ -19,7 +19,7 @@ use monitor_common::{
     counters,
     datapath::{self, Counters as _},
     event::Hook,
-    klog::{self, LogBucket, LogNote, take},
+    klog::{self, LogBucket, LogNote, NOTES, take},
 };
 
 use crate::COUNTERS;
@@ -71,7 +71,9 @@ pub fn flush<C: EbpfContext>(ctx: &C, array: &ProgramArray) {
     }
     // SAFETY: the slot holds this context type's log program or nothing.
     unsafe { array.tail_call(ctx, datapath::LOG_SLOT) };
-    unsafe { *n = LogNote::ZERO };
+    // Only the bits: the values are set with each note, and a whole-struct store of
+    // zeros becomes a memset call the verifier refuses.
+    unsafe { (*n).what = 0 };
 }
 
 /// Takes a token for one message, counting it as suppressed if there is none.
@@ -89,34 +91,27 @@ fn allowed() -> bool {
     ok
 }
 
-/// The log program's body: writes the message of the lowest noted condition and
-/// clears it; if more are noted, jumps to itself for the next (a packet notes two or
-/// three at most, far from the 33 tail calls the kernel allows). One message per run
-/// keeps the verifier on one aya-log expansion per path.
+/// The log program's body: a message per noted condition, lowest bit first, then
+/// the note cleared. aya-log copies its strings through a BPF-to-BPF call (a memcpy
+/// of run-time length), so this program makes no tail call: kernels before 5.10 and
+/// JITs other than x86-64's refuse the two in one program.
 #[inline(always)]
-pub fn write_noted<C: EbpfContext>(ctx: &C, array: &ProgramArray) {
+pub fn write_noted() {
     let Some(n) = LOG_NOTE.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot, written by the program that tail-called this one.
     let note = unsafe { *n };
-    let bit = note.what & note.what.wrapping_neg();
-    if bit == 0 {
-        return;
-    }
-    let rest = note.what & !bit;
-    unsafe { (*n).what = rest };
-    if allowed() {
-        write_one(bit, &note);
-    }
-    if rest != 0 {
-        // SAFETY: the slot holds this program; on failure the rest is dropped.
-        unsafe { array.tail_call(ctx, datapath::LOG_SLOT) };
-        unsafe { *n = LogNote::ZERO };
+    // As in flush: only the bits.
+    unsafe { (*n).what = 0 };
+    for bit in NOTES {
+        if note.what & bit != 0 && allowed() {
+            write_one(bit, &note);
+        }
     }
 }
 
-/// One message. Its text is the agent's (`monitor_common::klog::describe`): the
+/// One message. Its text is the agent's (`monitor_common::klog::text`): the
 /// record carries the note's numbers in one fixed format, so the program has one
 /// aya-log expansion to verify instead of one per condition (tens of thousands of
 /// instructions each), and no string pointers, which the verifier cannot follow out

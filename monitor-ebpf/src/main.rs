@@ -117,8 +117,8 @@ pub fn tcpmon_trk_xdp(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
-pub fn tcpmon_log_xdp(ctx: XdpContext) -> u32 {
-    klog::write_noted(&ctx, &TRACK_XDP);
+pub fn tcpmon_log_xdp(_ctx: XdpContext) -> u32 {
+    klog::write_noted();
     xdp_action::XDP_PASS
 }
 
@@ -156,8 +156,8 @@ pub fn tcpmon_trk_tcin(ctx: TcContext) -> i32 {
 }
 
 #[classifier]
-pub fn tcpmon_log_tc(ctx: TcContext) -> i32 {
-    klog::write_noted(&ctx, &TRACK_TC);
+pub fn tcpmon_log_tc(_ctx: TcContext) -> i32 {
+    klog::write_noted();
     TC_ACT_UNSPEC
 }
 
