@@ -137,10 +137,14 @@ fn flow_map_evictions_are_counted_and_the_agent_recovers() {
     let ns = lab.server.clone();
     let mon = server_agent(&lab, &["--flow-entries", "128"]);
     connections(&mut lab, 8080, 400);
-    let entries = kernel_flow_entries(&lab, &ns);
+    // The kernel's count read with each scrape: the connections' last segments may
+    // still be on their way when the peers exit (one more insert, one more entry).
+    let entries = std::cell::Cell::new(0.0);
     let m = scrape_until(&mon, &lab, |m| {
-        sample(m, "tcpmon_flow_table_entries") == Some(entries)
+        entries.set(kernel_flow_entries(&lab, &ns));
+        sample(m, "tcpmon_flow_table_entries") == Some(entries.get())
     });
+    let entries = entries.get();
     let inserts = sample(&m, "tcpmon_flow_table_inserts_total").unwrap();
     let removes = sample(&m, "tcpmon_flow_table_removes_total").unwrap();
     let evictions = sample(&m, "tcpmon_flow_table_evictions_total").unwrap();
