@@ -14,6 +14,9 @@ mod kernel_log;
 mod pressure;
 pub(crate) mod seeding;
 
+/// The `tracing` target the kernel programs' messages are logged under.
+pub use kernel_log::TARGET as KERNEL_LOG_TARGET;
+
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use parking_lot::Mutex;

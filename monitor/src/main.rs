@@ -405,21 +405,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The log filter: TCPMON_LOG's directives, or the default. Kernel messages are
+/// filtered in the kernel (`--kernel-log` is their level): whatever comes is shown,
+/// debug included, unless TCPMON_LOG names their target itself.
+fn log_filter(env: Option<&str>, fullscreen: bool) -> String {
+    match env.map(str::trim).filter(|e| !e.is_empty()) {
+        Some(e) if e.contains(agent::KERNEL_LOG_TARGET) => e.to_string(),
+        Some(e) => format!("{e},{}=trace", agent::KERNEL_LOG_TARGET),
+        None if fullscreen => "error".to_string(),
+        None => format!("info,{}=trace", agent::KERNEL_LOG_TARGET),
+    }
+}
+
 fn run() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    // The full-screen view owns the terminal: only errors may cross it.
+    let fullscreen = matches!(cli.command, Some(Command::Top { plain: false, .. }))
+        && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let filter = log_filter(std::env::var("TCPMON_LOG").ok().as_deref(), fullscreen);
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("TCPMON_LOG").unwrap_or_else(|_| {
-            // The full-screen view owns the terminal: only errors may cross it.
-            let fullscreen = matches!(cli.command, Some(Command::Top { plain: false, .. }))
-                && std::io::IsTerminal::is_terminal(&std::io::stdout());
-            // Kernel messages are filtered in the kernel (--kernel-log): what comes
-            // is wanted, debug included.
-            EnvFilter::new(if fullscreen {
-                "error"
-            } else {
-                "info,tcpmon::kernel=debug"
-            })
-        }))
+        .with_env_filter(EnvFilter::try_new(&filter).context("TCPMON_LOG")?)
         .with_writer(std::io::stderr)
         .init();
     let (agent_args, json_events, top) = match cli.command {
@@ -503,5 +508,20 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    /// TCPMON_LOG sets the agent's own level; the kernel's messages keep theirs
+    /// (`--kernel-log`) unless it names their target.
+    #[test]
+    fn kernel_messages_pass_any_agent_level() {
+        use super::log_filter;
+        assert_eq!(log_filter(None, false), "info,tcpmon::kernel=trace");
+        assert_eq!(log_filter(None, true), "error");
+        assert_eq!(log_filter(Some("warn"), false), "warn,tcpmon::kernel=trace");
+        assert_eq!(log_filter(Some(" "), false), "info,tcpmon::kernel=trace");
+        assert_eq!(
+            log_filter(Some("info,tcpmon::kernel=off"), true),
+            "info,tcpmon::kernel=off"
+        );
     }
 }
