@@ -442,8 +442,19 @@ fn due(t: &mut Tracked, s: &FlowState, kind: EventKind, dir: u8, note: SeqNote) 
     }
 }
 
-/// A SYN sampled out: only an embryo is kept (any flow entry of the tuple ends,
-/// as a new SYN ends it).
+/// Whether a SYN from `dir` with `seq` retransmits the one that opened `s`, a
+/// connection still in its handshake.
+#[inline(always)]
+fn syn_retransmission(s: &FlowState, dir: u8, seq: u32) -> bool {
+    s.reset == 0
+        && s.state & STATE_HANDSHAKE_DONE == 0
+        && s.state & (STATE_SYN_SEEN | STATE_SYNACK_SEEN) != 0
+        && s.client_dir == dir
+        && s.syn_seq == seq
+}
+
+/// A SYN sampled out: only an embryo is kept (the caller ended any flow entry of
+/// the tuple this SYN does not retransmit into).
 #[inline(always)]
 fn sampled_syn<T: FlowTable>(
     table: &mut T,
@@ -455,8 +466,13 @@ fn sampled_syn<T: FlowTable>(
     t: &mut Tracked,
 ) {
     t.sampled = EventKind::Syn as u8;
-    if table.remove(key) {
-        t.flow_ops |= FLOW_REMOVED;
+    if let Some(e) = table.embryo(key)
+        && e.client_dir == dir
+        && e.syn_seq == pkt.seq
+    {
+        // A retransmission: the embryo keeps the SYN-ACK it may have seen.
+        e.syn_ns = now;
+        return;
     }
     // Every field set: a partly zeroed struct would become a memset call in BPF.
     table.insert_embryo(
@@ -651,13 +667,41 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             let now = clock.now();
             let (keep, shift) = sampler.decide(&key, now);
             if !keep {
+                let followed = match table.lookup(&key) {
+                    // Followed already: a retransmission keeps it followed.
+                    Some(s) if syn_retransmission(s, dir, pkt.seq) => {
+                        s.syn_ns = now;
+                        let note = observe(s, dir, pkt, segs, clock);
+                        due(t, s, EventKind::Syn, dir, note);
+                        return;
+                    }
+                    found => found.is_some(),
+                };
+                if followed && table.remove(&key) {
+                    t.flow_ops |= FLOW_REMOVED;
+                }
                 return sampled_syn(table, &key, dir, pkt, now, shift, t);
             }
+            if let Some(s) = table.lookup(&key)
+                && syn_retransmission(s, dir, pkt.seq)
+            {
+                // The same connection (Wireshark: a SYN with the stream's ISN is a
+                // retransmission): a SYN-ACK seen before it still counts for the
+                // handshake's ACK. iRTT runs from the most recent SYN.
+                s.syn_ns = now;
+                let note = observe(s, dir, pkt, segs, clock);
+                due(t, s, EventKind::Syn, dir, note);
+                return;
+            }
             // A retransmission kept after its first SYN was sampled out: the
-            // connection is followed from here, not through the embryo.
-            table.remove_embryo(&key);
-            // A (re)transmitted SYN starts the connection afresh, including reuse of
-            // a tuple still in TIME-WAIT.
+            // connection is followed from here, not through the embryo, which hands
+            // over the SYN-ACK it saw.
+            let handed = table.embryo(&key).map(|e| *e);
+            if handed.is_some() {
+                table.remove_embryo(&key);
+            }
+            // Any other SYN starts the connection afresh, including reuse of a tuple
+            // still in TIME-WAIT.
             let Some(s) = create(table, &key, t) else {
                 t.set(Emit::new(EventKind::Syn, None, dir, SeqNote::default()));
                 return;
@@ -667,6 +711,15 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             s.syn_seq = pkt.seq;
             s.syn_ns = now;
             s.shift = shift;
+            if let Some(e) = handed
+                && e.client_dir == dir
+                && e.syn_seq == pkt.seq
+                && e.state & STATE_SYNACK_SEEN != 0
+            {
+                s.state |= STATE_SYNACK_SEEN;
+                s.synack_seq = e.synack_seq;
+                s.synack_ns = e.synack_ns;
+            }
             let note = observe(s, dir, pkt, segs, clock);
             due(t, s, EventKind::Syn, dir, note);
             return;

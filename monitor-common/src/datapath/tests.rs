@@ -237,8 +237,13 @@ fn flow_table_inserts_removes_and_refusals_are_counted() {
         .seq_ack(500, 101);
     stage_two(&mut c, &mut flows, &mut FullRate, &syn);
     stage_two(&mut c, &mut flows, &mut FullRate, &synack);
-    // A retransmitted SYN resets its entry in place: no new element.
+    // A retransmitted SYN keeps its entry, and a new SYN (another ISN) of the tuple
+    // resets it in place: no new element either way.
     stage_two(&mut c, &mut flows, &mut FullRate, &syn);
+    let reused = Frame::v4(CLIENT, 40000, SERVER, 80)
+        .flags(SYN)
+        .seq_ack(9000, 0);
+    stage_two(&mut c, &mut flows, &mut FullRate, &reused);
     let other = Frame::v4(CLIENT, 40001, SERVER, 80)
         .flags(SYN)
         .seq_ack(7, 0);
@@ -246,8 +251,11 @@ fn flow_table_inserts_removes_and_refusals_are_counted() {
     let at = |c: &Ctrs, i: u32| c[i as usize];
     assert_eq!(at(&c, counters::FLOW_INSERTS), 2);
     assert_eq!(flows.len(), 2);
-    // A new SYN of a followed tuple, sampled out, ends its entry.
-    stage_two(&mut c, &mut flows, &mut NoneKept, &other);
+    // A new SYN (another ISN) of a followed tuple, sampled out, ends its entry.
+    let other_again = Frame::v4(CLIENT, 40001, SERVER, 80)
+        .flags(SYN)
+        .seq_ack(7000, 0);
+    stage_two(&mut c, &mut flows, &mut NoneKept, &other_again);
     assert_eq!(at(&c, counters::FLOW_REMOVES), 1);
     assert_eq!(flows.len(), 1);
     // Inserts - removes - entries: nothing evicted.

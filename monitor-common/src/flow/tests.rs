@@ -542,3 +542,67 @@ fn a_reset_connection_s_tail_starts_nothing() {
         [Some(Rst), None, None, Some(Rewind), Some(Rst), Some(Syn)]
     );
 }
+
+/// The client's SYN retransmission arriving after the server's SYN-ACK (the first
+/// SYN-ACK lost, the server's timer and the client's firing together): still the
+/// same handshake, which the data segment carrying the ACK completes.
+#[test]
+fn a_syn_retransmitted_after_the_synack_keeps_the_handshake() {
+    let got = run(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, SYN, 100, 0, 0),
+        pkt(true, ACK | PSH, 101, 501, 4),
+    ]);
+    use EventKind::*;
+    assert_eq!(
+        got,
+        [Some(Syn), Some(SynAck), Some(Syn), Some(HandshakeAck)]
+    );
+    // Another ISN on the tuple is a new connection: the old SYN-ACK does not count.
+    let got = run(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, SYN, 9000, 0, 0),
+        pkt(true, ACK | PSH, 9001, 501, 4),
+    ]);
+    assert_eq!(got[3], None);
+}
+
+#[test]
+fn a_sampled_out_syn_retransmitted_after_the_synack_still_completes() {
+    let out = sampled(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, SYN, 100, 0, 0),
+        pkt(true, ACK | PSH, 101, 501, 4),
+    ]);
+    assert_eq!(out[2].sampled, EventKind::Syn as u8);
+    let e = out[3].emit().expect("handshake ACK emitted");
+    assert_eq!(e.kind, EventKind::HandshakeAck as u8);
+    assert!(out[3].completed);
+    // iRTT from the most recent SYN; the SYN-ACK's time kept.
+    assert_eq!((e.syn_ns, e.synack_ns), (3100, 2100));
+}
+
+#[test]
+fn a_kept_retransmission_takes_over_the_embryos_synack() {
+    let mut t = WithEmbryos::default();
+    let mut script = Script(std::vec![false, true]);
+    let mut run = |p: &TcpPacket| {
+        track_sampled(
+            &mut t,
+            p,
+            1,
+            &mut crate::seq::LazyClock::new(|| 5),
+            &mut script,
+        )
+    };
+    run(&pkt(true, SYN, 100, 0, 0));
+    run(&pkt(false, SYN | ACK, 500, 101, 0));
+    run(&pkt(true, SYN, 100, 0, 0)).emit().expect("kept SYN");
+    let e = run(&pkt(true, ACK, 101, 501, 0))
+        .emit()
+        .expect("handshake ACK");
+    assert_eq!(e.kind, EventKind::HandshakeAck as u8);
+}
