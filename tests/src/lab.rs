@@ -134,6 +134,28 @@ impl Lab {
         }
     }
 
+    /// Loads an nftables ruleset (`nft -f -`) into `ns`; the namespace's deletion
+    /// removes it.
+    pub fn nft(&self, ns: &str, rules: &str) {
+        use std::io::Write as _;
+        let mut child = self
+            .cmd(ns, "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft (Debian package nftables)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "nft rules rejected:\n{rules}"
+        );
+    }
+
     /// `nstat -az` counters in `ns` (absolute values).
     pub fn nstat(&self, ns: &str) -> std::collections::HashMap<String, u64> {
         self.exec(ns, "nstat", &["-saz"])

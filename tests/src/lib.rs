@@ -8,6 +8,7 @@
 pub mod attached;
 pub mod capture;
 pub mod flood;
+pub mod kernel_log_bench;
 pub mod lab;
 pub mod monitor;
 pub mod mutate;

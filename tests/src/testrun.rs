@@ -75,12 +75,20 @@ pub struct RunResult {
 
 impl Loaded {
     pub fn new() -> Loaded {
+        Loaded::with(&LoadOptions::default())
+    }
+
+    /// Loaded with `opts`; with `opts.kernel_log` on, the log programs are in place
+    /// (their records stay in their ring buffer: nothing reads it).
+    pub fn with(opts: &LoadOptions) -> Loaded {
         crate::require_root();
-        let opts = LoadOptions::default();
-        let mut bpf = loader::load(&opts).expect("load monitor object");
+        let mut bpf = loader::load(opts).expect("load monitor object");
         // Both stages of every hook, linked as the agent links them.
         for hook in [Hook::XdpIngress, Hook::TcIngress, Hook::TcEgress] {
             loader::prepare(&mut bpf, hook).expect("verifier accepts both stages");
+        }
+        if opts.kernel_log != monitor::loader::KernelLog::Off {
+            loader::prepare_kernel_log(&mut bpf).expect("verifier accepts the log programs");
         }
         let ring = RingBuf::try_from(bpf.take_map(loader::EVENTS_MAP).unwrap()).unwrap();
         let flows = HashMap::try_from(dup_map(&bpf, loader::FLOWS_MAP)).unwrap();

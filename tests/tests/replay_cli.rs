@@ -367,9 +367,14 @@ fn replay_exposes_every_family_of_a_live_agent() {
     let stopped = mon.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     let replayed = families(&replay(&cap.file, &["--local", SERVER_V4, "--metrics"]));
-    // The HTTP endpoint's own families describe the endpoint, not the traffic:
-    // replay serves nothing.
-    let endpoint = |f: &&String| f.starts_with("tcpmon_http_") || f.starts_with("tcpmon_web_");
+    // The HTTP endpoint's own families describe the endpoint, and the interface
+    // families the agent's attachments, not the traffic: replay serves nothing and
+    // attaches nowhere.
+    let endpoint = |f: &&String| {
+        ["tcpmon_http_", "tcpmon_web_", "tcpmon_interface_"]
+            .iter()
+            .any(|p| f.starts_with(p))
+    };
     let only_live: Vec<_> = live
         .difference(&replayed)
         .filter(|f| !endpoint(f))

@@ -39,26 +39,6 @@ fn tshark_count(file: &Path, field: &str, filter: &str) -> u64 {
     String::from_utf8_lossy(&out.stdout).lines().count() as u64
 }
 
-fn nft(lab: &Lab, ns: &str, rules: &str) {
-    let mut child = lab
-        .cmd(ns, "nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft (Debian package nftables)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "nft rules rejected:\n{rules}"
-    );
-}
-
 fn within(ours: f64, truth: f64, pct: f64, what: &str) {
     let tol = (truth * pct / 100.0).max(1.0);
     assert!(
@@ -85,8 +65,7 @@ fn bulk_with_loss(v6: bool, loss: u32, acks: bool) -> bool {
     } else {
         ("input", "dport")
     };
-    nft(
-        &lab,
+    lab.nft(
         &lab.server.clone(),
         &format!(
             "table inet loss {{\n chain c {{ type filter hook {hook} priority 0; \
@@ -325,8 +304,7 @@ fn lost_syn_is_a_syn_retransmission() {
     let mut lab = Lab::new();
     let ns = lab.client.clone();
     // Drop exactly the first SYN to port 7100 at the server (the quota is one SYN).
-    nft(
-        &lab,
+    lab.nft(
         &lab.server.clone(),
         "table inet synloss {\n chain in { type filter hook input priority 0; \
          tcp dport 7100 tcp flags & (syn | ack) == syn quota until 70 bytes drop; }\n}\n",
@@ -368,8 +346,7 @@ fn lost_synack_is_retransmitted_by_both_ends() {
     let mut lab = Lab::new();
     let ns = lab.client.clone();
     // Drop exactly the first SYN-ACK from port 7200, leaving the server.
-    nft(
-        &lab,
+    lab.nft(
         &lab.server.clone(),
         "table inet synackloss {\n chain out { type filter hook output priority 0; \
          tcp sport 7200 tcp flags & (syn | ack) == syn | ack quota until 70 bytes drop; }\n}\n",

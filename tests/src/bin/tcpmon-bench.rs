@@ -561,11 +561,14 @@ fn main() {
     tests::require_root();
     let mut out = String::from("# tcpmon benchmarks\n");
     let started = Instant::now();
-    // TCPMON_BENCH_ONLY=kernel|agent|replay|e2e|flood|web runs one part (for profiling).
+    // TCPMON_BENCH_ONLY=kernel|klog|agent|replay|e2e|flood|web runs one part (for profiling).
     let only = std::env::var("TCPMON_BENCH_ONLY").unwrap_or_default();
     let part = |p: &str| only.is_empty() || only == p;
     if part("kernel") {
         kernel_table(&mut out);
+    }
+    if part("klog") {
+        tests::kernel_log_bench::table(&mut out);
     }
     if part("agent") {
         agent_table(&mut out);
