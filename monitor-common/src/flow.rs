@@ -696,8 +696,17 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             // A retransmission kept after its first SYN was sampled out: the
             // connection is followed from here, not through the embryo, which hands
             // over the SYN-ACK it saw.
-            let handed = table.embryo(&key).map(|e| *e);
-            if handed.is_some() {
+            // Scalars, not an Option<Embryo>: copying one copies its uninitialised
+            // None payload, a stack read 5.10's verifier refuses.
+            let (mut embryo, mut handed) = (false, false);
+            let (mut synack_seq, mut synack_ns) = (0u32, 0u64);
+            if let Some(e) = table.embryo(&key) {
+                embryo = true;
+                if e.client_dir == dir && e.syn_seq == pkt.seq && e.state & STATE_SYNACK_SEEN != 0 {
+                    (handed, synack_seq, synack_ns) = (true, e.synack_seq, e.synack_ns);
+                }
+            }
+            if embryo {
                 table.remove_embryo(&key);
             }
             // Any other SYN starts the connection afresh, including reuse of a tuple
@@ -711,14 +720,10 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             s.syn_seq = pkt.seq;
             s.syn_ns = now;
             s.shift = shift;
-            if let Some(e) = handed
-                && e.client_dir == dir
-                && e.syn_seq == pkt.seq
-                && e.state & STATE_SYNACK_SEEN != 0
-            {
+            if handed {
                 s.state |= STATE_SYNACK_SEEN;
-                s.synack_seq = e.synack_seq;
-                s.synack_ns = e.synack_ns;
+                s.synack_seq = synack_seq;
+                s.synack_ns = synack_ns;
             }
             let note = observe(s, dir, pkt, segs, clock);
             due(t, s, EventKind::Syn, dir, note);
