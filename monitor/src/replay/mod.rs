@@ -348,7 +348,8 @@ fn read_blocks(mut reader: Reader<'_>, mut packet: impl FnMut(i32, u64, &[u8], b
                     c.packets += 1;
                     c.first_ns = Some(c.first_ns.map_or(ts, |f| f.min(ts)));
                     c.last_ns = Some(c.last_ns.map_or(ts, |l| l.max(ts)));
-                    let tick = ts >= last_tick + 1_000_000_000;
+                    // Not last_tick + 1 s: a pcapng stamp can sit at the top of u64.
+                    let tick = ts.saturating_sub(last_tick) >= 1_000_000_000;
                     packet(lt, ts, data, tick);
                     if tick {
                         last_tick = ts;

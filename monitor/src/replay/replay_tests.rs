@@ -471,3 +471,40 @@ fn skipping_silent_ticks_changes_nothing() {
     assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
     assert!(r.syn_ticker.floods.is_empty());
 }
+
+/// cargo xtask fuzz (pcap): a pcapng packet stamped within a second of u64's top
+/// overflowed the tick check (`last_tick + 1 s`).
+#[test]
+fn a_pcapng_stamp_at_the_top_of_u64_is_read() {
+    let mut f = Vec::new();
+    let block = |f: &mut Vec<u8>, kind: u32, body: &[u8]| {
+        let len = (12 + body.len()) as u32;
+        f.extend(kind.to_le_bytes());
+        f.extend(len.to_le_bytes());
+        f.extend(body);
+        f.extend(len.to_le_bytes());
+    };
+    let mut shb = Vec::new();
+    shb.extend(0x1A2B_3C4Du32.to_le_bytes());
+    shb.extend(1u16.to_le_bytes());
+    shb.extend(0u16.to_le_bytes());
+    shb.extend((-1i64).to_le_bytes());
+    block(&mut f, 0x0A0D_0D0A, &shb);
+    // Ethernet, nanosecond stamps (if_tsresol 9), end of options.
+    let mut idb = vec![1, 0, 0, 0, 0, 0, 0, 0];
+    idb.extend([9, 0, 1, 0, 9, 0, 0, 0, 0, 0, 0, 0]);
+    block(&mut f, 1, &idb);
+    for raw in [u64::MAX - 5, u64::MAX - 1] {
+        let mut epb = Vec::new();
+        epb.extend(0u32.to_le_bytes());
+        epb.extend(((raw >> 32) as u32).to_le_bytes());
+        epb.extend((raw as u32).to_le_bytes());
+        epb.extend(4u32.to_le_bytes());
+        epb.extend(4u32.to_le_bytes());
+        epb.extend([0u8; 4]);
+        block(&mut f, 6, &epb);
+    }
+    let mut seen = 0;
+    let c = super::read_capture(&f[..], 1 << 16, |_, _, _, _| seen += 1).expect("pcapng");
+    assert_eq!((c.packets, seen, c.error), (2, 2, None));
+}
