@@ -421,19 +421,16 @@ impl Sampler for Script {
     }
 }
 
+/// One packet through the sampled policy, kept or not as `script` says.
+fn scripted(t: &mut WithEmbryos, script: &mut Script, p: &TcpPacket) -> Tracked {
+    track_sampled(t, p, 1, &mut crate::seq::LazyClock::new(|| 5), script)
+}
+
 #[test]
 fn a_kept_retransmission_retires_the_embryo() {
     let mut t = WithEmbryos::default();
     let mut script = Script(std::vec![false, true]);
-    let mut run = |p: &TcpPacket| {
-        track_sampled(
-            &mut t,
-            p,
-            1,
-            &mut crate::seq::LazyClock::new(|| 5),
-            &mut script,
-        )
-    };
+    let mut run = |p: &TcpPacket| scripted(&mut t, &mut script, p);
     run(&pkt(true, SYN, 100, 0, 0));
     let e = run(&pkt(true, SYN, 100, 0, 0)).emit().expect("kept SYN");
     assert_eq!(e.kind, EventKind::Syn as u8);
@@ -589,15 +586,7 @@ fn a_sampled_out_syn_retransmitted_after_the_synack_still_completes() {
 fn a_kept_retransmission_takes_over_the_embryos_synack() {
     let mut t = WithEmbryos::default();
     let mut script = Script(std::vec![false, true]);
-    let mut run = |p: &TcpPacket| {
-        track_sampled(
-            &mut t,
-            p,
-            1,
-            &mut crate::seq::LazyClock::new(|| 5),
-            &mut script,
-        )
-    };
+    let mut run = |p: &TcpPacket| scripted(&mut t, &mut script, p);
     run(&pkt(true, SYN, 100, 0, 0));
     run(&pkt(false, SYN | ACK, 500, 101, 0));
     run(&pkt(true, SYN, 100, 0, 0)).emit().expect("kept SYN");
