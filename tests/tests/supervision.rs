@@ -29,25 +29,30 @@ fn events_stops_cleanly_when_its_stdout_closes() {
             .collect::<Vec<_>>()
             .join("\n")
     });
-    // Traffic until the first event line arrives, then the reader goes away.
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
+    // Traffic until the first event line arrives, then the reader goes away. The
+    // line is read on a thread, so an agent slow to attach (a loaded CI machine) gets
+    // more connections instead of a read that blocks forever.
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(out).read_line(&mut first);
+        let _ = tx.send(first);
+        // The pipe's read end closes here.
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut port = 8090;
-    while first.is_empty() {
+    let first = loop {
         assert!(Instant::now() < deadline, "no event line");
         lab.serve(&format!("{SERVER_V4}:{port}"), 1, &[]);
         lab.connect(&format!("{SERVER_V4}:{port}"), 1, 10, &[]);
         lab.wait_servers();
         port += 1;
-        std::thread::sleep(Duration::from_millis(300));
-        // A line is there by now if tcpmon attached in time; read_line blocks otherwise.
-        if port > 8091 {
-            out.read_line(&mut first).unwrap();
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            break line;
         }
-    }
+    };
     assert!(first.contains("\"kind\""), "{first}");
-    drop(out);
     // More events: the next write hits the closed pipe.
     let exited = loop {
         lab.serve(&format!("{SERVER_V4}:{port}"), 1, &[]);
