@@ -202,24 +202,22 @@ fn soak() {
     // Settled: the connections' last segments are in, and every event the kernel
     // wrote has been read.
     let settle = Instant::now();
-    let (m, syn_in, synack_out, rst_in, rst_out) = loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let t = (
+    let wire = || {
+        (
             truth(&lab, "syn_in"),
             truth(&lab, "synack_out"),
             truth(&lab, "rst_in"),
             truth(&lab, "rst_out"),
-        );
+        )
+    };
+    let (m, syn_in, synack_out, rst_in, rst_out) = loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let t = wire();
         let m = mon.metrics(&lab);
         scrapes += 1;
         let events = sum(&m, "tcpmon_events_total{", &[]);
         let emitted = sum(&m, "tcpmon_events_emitted_total{", &[]);
-        let again = (
-            truth(&lab, "syn_in"),
-            truth(&lab, "synack_out"),
-            truth(&lab, "rst_in"),
-            truth(&lab, "rst_out"),
-        );
+        let again = wire();
         if (events == emitted && t == again) || settle.elapsed() > Duration::from_secs(20) {
             break (m, t.0, t.1, t.2, t.3);
         }
