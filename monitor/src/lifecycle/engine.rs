@@ -493,13 +493,11 @@ impl<S: Sink> Engine<S> {
             }
         }
         // Without a flood the cap is never reached: keep the queue to what lives.
-        if self.embryonic.len() > 2 * cap + 1024 {
-            let live = &self.conns;
-            self.embryonic.retain(|(k, g)| {
-                live.get(k)
-                    .is_some_and(|e| e.generation == *g && e.half_open)
-            });
-        }
+        let live = &self.conns;
+        compact(&mut self.embryonic, self.half_open, |(k, g)| {
+            live.get(k)
+                .is_some_and(|e| e.generation == *g && e.half_open)
+        });
         while self.conns.len() >= self.cfg.max_connections {
             let Some((key, generation)) = self.order.pop_front() else {
                 break;
@@ -523,12 +521,10 @@ impl<S: Sink> Engine<S> {
                 schedule(&self.cfg, &mut self.timers, *key, e);
             }
         }
-        // Keep the order queue from growing without bound with stale entries.
-        if self.order.len() > 2 * self.cfg.max_connections.max(1024) {
-            let live = &self.conns;
-            self.order
-                .retain(|(k, g)| live.get(k).is_some_and(|e| e.generation == *g));
-        }
+        let live = &self.conns;
+        compact(&mut self.order, live.len(), |(k, g)| {
+            live.get(k).is_some_and(|e| e.generation == *g)
+        });
     }
 
     /// Expires TIME-WAIT, stale handshakes and idle connections as of `now_ns`.
@@ -753,6 +749,29 @@ fn server_half_open(e: &Entry) -> Option<u16> {
             Some(e.eps.addrs[s].port())
         }
         _ => None,
+    }
+}
+
+/// Records a queue may hold beyond twice its live ones before it is compacted.
+const QUEUE_SLACK: usize = 1024;
+
+/// Drops the stale records of an insertion-order queue (entries that went, or left
+/// the state the queue is for) once they outnumber the `live` ones, and gives the
+/// memory back. Bounded by the table's cap alone, a queue grew for as long as the
+/// table had not filled, up to 2 x `max_connections` records (25 MB at the default):
+/// the soak's RSS rose 5.6 MiB in 10 minutes of ordinary churn and floods. Each
+/// compaction removes more records than it keeps, so its cost is O(1) per push.
+fn compact(
+    queue: &mut VecDeque<(FlowKey, u64)>,
+    live: usize,
+    keep: impl FnMut(&(FlowKey, u64)) -> bool,
+) {
+    if queue.len() <= 2 * live + QUEUE_SLACK {
+        return;
+    }
+    queue.retain(keep);
+    if queue.capacity() > 4 * queue.len() + QUEUE_SLACK {
+        queue.shrink_to(2 * queue.len() + QUEUE_SLACK);
     }
 }
 

@@ -348,6 +348,36 @@ fn a_tick_checks_only_what_is_due_and_stale_timer_records_stay_bounded() {
 }
 
 #[test]
+fn insertion_queues_follow_the_live_table_not_its_cap() {
+    let mut e = engine(Config::default());
+    // 200 000 refused connections over 200 s, a thousand live at a time: far below
+    // the table's cap, so only the compaction keeps the queues small.
+    let mut t = 0u64;
+    for round in 0..200u32 {
+        for i in 0..1000u32 {
+            let port = 1024 + ((round * 1000 + i) % 60_000) as u16;
+            e.on_event(&ev(true, port, 9, SYN, 1, 0, t));
+            e.on_event(&ev(false, port, 9, RST | ACK, 0, 2, t + 5));
+            t += 1000;
+        }
+        // Compacted as entries are added: checked after the round's last one.
+        let live = e.len();
+        for (name, q) in [("order", &e.order), ("embryonic", &e.embryonic)] {
+            assert!(
+                q.len() <= 2 * live + QUEUE_SLACK + 1,
+                "{name}: {} records for {live} connections",
+                q.len()
+            );
+            assert!(q.capacity() <= 16_384, "{name}: capacity {}", q.capacity());
+        }
+        e.tick(t * 1000, &mut NoProbe);
+    }
+    // What the queues hold still drives eviction in insertion order.
+    let order: Vec<_> = e.order.iter().map(|(_, g)| *g).collect();
+    assert!(order.is_sorted());
+}
+
+#[test]
 fn a_connection_due_within_the_current_bucket_is_checked_again_next_tick() {
     let cfg = Config {
         idle_timeout_ns: 1_500_000_000,
