@@ -304,7 +304,16 @@ fn read_blocks(mut reader: Reader<'_>, mut packet: impl FnMut(i32, u64, &[u8], b
     let mut ifaces: Vec<(i32, u64, i64)> = Vec::new();
     let mut legacy: Option<(i32, bool)> = None;
     let mut last_tick = 0u64;
+    // The byte order of the pcapng section being read, once its header is.
+    let mut section_big_endian: Option<bool> = None;
     loop {
+        if let Some(len) = section_big_endian.and_then(|big| short_ng_block(reader.data(), big)) {
+            c.error = Some(format!(
+                "corrupt block at byte {}: length {len}, below pcapng's 12-byte minimum (after {} packets)",
+                c.bytes_read, c.packets
+            ));
+            break;
+        }
         match reader.next() {
             Ok((offset, block)) => {
                 let found: Option<(i32, u64, &[u8])> = match block {
@@ -317,7 +326,8 @@ fn read_blocks(mut reader: Reader<'_>, mut packet: impl FnMut(i32, u64, &[u8], b
                         let frac = b.ts_usec as u64 * if nanos { 1 } else { 1000 };
                         (lt, b.ts_sec as u64 * 1_000_000_000 + frac, b.data)
                     }),
-                    PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                    PcapBlockOwned::NG(Block::SectionHeader(h)) => {
+                        section_big_endian = Some(h.big_endian());
                         c.format = "pcapng";
                         ifaces.clear();
                         None
@@ -382,6 +392,25 @@ fn read_blocks(mut reader: Reader<'_>, mut packet: impl FnMut(i32, u64, &[u8], b
         }
     }
     c
+}
+
+/// The length of the pcapng block at the start of `data` when it is below the
+/// format's minimum (type, length, length: 12 bytes). pcap-parser 0.17 checks each
+/// block type against its own header size, and a Process Information block's is 4,
+/// so a length of 4 to 11 underflowed its `length - 12` (a panic with overflow
+/// checks on, found by the pcap fuzz target). A section header is left to the
+/// parser: its byte order is its own.
+fn short_ng_block(data: &[u8], big_endian: bool) -> Option<u32> {
+    let word = |b: &[u8]| {
+        let b: [u8; 4] = b.try_into().expect("4 bytes");
+        if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    let (kind, len) = (data.get(..4)?, word(data.get(4..8)?));
+    (kind != [0x0A, 0x0D, 0x0D, 0x0A] && len < 12).then_some(len)
 }
 
 fn handle(st: &mut State<'_>, feed: &mut pipeline::Feed, linktype: i32, ts: u64, data: &[u8]) {

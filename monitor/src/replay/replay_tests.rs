@@ -508,3 +508,31 @@ fn a_pcapng_stamp_at_the_top_of_u64_is_read() {
     let c = super::read_capture(&f[..], 1 << 16, |_, _, _, _| seen += 1).expect("pcapng");
     assert_eq!((c.packets, seen, c.error), (2, 2, None));
 }
+
+/// Found by the pcap fuzz target: a Process Information block (0x80000001) 11
+/// bytes long made pcap-parser subtract past zero. A clear error at its byte, and
+/// what came before it kept.
+#[test]
+fn a_pcapng_block_shorter_than_its_frame_is_an_error_where_it_starts() {
+    let mut f = Vec::new();
+    let mut shb = Vec::new();
+    shb.extend(0x1A2B_3C4Du32.to_le_bytes());
+    shb.extend(1u16.to_le_bytes());
+    shb.extend(0u16.to_le_bytes());
+    shb.extend((-1i64).to_le_bytes());
+    f.extend(0x0A0D_0D0Au32.to_le_bytes());
+    f.extend(28u32.to_le_bytes());
+    f.extend(&shb);
+    f.extend(28u32.to_le_bytes());
+    f.extend(0x8000_0001u32.to_le_bytes());
+    f.extend(11u32.to_le_bytes());
+    f.extend([0xff; 24]);
+    let c = super::read_capture(&f[..], 1 << 16, |_, _, _, _| {}).expect("pcapng");
+    assert_eq!(c.format, "pcapng");
+    assert_eq!(
+        c.error.as_deref(),
+        Some(
+            "corrupt block at byte 28: length 11, below pcapng's 12-byte minimum (after 0 packets)"
+        )
+    );
+}
