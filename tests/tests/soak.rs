@@ -6,8 +6,9 @@
 //! constant and, on the 10-minute run, its peak RSS per cycle may grow less than
 //! 1 MiB per 10 minutes (a least-squares slope; the suite's run reports it); at the
 //! end its counters equal the kernel's: nftables
-//! counters at the server's wire (SYNs, SYN-ACKs, RSTs each way), nstat's passive
-//! opens for completed handshakes, and no event lost.
+//! counters at the server's wire (SYNs, SYN-ACKs, RSTs each way), the server's
+//! accepts for completed handshakes (nstat's passive opens bound them, see below),
+//! and no event lost.
 
 use std::{
     net::Ipv4Addr,
@@ -224,6 +225,7 @@ fn soak() {
     };
     // Each scrape is a connection to the agent in the server's namespace too.
     let passive = (lab.nstat(&ns)["TcpPassiveOpens"] - passive_before - scrapes) as f64;
+    let accepted = served["accepted"] as f64;
     let end_fds = open_fds(pid);
     let end_rss = tests::flood::rss_bytes(pid);
     let stopped = mon.stop();
@@ -258,18 +260,13 @@ fn soak() {
             ),
         ),
         (
-            "handshakes (nstat TcpPassiveOpens)",
-            passive,
-            ours("tcpmon_syn_acked_total", &[&port]),
-        ),
-        (
             "handshakes (the server's accepts)",
-            served["accepted"] as f64,
+            accepted,
             ours("tcpmon_syn_acked_total", &[&port]),
         ),
         (
-            "connections opened, server (TcpPassiveOpens)",
-            passive,
+            "connections opened, server (the server's accepts)",
+            accepted,
             ours("tcpmon_connections_opened_total", &["role=\"server\""]),
         ),
         (
@@ -301,6 +298,10 @@ fn soak() {
     for (what, kernel, tcpmon) in &rows {
         eprintln!("| {what} | {kernel} | {tcpmon} |");
     }
+    eprintln!(
+        "| nstat TcpPassiveOpens - scrapes (at least the accepts) | {passive} | {} |",
+        ours("tcpmon_connections_opened_total", &["role=\"server\""])
+    );
     let measured = &readings[warm..];
     let growth = slope(
         &measured
@@ -327,6 +328,15 @@ fn soak() {
     for (what, kernel, tcpmon) in rows {
         assert_eq!(tcpmon, kernel, "{what}");
     }
+    // TcpPassiveOpens counts child sockets as they are made. With SYN cookies on,
+    // two segments validating one cookie on two CPUs make two children, and the
+    // second is dropped as a duplicate (found_dup_sk in tcp_v4_syn_recv_sock) with
+    // no counter of its own: the count can run ahead of the connections made (1 in
+    // 24 000 in one 10-minute soak), never behind. The accepts are the exact truth.
+    assert!(
+        passive >= accepted && passive - accepted <= 1.0 + (accepted / 10_000.0).floor(),
+        "TcpPassiveOpens - scrapes {passive} vs {accepted} accepts"
+    );
     // The rate is asserted on the long soak only: in the suite's two minutes the
     // agent is still warming up (the handshake timeout is 75 s and the 10-minute
     // soak's peaks rise faster over its first 200 s than after), so two minutes
