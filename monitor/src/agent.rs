@@ -22,7 +22,7 @@ use aya::maps::{MapData, RingBuf};
 use parking_lot::Mutex;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 
-use monitor_common::{counters, event::EventKind};
+use monitor_common::{counters, datapath, event::EventKind};
 
 use crate::{
     attach::{self, TcAttachMode, TcOwner},
@@ -123,6 +123,9 @@ pub struct Shared {
     time_wait: crate::sockstat::TimeWait,
     /// Ring-buffer losses and flow-map evictions, as logged.
     pressure: pressure::Pressure,
+    /// What the programs and the agent cost, read every second by the main loop
+    /// (which owns the programs).
+    cost: Mutex<crate::cost::Cost>,
 }
 
 impl Shared {
@@ -219,6 +222,7 @@ impl Shared {
         api::TopSnapshot {
             syn: self.syn_snapshot(),
             connections: self.conns.lock().summary(&families),
+            cost: self.cost.lock().summary(),
         }
     }
 }
@@ -347,6 +351,7 @@ pub async fn run_until(
         .lifecycle
         .build(Some(lifecycle.clone()), WallClock::now())?;
     let time_wait = crate::sockstat::TimeWait::new(&metrics.registry);
+    let cost = crate::cost::Cost::new(&metrics.registry);
     let shared = Arc::new(Shared {
         metrics,
         lifecycle,
@@ -361,6 +366,7 @@ pub async fn run_until(
         seed,
         time_wait,
         pressure: pressure::Pressure::new(opts.load.ring_bytes, opts.load.flow_entries),
+        cost: Mutex::new(cost),
     });
     shared.metrics.set_attachments(&attachments);
 
@@ -442,6 +448,9 @@ pub async fn run_until(
     // A safety net under the link notifications (a lost one, a failed re-attach).
     let mut recheck = tokio::time::interval(IFACE_RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let entry_programs = datapath::PROGRAMS.map(|(entry, _)| entry);
+    let mut cost_tick = tokio::time::interval(COST_EVERY);
+    cost_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Attaching is syscalls, here on the thread that drives this future (block_on),
     // not on an async worker.
     let (outcome, reader_done) = loop {
@@ -459,6 +468,11 @@ pub async fn run_until(
                 }
             },
             _ = recheck.tick() => watched.reconcile(&mut bpf, &mut tc, &shared.metrics),
+            // A few bpf(2) calls, on this thread like the attaching.
+            _ = cost_tick.tick() => shared
+                .cost
+                .lock()
+                .update(crate::cost::Reading::take(&bpf, &entry_programs)),
         }
     };
     systemd::stopping();
@@ -498,6 +512,9 @@ async fn optional<T>(
         None => std::future::pending().await,
     }
 }
+
+/// How often the programs' statistics and the agent's CPU time are read.
+const COST_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the watched interfaces are re-checked without a link notification.
 const IFACE_RECHECK: Duration = Duration::from_secs(5);

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod cost;
 pub mod ebpf;
 pub mod event;
 pub mod iface;

@@ -367,13 +367,19 @@ fn replay_exposes_every_family_of_a_live_agent() {
     let stopped = mon.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     let replayed = families(&replay(&cap.file, &["--local", SERVER_V4, "--metrics"]));
-    // The HTTP endpoint's own families describe the endpoint, and the interface
-    // families the agent's attachments, not the traffic: replay serves nothing and
-    // attaches nowhere.
+    // The HTTP endpoint's own families describe the endpoint, the interface
+    // families the agent's attachments, and the cost families the running agent and
+    // its programs, not the traffic: replay serves nothing and attaches nowhere.
     let endpoint = |f: &&String| {
-        ["tcpmon_http_", "tcpmon_web_", "tcpmon_interface_"]
-            .iter()
-            .any(|p| f.starts_with(p))
+        [
+            "tcpmon_http_",
+            "tcpmon_web_",
+            "tcpmon_interface_",
+            "tcpmon_bpf_",
+            "process_",
+        ]
+        .iter()
+        .any(|p| f.starts_with(p))
     };
     let only_live: Vec<_> = live
         .difference(&replayed)

@@ -79,6 +79,26 @@ pub struct TableUse {
 pub struct TopSnapshot {
     pub syn: SynSnapshot,
     pub connections: ConnSummary,
+    /// Absent from agents older than the field.
+    #[serde(default)]
+    pub cost: CostSummary,
+}
+
+/// What the monitor costs the host, over the agent's last second.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CostSummary {
+    /// `kernel.bpf_stats_enabled`; None where the kernel has no such switch (< 5.8).
+    pub bpf_stats_enabled: Option<bool>,
+    /// Runs of the attached programs per second (one per packet per hook); 0 while
+    /// the kernel does not measure them.
+    pub kernel_runs_rate: f64,
+    /// Mean time per run, tail calls included (ns); None without measured runs.
+    pub kernel_ns_per_run: Option<f64>,
+    /// CPUs the programs kept busy (1.0 = one core's whole time).
+    pub kernel_cpus: f64,
+    /// CPUs the agent kept busy.
+    pub agent_cpus: f64,
+    pub agent_cpu_seconds_total: f64,
 }
 
 /// The lifecycle engine's view, for the on-call screen.

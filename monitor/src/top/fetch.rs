@@ -85,7 +85,7 @@ fn describe(e: &ureq::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::syn::api::{ConnSummary, PortSyn, SynSnapshot};
+    use crate::syn::api::{ConnSummary, CostSummary, PortSyn, SynSnapshot};
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
     use std::thread;
@@ -138,6 +138,11 @@ mod tests {
             connections: ConnSummary {
                 handshake_p50_us: Some(812.0),
                 handshake_p99_us: None,
+                ..Default::default()
+            },
+            cost: CostSummary {
+                bpf_stats_enabled: Some(true),
+                kernel_ns_per_run: Some(212.5),
                 ..Default::default()
             },
         }

@@ -12,7 +12,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 
 use super::format as fmt;
-use crate::syn::api::{PortSyn, SourcePrefix, TopSnapshot};
+use crate::syn::api::{CostSummary, PortSyn, SourcePrefix, TopSnapshot};
 
 /// Rows that are there whatever the data: status bar, two header lines, the ports
 /// title and column header, the sources title, the connections title and its three
@@ -507,15 +507,41 @@ fn draw_footer(frame: &mut Frame, area: Rect, snap: &TopSnapshot) {
         Span::styled(" q", bold().add_modifier(Modifier::REVERSED)),
         Span::raw(" quit"),
     ]);
+    let mut used = keys.width();
     if snap.syn.unix_ms != 0 {
         let when = Line::from(Span::styled(
             format!("snapshot {} ", fmt::utc_time_of_day(snap.syn.unix_ms)),
             dim(),
         ))
         .alignment(Alignment::Right);
+        used += when.width();
         frame.render_widget(Paragraph::new(when), area);
     }
+    // Between the two, where it fits with a gap on each side.
+    if let Some(cost) = cost_line(&snap.cost)
+        && used + cost.chars().count() + 4 <= usize::from(area.width)
+    {
+        let line = Line::from(Span::styled(cost, dim())).alignment(Alignment::Center);
+        frame.render_widget(Paragraph::new(line), area);
+    }
     frame.render_widget(Paragraph::new(keys), area);
+}
+
+/// What the monitor costs, in a line; None from an agent that does not say.
+fn cost_line(c: &CostSummary) -> Option<String> {
+    if c.agent_cpu_seconds_total <= 0.0 {
+        return None;
+    }
+    let kernel = match (c.bpf_stats_enabled, c.kernel_ns_per_run) {
+        (_, Some(ns)) => format!("kernel {ns:.0} ns/pkt, {} CPU", fmt::percent(c.kernel_cpus)),
+        (Some(true), None) => "kernel: no packets".to_string(),
+        (Some(false), None) => "kernel: bpf_stats off".to_string(),
+        (None, None) => "kernel: no bpf_stats".to_string(),
+    };
+    Some(format!(
+        "{kernel} · agent {} CPU",
+        fmt::percent(c.agent_cpus)
+    ))
 }
 
 #[cfg(test)]

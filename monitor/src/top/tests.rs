@@ -1,5 +1,5 @@
 use super::*;
-use crate::syn::api::{ConnSummary, PortSyn, SourcePrefix, SynSnapshot, TableUse};
+use crate::syn::api::{ConnSummary, CostSummary, PortSyn, SourcePrefix, SynSnapshot, TableUse};
 
 const NOW_MS: u64 = 1_796_156_897_500;
 
@@ -69,6 +69,14 @@ fn flooded() -> TopSnapshot {
             half_open: 128_012,
             tracked: 132_742,
         },
+        cost: CostSummary {
+            bpf_stats_enabled: Some(true),
+            kernel_runs_rate: 46_000.0,
+            kernel_ns_per_run: Some(212.4),
+            kernel_cpus: 0.0098,
+            agent_cpus: 0.123,
+            agent_cpu_seconds_total: 3_600.0,
+        },
     }
 }
 
@@ -120,6 +128,7 @@ fn flood_at_80x24() {
         "tracked 133k",
         "q quit",
         "20:28:17 UTC",
+        "kernel 212 ns/pkt, 1.0% CPU · agent 12.3% CPU",
     ] {
         assert_contains(&s, needle);
     }
@@ -217,6 +226,15 @@ fn healthy_is_calm() {
     assert_contains(&s, "lost 0");
     assert_contains(&s, "p99 -");
     assert_contains(&s, " ok ");
+    // Without the kernel's statistics the line says why there is no kernel figure.
+    snap.cost.bpf_stats_enabled = Some(false);
+    snap.cost.kernel_ns_per_run = None;
+    let s = render_to_string(&snap, "x", 80, 24);
+    assert_contains(&s, "kernel: bpf_stats off · agent 12.3% CPU");
+    // Too narrow for it: left out, never over the keys or the time.
+    let s = render_to_string(&snap, "x", 60, 24);
+    assert!(!s.contains("agent"), "{s}");
+    assert_contains(&s, "q quit");
 }
 
 #[test]
