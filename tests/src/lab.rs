@@ -23,10 +23,17 @@ pub struct Lab {
     pub client_if: &'static str,
     pub server_if: &'static str,
     children: Vec<Child>,
+    queues: u32,
 }
 
 impl Lab {
     pub fn new() -> Lab {
+        Lab::with_queues(1)
+    }
+
+    /// A lab whose veth pair has `queues` TX and RX queues each (a multi-queue veth
+    /// spreads senders on several CPUs over its queues).
+    pub fn with_queues(queues: u32) -> Lab {
         crate::require_root();
         let id = format!(
             "{}-{}",
@@ -39,6 +46,7 @@ impl Lab {
             client_if: "veth-c",
             server_if: "veth-s",
             children: Vec::new(),
+            queues,
         };
         run(Command::new("ip").args(["netns", "add", &lab.client]));
         run(Command::new("ip").args(["netns", "add", &lab.server]));
@@ -49,20 +57,15 @@ impl Lab {
     /// Creates the veth pair between the namespaces, addressed and up (again, after
     /// a test deleted it).
     pub fn link(&self) {
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            self.client_if,
-            "netns",
-            &self.client,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            self.server_if,
-            "netns",
-            &self.server,
-        ]));
+        let q = self.queues.to_string();
+        let queues = ["numtxqueues", &q, "numrxqueues", &q];
+        let queues: &[&str] = if self.queues > 1 { &queues } else { &[] };
+        run(Command::new("ip")
+            .args(["link", "add", self.client_if, "netns", &self.client])
+            .args(queues)
+            .args(["type", "veth", "peer", "name", self.server_if])
+            .args(["netns", &self.server])
+            .args(queues));
         for (ns, dev, v4, v6) in [
             (&self.client, self.client_if, CLIENT_V4, CLIENT_V6),
             (&self.server, self.server_if, SERVER_V4, SERVER_V6),

@@ -8,6 +8,7 @@
 pub mod attached;
 pub mod capture;
 pub mod flood;
+pub mod flood_ladder;
 pub mod kernel_log_bench;
 pub mod lab;
 pub mod monitor;

@@ -561,7 +561,7 @@ fn main() {
     tests::require_root();
     let mut out = String::from("# tcpmon benchmarks\n");
     let started = Instant::now();
-    // TCPMON_BENCH_ONLY=kernel|klog|agent|replay|e2e|flood|web runs one part (for profiling).
+    // TCPMON_BENCH_ONLY=kernel|klog|agent|replay|e2e|flood|ladder|web runs one part (for profiling).
     let only = std::env::var("TCPMON_BENCH_ONLY").unwrap_or_default();
     let part = |p: &str| only.is_empty() || only == p;
     if part("kernel") {
@@ -581,6 +581,9 @@ fn main() {
     }
     if part("flood") {
         flood_memory_table(&mut out);
+    }
+    if part("ladder") {
+        tests::flood_ladder::table(&mut out);
     }
     if part("web") {
         tests::scrape_load::table(&mut out);
