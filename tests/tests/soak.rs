@@ -107,7 +107,20 @@ struct Cycle {
     /// Seconds since the agent was ready, at the cycle's end.
     at: f64,
     peak_rss: u64,
+    /// Of it, anonymous memory (heap, stacks): what a leak grows. The rest is
+    /// file-backed, the binary's pages as paths run for the first time.
+    peak_anon: u64,
     fds: (usize, usize),
+}
+
+/// RssAnon of `pid`, in bytes.
+fn rss_anon(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 #[test]
@@ -170,7 +183,7 @@ fn soak() {
                 interval_us: 10,
             },
         ));
-        let (mut peak_rss, mut fds) = (0u64, (usize::MAX, 0usize));
+        let (mut peak_rss, mut peak_anon, mut fds) = (0u64, 0u64, (usize::MAX, 0usize));
         let mut tick = 0u32;
         while Instant::now() < cycle_end {
             std::thread::sleep(Duration::from_secs(1));
@@ -181,6 +194,7 @@ fn soak() {
                 scrapes += 1;
             }
             peak_rss = peak_rss.max(tests::flood::rss_bytes(pid));
+            peak_anon = peak_anon.max(rss_anon(pid));
             let n = open_fds(pid);
             fds = (fds.0.min(n), fds.1.max(n));
             if hping.as_mut().is_some_and(|h| !h.running()) {
@@ -193,6 +207,7 @@ fn soak() {
         readings.push(Cycle {
             at: start.elapsed().as_secs_f64(),
             peak_rss,
+            peak_anon,
             fds,
         });
     }
@@ -283,13 +298,16 @@ fn soak() {
         start.elapsed().as_secs_f64(),
         floods.len()
     );
-    eprintln!("| cycle | end s | peak RSS MiB | fds min-max |\n|---:|---:|---:|---|");
+    eprintln!(
+        "| cycle | end s | peak RSS MiB | of it anonymous | fds min-max |\n|---:|---:|---:|---:|---|"
+    );
     for (i, r) in readings.iter().enumerate() {
         eprintln!(
-            "| {i}{} | {:.0} | {:.2} | {}-{} |",
+            "| {i}{} | {:.0} | {:.2} | {:.2} | {}-{} |",
             if i < warm { " (warm-up)" } else { "" },
             r.at,
             r.peak_rss as f64 / MIB,
+            r.peak_anon as f64 / MIB,
             r.fds.0,
             r.fds.1
         );
@@ -303,16 +321,20 @@ fn soak() {
         ours("tcpmon_connections_opened_total", &["role=\"server\""])
     );
     let measured = &readings[warm..];
-    let growth = slope(
-        &measured
-            .iter()
-            .map(|r| (r.at, r.peak_rss as f64))
-            .collect::<Vec<_>>(),
-    ) * 600.0;
+    let per_10_min = |f: fn(&Cycle) -> u64| {
+        slope(
+            &measured
+                .iter()
+                .map(|r| (r.at, f(r) as f64))
+                .collect::<Vec<_>>(),
+        ) * 600.0
+    };
+    let growth = per_10_min(|r| r.peak_rss);
     eprintln!(
-        "peak RSS slope after warm-up: {:+.3} MiB per 10 minutes; at the end {:.2} MiB, \
-         {end_fds} fds",
+        "peak RSS slope after warm-up: {:+.3} MiB per 10 minutes (anonymous {:+.3}); at the \
+         end {:.2} MiB, {end_fds} fds",
         growth / MIB,
+        per_10_min(|r| r.peak_anon) / MIB,
         end_rss as f64 / MIB
     );
 
