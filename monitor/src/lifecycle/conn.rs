@@ -464,8 +464,12 @@ impl Conn {
         let s = seg.from;
         self.completeness |= cpl::RST;
         if self.finished.is_some() {
-            // RST after the close (e.g. into TIME-WAIT): it only ends TIME-WAIT.
+            // RST after the close (e.g. into TIME-WAIT): it only ends TIME-WAIT (as
+            // Linux's TIME-WAIT socket dies of it), and the connection lingers in no
+            // state, like a reset one, so a held segment that follows stays its stream
+            // (Wireshark's) instead of starting a mid-stream one.
             self.ends = [TcpState::Closed; 2];
+            self.reset_by.get_or_insert(s);
             return;
         }
         let phase = self.phase();

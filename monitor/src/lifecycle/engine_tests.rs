@@ -482,8 +482,26 @@ fn stray_resets_are_no_connections() {
             "reset received stray"
         ]
     );
+    // It ends TIME-WAIT, and the connection lingers in no state for its tail: a
+    // segment held on the path until after the RST is no new (mid-stream) one.
+    assert!(e.local_states().is_empty());
+    e.on_event(&ev(false, 80, 40000, ACK, 101, 502, 300));
+    assert_eq!(e.len(), 1);
+    assert!(
+        e.conns
+            .values()
+            .all(|x| !x.conn.mid_stream && !x.provisional)
+    );
+    e.tick(300_000 + RESET_LINGER_NS + 2_000_000_000, &mut NoProbe);
     assert!(e.is_empty());
     assert_eq!(e.out.sink.records.len(), 1);
+    assert!(
+        !e.out
+            .sink
+            .calls
+            .iter()
+            .any(|c| c.starts_with("opened") && c != "opened server 80")
+    );
 }
 
 #[test]
