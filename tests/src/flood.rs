@@ -655,13 +655,31 @@ impl SynTruth {
 }
 
 /// How one client's handshakes with `port` completed in a capture.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Handshakes {
     /// Streams whose SYN was answered with a SYN-ACK and then acknowledged.
     pub completed: u64,
     /// Of those, how many the client's first data segment completed (its pure ACK
     /// never reached the capture, e.g. dropped by the sending veth).
     pub by_data: u64,
+    /// Per completed handshake: when the SYN-ACK was captured (epoch seconds) and
+    /// how long after it the client's completing segment came.
+    pub lags: Vec<(f64, f64)>,
+}
+
+impl Handshakes {
+    /// Handshakes whose SYN-ACK went out between `from` and `to` (epoch seconds) and
+    /// whose completing segment came more than `turnover` seconds later. Sampled out
+    /// under a flood, a handshake lives in the kernel's LRU embryo table, which a
+    /// flood turns over in its capacity / the flood's rate: the ACK of such a
+    /// handshake (its pure ACK lost, its data retransmitted after RTO backoff) can
+    /// find its embryo recycled, and the handshake is not seen.
+    pub fn slower_than(&self, turnover: f64, from: f64, to: f64) -> u64 {
+        self.lags
+            .iter()
+            .filter(|(at, lag)| (from..=to).contains(at) && *lag > turnover)
+            .count() as u64
+    }
 }
 
 impl Handshakes {
@@ -683,31 +701,46 @@ impl Handshakes {
                 "port",
                 &port.to_string(),
             ]));
+        // For a look at a failing case: TCPMON_KEEP_CAPTURES=DIR keeps the streams.
+        if let Some(keep) = std::env::var_os("TCPMON_KEEP_CAPTURES") {
+            let _ = std::fs::copy(&sub, Path::new(&keep).join("legit-client.pcap"));
+        }
         let lines = tshark_fields(
             &sub,
             "tcp",
-            &["tcp.stream", "ip.src", "tcp.flags", "tcp.len"],
+            &[
+                "tcp.stream",
+                "ip.src",
+                "tcp.flags",
+                "tcp.len",
+                "frame.time_epoch",
+            ],
         );
         let _ = std::fs::remove_dir_all(&dir);
-        // Per stream: SYN-ACK seen, and how the client's first later segment looked.
-        let mut streams: BTreeMap<u64, (bool, Option<bool>)> = BTreeMap::new();
+        // Per stream: when the SYN-ACK was seen, and how and when the client's first
+        // later segment came.
+        // (SYN-ACK time, (completed by data, completion time)).
+        type Seen = (Option<f64>, Option<(bool, f64)>);
+        let mut streams: BTreeMap<u64, Seen> = BTreeMap::new();
         for l in lines.iter().flat_map(|c| c.lines()) {
             let f: Vec<&str> = l.split(';').collect();
-            assert_eq!(f.len(), 4, "unexpected tshark line {l:?}");
+            assert_eq!(f.len(), 5, "unexpected tshark line {l:?}");
             let st = streams.entry(f[0].parse().unwrap()).or_default();
             let flags = u16::from_str_radix(f[2].trim_start_matches("0x"), 16).unwrap();
             let from_client = f[1] == client.to_string();
+            let at: f64 = f[4].parse().unwrap_or(0.0);
             if !from_client && flags & 0x12 == 0x12 {
-                st.0 = true;
-            } else if from_client && st.0 && st.1.is_none() && flags & 0x12 == 0x10 {
-                st.1 = Some(f[3].parse::<u32>().unwrap_or(0) > 0);
+                st.0.get_or_insert(at);
+            } else if from_client && st.0.is_some() && st.1.is_none() && flags & 0x12 == 0x10 {
+                st.1 = Some((f[3].parse::<u32>().unwrap_or(0) > 0, at));
             }
         }
         let mut h = Handshakes::default();
-        for (_, by_data) in streams.values() {
-            if let Some(d) = by_data {
+        for (synack, done) in streams.values() {
+            if let (Some(synack), Some((by_data, at))) = (synack, done) {
                 h.completed += 1;
-                h.by_data += u64::from(*d);
+                h.by_data += u64::from(*by_data);
+                h.lags.push((*synack, at - synack));
             }
         }
         h

@@ -712,19 +712,36 @@ fn scenario(ingress: &str, syncookies: bool) {
         legit["succeeded"], served["accepted"],
         "{what}: {legit:?} {served:?}"
     );
-    assert_eq!(
-        opened,
-        Some(legit["succeeded"] as f64),
-        "{what}: connections opened"
+    // A handshake sampled out under the flood is followed through the kernel's LRU
+    // embryo table, which the flood turns over in capacity / its rate seconds: one
+    // whose completing segment came later than that after its SYN-ACK (its pure ACK
+    // dropped at the veth, its data retransmitted after RTO backoff: 1.25 s in a
+    // failing run) can find its embryo recycled and go unseen. An open limit
+    // (issue 15): every other handshake must be counted, and those may be.
+    let turnover = monitor::loader::LoadOptions::default().embryo_entries as f64
+        * (last_spoofed - first_spoofed)
+        / spoofed.max(1) as f64;
+    let slow = handshakes.slower_than(turnover, first_spoofed, last_spoofed);
+    eprintln!(
+        "{what}: {slow} legitimate handshakes completed more than the embryo table's \
+         turnover ({turnover:.2} s) after their SYN-ACK, during the flood"
+    );
+    let succeeded = legit["succeeded"] as f64;
+    let counted =
+        |v: Option<f64>| v.is_some_and(|v| v <= succeeded && v >= succeeded - slow as f64);
+    assert!(
+        counted(opened),
+        "{what}: connections opened {opened:?} of {succeeded} ({slow} slow)"
+    );
+    assert_eq!(passive_legit, succeeded, "{what}: TcpPassiveOpens");
+    let acked = c("tcpmon_syn_acked_total");
+    assert!(
+        counted(acked),
+        "{what}: handshake ACKs {acked:?} of {succeeded} ({slow} slow)"
     );
     assert_eq!(
-        passive_legit, legit["succeeded"] as f64,
-        "{what}: TcpPassiveOpens"
-    );
-    assert_eq!(
-        c("tcpmon_syn_acked_total"),
-        Some(legit["succeeded"] as f64),
-        "{what}: handshake ACKs"
+        acked, opened,
+        "{what}: the kernel's handshake ACKs and the engine's opens"
     );
     // Nothing lost between kernel and agent; sampling, when it happened, counted.
     assert!(!emitted.is_empty(), "{what}: no events_emitted_total");
