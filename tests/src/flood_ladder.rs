@@ -106,22 +106,8 @@ fn run_flood(lab: &Lab, step: &Step, seed: u32) -> serde_json::Value {
 }
 
 fn dropped(lab: &Lab) -> u64 {
-    let rules = lab.exec(&lab.server, "nft", &["list", "chain", "ip", "raw", "flood"]);
-    rules
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
+    lab.nft_packets(&lab.server, &["list", "chain", "ip", "raw", "flood"])
         .unwrap_or(0)
-}
-
-/// CPU seconds a process has used, in 10 ms ticks.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
 }
 
 fn lab_for(queues: u32) -> Lab {
@@ -222,10 +208,10 @@ pub fn table(out: &mut String) {
             .spawn()
             .expect("tcpdump");
         std::thread::sleep(Duration::from_millis(700));
-        let c0 = cpu_secs(td.id());
+        let c0 = crate::flood::cpu_secs(td.id());
         let g = run_flood(&lab, step, 99);
         std::thread::sleep(Duration::from_millis(500));
-        let td_cpu = cpu_secs(td.id()) - c0;
+        let td_cpu = crate::flood::cpu_secs(td.id()) - c0;
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(td.id() as i32, libc::SIGINT) };
         let _ = td.wait();

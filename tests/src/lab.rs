@@ -160,6 +160,16 @@ impl Lab {
     }
 
     /// `nstat -az` counters in `ns` (absolute values).
+    /// The first `packets N` of `nft ARGS` in `ns` (a listed counter or rule).
+    pub fn nft_packets(&self, ns: &str, args: &[&str]) -> Option<u64> {
+        let out = self.exec(ns, "nft", args);
+        let words: Vec<&str> = out.split_whitespace().collect();
+        words
+            .windows(2)
+            .find(|w| w[0] == "packets")
+            .and_then(|w| w[1].parse().ok())
+    }
+
     pub fn nstat(&self, ns: &str) -> std::collections::HashMap<String, u64> {
         self.exec(ns, "nstat", &["-saz"])
             .lines()

@@ -70,17 +70,9 @@ fn loss_rules(dir: &str, spare: &str) -> String {
 }
 
 fn truth(lab: &Lab, name: &str) -> f64 {
-    let out = lab.exec(
-        &lab.server,
-        "nft",
-        &["list", "counter", "inet", "tcpmon_soak_truth", name],
-    );
-    let words: Vec<&str> = out.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == "packets")
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or_else(|| panic!("nft counter {name}: {out}"))
+    let list = ["list", "counter", "inet", "tcpmon_soak_truth", name];
+    lab.nft_packets(&lab.server, &list)
+        .unwrap_or_else(|| panic!("nft counter {name}")) as f64
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -595,19 +595,6 @@ fn main() {
     print!("{out}");
 }
 
-/// CPU seconds (user + system) a process has used so far, in 10 ms ticks.
-fn cpu_ticks_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after ") ".
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
 /// Nanoseconds on CPU of each live thread of a process (schedstat), by thread id.
 fn thread_cpu_ns(pid: u32) -> std::collections::BTreeMap<u32, u64> {
     let mut out = std::collections::BTreeMap::new();
@@ -641,7 +628,7 @@ impl CpuMeter {
         CpuMeter {
             pid,
             threads: thread_cpu_ns(pid),
-            ticks: cpu_ticks_secs(pid),
+            ticks: tests::flood::cpu_secs(pid),
         }
     }
 
@@ -650,7 +637,7 @@ impl CpuMeter {
     fn secs(&self) -> f64 {
         let now = thread_cpu_ns(self.pid);
         if self.threads.keys().any(|t| !now.contains_key(t)) {
-            return cpu_ticks_secs(self.pid) - self.ticks;
+            return tests::flood::cpu_secs(self.pid) - self.ticks;
         }
         let ns: u64 = now
             .iter()
