@@ -171,15 +171,26 @@ pub struct Embryo {
 
 const _: () = assert!(core::mem::size_of::<Embryo>() == 32);
 
+/// How long after a SYN was sampled out its retransmission may still come and take
+/// over the embryo: Linux's last SYN retransmission comes 63 s after the first with
+/// the default `tcp_syn_retries` (6), 127 s with 7.
+pub const EMBRYO_HANDOVER_NS: u64 = 180_000_000_000;
+
 /// The flow map as the policy needs it: the kernel's LRU hash map, or a hash map in
-/// pcap replay. Entries are created in place (`create`) rather than built on the
+/// pcap replay. Entries are created in place (`create`, `insert_new`) rather than built on the
 /// stack: the kernel has 512 bytes of it.
 pub trait FlowTable {
     fn lookup(&mut self, key: &FlowKey) -> Option<&mut FlowState>;
-    /// Inserts (or resets) `key` to [`FlowState::ZERO`] and returns the entry, with
-    /// whether it is a new element of the table (not one reset in place). `None`: the
-    /// table refused the insert.
+    /// An entry for `key` at [`FlowState::ZERO`], with whether it is a new element
+    /// of the table: one already there (a retransmitted SYN, a reused tuple) is reset
+    /// in place, since an LRU update would take a fresh element and free the old
+    /// one. `None`: the table refused the insert.
     fn create(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)>;
+    /// Inserts `key` at [`FlowState::ZERO`] where a lookup just found no entry, and
+    /// returns the entry, with whether it is a new element of the table (not one
+    /// another CPU inserted meanwhile, reset in place). `None`: the table refused
+    /// the insert. No lookup first: the caller has done it.
+    fn insert_new(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)>;
     /// Removes `key`'s entry; whether there was one.
     fn remove(&mut self, key: &FlowKey) -> bool;
     /// The embryo table (sampled-out handshakes). Without one, sampled-out
@@ -189,7 +200,20 @@ pub trait FlowTable {
     }
     /// Inserts (or replaces) an embryo, whole: one map update, no lookup after.
     fn insert_embryo(&mut self, _key: &FlowKey, _e: &Embryo) {}
+    /// Inserts an embryo unless `key` has one already; false if it had one (no
+    /// lookup first: the common case, a flood's new tuple, costs one map update).
+    fn add_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
+        self.insert_embryo(key, e);
+        true
+    }
     fn remove_embryo(&mut self, _key: &FlowKey) {}
+    /// When a SYN was last sampled out (0: never), kept to within a second: a SYN
+    /// kept more than [`EMBRYO_HANDOVER_NS`] later has no embryo to take over, and
+    /// looks for none.
+    fn sampled_at(&mut self) -> u64 {
+        0
+    }
+    fn set_sampled_at(&mut self, _now_ns: u64) {}
 }
 
 /// The flow map and the embryo table on the host (pcap replay, tests): unbounded,
@@ -199,6 +223,8 @@ pub trait FlowTable {
 pub struct HostFlows<S = std::collections::hash_map::RandomState> {
     pub flows: std::collections::HashMap<FlowKey, FlowState, S>,
     pub embryos: std::collections::HashMap<FlowKey, Embryo, S>,
+    /// [`FlowTable::sampled_at`].
+    pub sampled_at: u64,
 }
 
 #[cfg(any(test, feature = "user"))]
@@ -209,6 +235,9 @@ impl<S: core::hash::BuildHasher> FlowTable for HostFlows<S> {
     fn create(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)> {
         self.flows.create(key)
     }
+    fn insert_new(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)> {
+        self.flows.insert_new(key)
+    }
     fn remove(&mut self, key: &FlowKey) -> bool {
         FlowTable::remove(&mut self.flows, key)
     }
@@ -218,8 +247,23 @@ impl<S: core::hash::BuildHasher> FlowTable for HostFlows<S> {
     fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) {
         self.embryos.insert(*key, *e);
     }
+    fn add_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
+        match self.embryos.entry(*key) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(*e);
+                true
+            }
+        }
+    }
     fn remove_embryo(&mut self, key: &FlowKey) {
         self.embryos.remove(key);
+    }
+    fn sampled_at(&mut self) -> u64 {
+        self.sampled_at
+    }
+    fn set_sampled_at(&mut self, now_ns: u64) {
+        self.sampled_at = now_ns;
     }
 }
 
@@ -230,6 +274,9 @@ impl<S: core::hash::BuildHasher> FlowTable for std::collections::HashMap<FlowKey
         self.get_mut(key)
     }
     fn create(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)> {
+        FlowTable::insert_new(self, key)
+    }
+    fn insert_new(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)> {
         let new = !self.contains_key(key);
         let s = self.entry(*key).or_insert(FlowState::ZERO);
         *s = FlowState::ZERO;
@@ -338,7 +385,22 @@ fn create<'a, T: FlowTable>(
     key: &FlowKey,
     t: &mut Tracked,
 ) -> Option<&'a mut FlowState> {
-    match table.create(key) {
+    noted(table.create(key), t)
+}
+
+/// [`FlowTable::insert_new`] where a lookup just missed, noting in `t` what it did.
+#[inline(always)]
+fn insert<'a, T: FlowTable>(
+    table: &'a mut T,
+    key: &FlowKey,
+    t: &mut Tracked,
+) -> Option<&'a mut FlowState> {
+    noted(table.insert_new(key), t)
+}
+
+#[inline(always)]
+fn noted<'a>(r: Option<(&'a mut FlowState, bool)>, t: &mut Tracked) -> Option<&'a mut FlowState> {
+    match r {
         Some((s, new)) => {
             if new {
                 t.flow_ops |= FLOW_INSERTED;
@@ -466,30 +528,40 @@ fn sampled_syn<T: FlowTable>(
     t: &mut Tracked,
 ) {
     t.sampled = EventKind::Syn as u8;
-    if let Some(e) = table.embryo(key)
-        && e.client_dir == dir
-        && e.syn_seq == pkt.seq
-    {
-        // A retransmission: the embryo keeps the SYN-ACK it may have seen.
-        e.syn_ns = now;
-        return;
+    let at = table.sampled_at();
+    if at == 0 || now.wrapping_sub(at) >= SAMPLED_AT_GRAIN_NS {
+        table.set_sampled_at(now);
     }
     // Every field set: a partly zeroed struct would become a memset call in BPF.
-    table.insert_embryo(
-        key,
-        &Embryo {
-            syn_ns: now,
-            synack_ns: 0,
-            syn_seq: pkt.seq,
-            synack_seq: 0,
-            client_dir: dir,
-            shift,
-            state: 0,
-            _pad0: 0,
-            _pad1: 0,
-        },
-    );
+    let e = Embryo {
+        syn_ns: now,
+        synack_ns: 0,
+        syn_seq: pkt.seq,
+        synack_seq: 0,
+        client_dir: dir,
+        shift,
+        state: 0,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    // A flood's tuples are new: one update, no lookup first.
+    if table.add_embryo(key, &e) {
+        return;
+    }
+    if let Some(old) = table.embryo(key)
+        && old.client_dir == dir
+        && old.syn_seq == pkt.seq
+    {
+        // A retransmission: the embryo keeps the SYN-ACK it may have seen.
+        old.syn_ns = now;
+        return;
+    }
+    table.insert_embryo(key, &e);
 }
+
+/// How often [`FlowTable::set_sampled_at`] is written under a flood: a shared value,
+/// so not once per SYN.
+const SAMPLED_AT_GRAIN_NS: u64 = 1_000_000_000;
 
 /// For a segment of a tuple without a flow entry: if it belongs to a sampled-out
 /// handshake, either it completes it (the embryo becomes a quiet flow entry, which
@@ -531,7 +603,7 @@ fn promote<T: FlowTable>(
         return Embryonic::Handled;
     }
     table.remove_embryo(key);
-    let Some(s) = create(table, key, t) else {
+    let Some(s) = insert(table, key, t) else {
         return Embryonic::Handled;
     };
     s.client_dir = e.client_dir;
@@ -575,7 +647,7 @@ fn mid_stream_embryo<T: FlowTable>(
         return Embryonic::Handled;
     }
     table.remove_embryo(key);
-    let Some(s) = create(table, key, t) else {
+    let Some(s) = insert(table, key, t) else {
         return Embryonic::Handled;
     };
     s.shift = e.shift;
@@ -630,7 +702,7 @@ fn first_seen_mid_stream<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
         );
         return false;
     }
-    let Some(s) = create(table, key, t) else {
+    let Some(s) = insert(table, key, t) else {
         return false;
     };
     s.shift = shift;
@@ -682,25 +754,18 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
                 }
                 return sampled_syn(table, &key, dir, pkt, now, shift, t);
             }
-            if let Some(s) = table.lookup(&key)
-                && syn_retransmission(s, dir, pkt.seq)
-            {
-                // The same connection (Wireshark: a SYN with the stream's ISN is a
-                // retransmission): a SYN-ACK seen before it still counts for the
-                // handshake's ACK. iRTT runs from the most recent SYN.
-                s.syn_ns = now;
-                let note = observe(s, dir, pkt, segs, clock);
-                due(t, s, EventKind::Syn, dir, note);
-                return;
-            }
             // A retransmission kept after its first SYN was sampled out: the
             // connection is followed from here, not through the embryo, which hands
-            // over the SYN-ACK it saw.
+            // over the SYN-ACK it saw. Only looked for while one can exist.
             // Scalars, not an Option<Embryo>: copying one copies its uninitialised
             // None payload, a stack read 5.10's verifier refuses.
             let (mut embryo, mut handed) = (false, false);
             let (mut synack_seq, mut synack_ns) = (0u32, 0u64);
-            if let Some(e) = table.embryo(&key) {
+            let sampled_at = table.sampled_at();
+            if sampled_at != 0
+                && now.wrapping_sub(sampled_at) < EMBRYO_HANDOVER_NS
+                && let Some(e) = table.embryo(&key)
+            {
                 embryo = true;
                 if e.client_dir == dir && e.syn_seq == pkt.seq && e.state & STATE_SYNACK_SEEN != 0 {
                     (handed, synack_seq, synack_ns) = (true, e.synack_seq, e.synack_ns);
@@ -709,9 +774,25 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             if embryo {
                 table.remove_embryo(&key);
             }
-            // Any other SYN starts the connection afresh, including reuse of a tuple
-            // still in TIME-WAIT.
-            let Some(s) = create(table, &key, t) else {
+            let s = match table.lookup(&key) {
+                Some(s) => {
+                    if syn_retransmission(s, dir, pkt.seq) {
+                        // The same connection (Wireshark: a SYN with the stream's ISN
+                        // is a retransmission): a SYN-ACK seen before it still counts
+                        // for the handshake's ACK. iRTT runs from the most recent SYN.
+                        s.syn_ns = now;
+                        let note = observe(s, dir, pkt, segs, clock);
+                        due(t, s, EventKind::Syn, dir, note);
+                        return;
+                    }
+                    // Any other SYN starts the connection afresh, including reuse of
+                    // a tuple still in TIME-WAIT; reset in place (see `create`).
+                    *s = FlowState::ZERO;
+                    Some(s)
+                }
+                None => insert(table, &key, t),
+            };
+            let Some(s) = s else {
                 t.set(Emit::new(EventKind::Syn, None, dir, SeqNote::default()));
                 return;
             };

@@ -63,6 +63,11 @@ static FLOW_ZERO: FlowState = FlowState::ZERO;
 #[map]
 static EMBRYOS: LruHashMap<FlowKey, Embryo> = LruHashMap::with_max_entries(131072, 0);
 
+/// When a SYN was last sampled out, for all CPUs (see `FlowTable::sampled_at`):
+/// written about once a second under a flood, read by every kept SYN.
+#[map]
+static SAMPLED_AT: Array<u64> = Array::with_max_entries(1, 0);
+
 /// All counters of one CPU in one slot: one map lookup per packet.
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<[u64; counters::LEN as usize]> =
@@ -163,6 +168,8 @@ pub fn tcpmon_log_tc(_ctx: TcContext) -> i32 {
 
 /// Map update flag: fail if the key exists.
 const BPF_NOEXIST: u64 = 1;
+/// What a NOEXIST update returns for a key already there.
+const EEXIST: i32 = 17;
 
 /// `bpf_ringbuf_submit` flag: do not wake the consumer.
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -428,9 +435,24 @@ impl FlowTable for KernelFlows {
             *s = FLOW_ZERO;
             return Some((s, false));
         }
+        self.insert_new(key)
+    }
+
+    #[inline(always)]
+    fn insert_new(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)> {
         // From read-only data, not the stack: the value is copied by the helper.
-        FLOWS.insert(key, &FLOW_ZERO, 0).ok()?;
-        self.lookup(key).map(|s| (s, true))
+        // NOEXIST: an entry another CPU made meanwhile is no new element (the agent
+        // derives evictions from the insert count) and is reset in place below.
+        let new = match FLOWS.insert(key, &FLOW_ZERO, BPF_NOEXIST) {
+            Ok(()) => true,
+            Err(e) if e == -EEXIST => false,
+            Err(_) => return None,
+        };
+        let s = self.lookup(key)?;
+        if !new {
+            *s = FLOW_ZERO;
+        }
+        Some((s, new))
     }
 
     #[inline(always)]
@@ -450,6 +472,26 @@ impl FlowTable for KernelFlows {
     fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) {
         // A full LRU map recycles its oldest: this cannot fail for lack of room.
         let _ = EMBRYOS.insert(key, e, 0);
+    }
+
+    #[inline(always)]
+    fn add_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
+        // Fails only for a key already there: a full LRU map recycles its oldest.
+        EMBRYOS.insert(key, e, BPF_NOEXIST).is_ok()
+    }
+
+    #[inline(always)]
+    fn sampled_at(&mut self) -> u64 {
+        SAMPLED_AT.get(0).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn set_sampled_at(&mut self, now_ns: u64) {
+        if let Some(v) = SAMPLED_AT.get_ptr_mut(0) {
+            // SAFETY: a plain u64 in an array map; a racing CPU writes the same
+            // second's time.
+            unsafe { *v = now_ns };
+        }
     }
 
     #[inline(always)]

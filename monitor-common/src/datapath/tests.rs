@@ -206,6 +206,9 @@ impl FlowTable for NoRoom {
     fn create(&mut self, _: &FlowKey) -> Option<(&mut FlowState, bool)> {
         None
     }
+    fn insert_new(&mut self, _: &FlowKey) -> Option<(&mut FlowState, bool)> {
+        None
+    }
     fn remove(&mut self, _: &FlowKey) -> bool {
         false
     }

@@ -426,6 +426,51 @@ fn scripted(t: &mut WithEmbryos, script: &mut Script, p: &TcpPacket) -> Tracked 
     track_sampled(t, p, 1, &mut crate::seq::LazyClock::new(|| 5), script)
 }
 
+/// A packet through the sampled policy at `now`.
+fn scripted_at(t: &mut WithEmbryos, script: &mut Script, p: &TcpPacket, now: u64) -> Tracked {
+    track_sampled(t, p, 1, &mut crate::seq::LazyClock::new(|| now), script)
+}
+
+#[test]
+fn sampling_time_is_kept_to_within_a_second() {
+    let mut t = WithEmbryos::default();
+    let mut script = Script(std::vec![false; 3]);
+    let sec = 1_000_000_000;
+    for (i, now) in [7, sec / 2, sec + 7].into_iter().enumerate() {
+        scripted_at(
+            &mut t,
+            &mut script,
+            &pkt(true, SYN, 100 + i as u32, 0, 0),
+            now,
+        );
+    }
+    // The first sampled SYN sets it, the next within the second leaves it.
+    assert_eq!(t.sampled_at, sec + 7);
+    let mut t = WithEmbryos::default();
+    let mut script = Script(std::vec![false; 2]);
+    scripted_at(&mut t, &mut script, &pkt(true, SYN, 100, 0, 0), 7);
+    scripted_at(&mut t, &mut script, &pkt(true, SYN, 101, 0, 0), sec / 2);
+    assert_eq!(t.sampled_at, 7);
+}
+
+#[test]
+fn a_kept_syn_takes_over_an_embryo_only_within_the_handover_span() {
+    for (later, handed) in [(EMBRYO_HANDOVER_NS - 1, true), (EMBRYO_HANDOVER_NS, false)] {
+        let mut t = WithEmbryos::default();
+        let mut script = Script(std::vec![false, true]);
+        scripted_at(&mut t, &mut script, &pkt(true, SYN, 100, 0, 0), 5);
+        scripted_at(&mut t, &mut script, &pkt(false, SYN | ACK, 500, 101, 0), 6);
+        let e = scripted_at(&mut t, &mut script, &pkt(true, SYN, 100, 0, 0), 5 + later);
+        assert!(e.emit().is_some(), "kept SYN");
+        // Past the span the embryo is not looked for: it stays, to age out.
+        assert_eq!(t.embryos.is_empty(), handed);
+        let ack = scripted_at(&mut t, &mut script, &pkt(true, ACK, 101, 501, 0), 6 + later);
+        // Without the SYN-ACK the ACK completes nothing.
+        let want = handed.then_some(EventKind::HandshakeAck as u8);
+        assert_eq!(ack.emit().map(|e| e.kind), want, "handed over: {handed}");
+    }
+}
+
 #[test]
 fn a_kept_retransmission_retires_the_embryo() {
     let mut t = WithEmbryos::default();
