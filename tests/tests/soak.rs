@@ -345,11 +345,13 @@ fn soak() {
     // TcpPassiveOpens counts child sockets as they are made. With SYN cookies on,
     // two segments validating one cookie on two CPUs make two children, and the
     // second is dropped as a duplicate (found_dup_sk in tcp_v4_syn_recv_sock) with
-    // no counter of its own: the count can run ahead of the connections made (1 in
-    // 24 000 in one 10-minute soak), never behind. The accepts are the exact truth.
+    // no counter of its own: the count can run ahead of the connections made (1 and
+    // 2 in 24 000 in two 10-minute soaks of 30 floods), never behind. Cookies are in
+    // use only around a flood, so it may run ahead by one per flood. The accepts are
+    // the exact truth.
     assert!(
-        passive >= accepted && passive - accepted <= 1.0 + (accepted / 10_000.0).floor(),
-        "TcpPassiveOpens - scrapes {passive} vs {accepted} accepts"
+        passive >= accepted && passive - accepted <= cycles as f64,
+        "TcpPassiveOpens - scrapes {passive} vs {accepted} accepts ({cycles} floods)"
     );
     // The rate is asserted on the long soak only: in the suite's two minutes the
     // agent is still warming up (the handshake timeout is 75 s and the 10-minute
