@@ -41,8 +41,15 @@ pub const FLOW_INSERT_FAILURES: u32 = FLOW_INSERTS + 1;
 pub const FLOW_REMOVES: u32 = FLOW_INSERT_FAILURES + 1;
 /// Kernel log messages (`--kernel-log`) a CPU's token bucket held back.
 pub const LOG_SUPPRESSED: u32 = FLOW_REMOVES + 1;
+/// New elements inserted in the embryo table (sampled-out handshakes, flows first
+/// seen by a pure ACK). Like the flow map's, its evictions are these -
+/// [`EMBRYO_REMOVES`] - its entries; while it is full, its capacity over the rate of
+/// these is how long an embryo lives.
+pub const EMBRYO_INSERTS: u32 = LOG_SUPPRESSED + 1;
+/// Embryos the programs removed (completed, reset, or taken over by a kept SYN).
+pub const EMBRYO_REMOVES: u32 = EMBRYO_INSERTS + 1;
 /// Slots in the array.
-pub const LEN: u32 = LOG_SUPPRESSED + 1;
+pub const LEN: u32 = EMBRYO_REMOVES + 1;
 
 #[inline(always)]
 pub const fn sampled(kind: EventKind) -> u32 {
@@ -121,6 +128,8 @@ mod tests {
             FLOW_INSERT_FAILURES,
             FLOW_REMOVES,
             LOG_SUPPRESSED,
+            EMBRYO_INSERTS,
+            EMBRYO_REMOVES,
         ] {
             mark(i);
         }

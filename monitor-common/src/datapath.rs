@@ -12,7 +12,10 @@ use crate::{
     counters,
     event::{EventKind, Hook},
     flags::{self, FlagClass},
-    flow::{FLOW_INSERTED, FLOW_REFUSED, FLOW_REMOVED, FlowTable, Sampler, Tracked, track_sampled},
+    flow::{
+        EMBRYO_INSERTED, EMBRYO_REMOVED, FLOW_INSERTED, FLOW_REFUSED, FLOW_REMOVED, FlowTable,
+        Sampler, Tracked, track_sampled,
+    },
     parse::{OUTCOME_TCP, PacketBytes, ParseError, TcpPacket, parse_ethernet},
     seq::LazyClock,
     syn::{self, PrefixKey, SynConfig, SynCount},
@@ -206,24 +209,21 @@ where
     if tracked.zero_window {
         c.bump(counters::zero_windows(hook), 1);
     }
-    if tracked.flow_ops != 0 {
-        count_flow_ops(c, tracked.flow_ops);
-    }
+    count_flow_ops(c, tracked.flow_ops);
     tracked
 }
 
-/// What a packet did to the flow table, counted (see [`counters::FLOW_INSERTS`]).
+/// What a packet did to the flow and embryo tables, counted (see
+/// [`counters::FLOW_INSERTS`], [`counters::EMBRYO_INSERTS`]). Without branches: the
+/// verifier then need not tell apart the paths that set different bits.
 #[inline(always)]
 fn count_flow_ops<C: Counters>(c: &mut C, ops: u8) {
-    if ops & FLOW_INSERTED != 0 {
-        c.bump(counters::FLOW_INSERTS, 1);
-    }
-    if ops & FLOW_REFUSED != 0 {
-        c.bump(counters::FLOW_INSERT_FAILURES, 1);
-    }
-    if ops & FLOW_REMOVED != 0 {
-        c.bump(counters::FLOW_REMOVES, 1);
-    }
+    let bit = |b: u8| ((ops & b) != 0) as u64;
+    c.bump(counters::FLOW_INSERTS, bit(FLOW_INSERTED));
+    c.bump(counters::FLOW_INSERT_FAILURES, bit(FLOW_REFUSED));
+    c.bump(counters::FLOW_REMOVES, bit(FLOW_REMOVED));
+    c.bump(counters::EMBRYO_INSERTS, bit(EMBRYO_INSERTED));
+    c.bump(counters::EMBRYO_REMOVES, bit(EMBRYO_REMOVED));
 }
 
 /// Per-port, per-prefix and distinct-source accounting of a SYN or SYN-ACK.

@@ -199,14 +199,20 @@ pub trait FlowTable {
         None
     }
     /// Inserts (or replaces) an embryo, whole: one map update, no lookup after.
-    fn insert_embryo(&mut self, _key: &FlowKey, _e: &Embryo) {}
-    /// Inserts an embryo unless `key` has one already; false if it had one (no
-    /// lookup first: the common case, a flood's new tuple, costs one map update).
-    fn add_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
-        self.insert_embryo(key, e);
-        true
+    /// Whether the table took it.
+    fn insert_embryo(&mut self, _key: &FlowKey, _e: &Embryo) -> bool {
+        false
     }
-    fn remove_embryo(&mut self, _key: &FlowKey) {}
+    /// Inserts an embryo unless `key` has one already; true if it was inserted (no
+    /// lookup first: the common case, a flood's new tuple, costs one map update).
+    fn add_embryo(&mut self, _key: &FlowKey, _e: &Embryo) -> bool {
+        false
+    }
+    /// Removes `key`'s embryo, which the caller has just seen; whether it was still
+    /// there (an LRU table may have recycled it meanwhile).
+    fn remove_embryo(&mut self, _key: &FlowKey) -> bool {
+        false
+    }
     /// When a SYN was last sampled out (0: never), kept to within a second: a SYN
     /// kept more than [`EMBRYO_HANDOVER_NS`] later has no embryo to take over, and
     /// looks for none.
@@ -244,8 +250,9 @@ impl<S: core::hash::BuildHasher> FlowTable for HostFlows<S> {
     fn embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
         self.embryos.get_mut(key)
     }
-    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) {
+    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
         self.embryos.insert(*key, *e);
+        true
     }
     fn add_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
         match self.embryos.entry(*key) {
@@ -256,8 +263,8 @@ impl<S: core::hash::BuildHasher> FlowTable for HostFlows<S> {
             }
         }
     }
-    fn remove_embryo(&mut self, key: &FlowKey) {
-        self.embryos.remove(key);
+    fn remove_embryo(&mut self, key: &FlowKey) -> bool {
+        self.embryos.remove(key).is_some()
     }
     fn sampled_at(&mut self) -> u64 {
         self.sampled_at
@@ -350,7 +357,8 @@ pub struct Tracked {
     pub dup_ack: bool,
     pub zero_window: bool,
     /// What the packet did to the flow table: [`FLOW_INSERTED`], [`FLOW_REFUSED`],
-    /// [`FLOW_REMOVED`]. An LRU map evicts without telling: the agent derives its
+    /// [`FLOW_REMOVED`]; and to the embryo table: [`EMBRYO_INSERTED`],
+    /// [`EMBRYO_REMOVED`]. An LRU map evicts without telling: the agent derives its
     /// evictions as inserts - removes - entries.
     pub flow_ops: u8,
 }
@@ -377,6 +385,18 @@ pub const FLOW_INSERTED: u8 = 1;
 pub const FLOW_REFUSED: u8 = 2;
 /// `Tracked::flow_ops`: an entry was removed.
 pub const FLOW_REMOVED: u8 = 4;
+/// `Tracked::flow_ops`: a new element was inserted in the embryo table.
+pub const EMBRYO_INSERTED: u8 = 8;
+/// `Tracked::flow_ops`: an embryo was removed.
+pub const EMBRYO_REMOVED: u8 = 16;
+
+/// [`FlowTable::remove_embryo`], noting in `t` what it did.
+#[inline(always)]
+fn drop_embryo<T: FlowTable>(table: &mut T, key: &FlowKey, t: &mut Tracked) {
+    // Without a branch where the compiler allows: paths that differ only in these
+    // bits are then one path to the verifier.
+    t.flow_ops |= (table.remove_embryo(key) as u8) * EMBRYO_REMOVED;
+}
 
 /// [`FlowTable::create`], noting in `t` what it did to the table.
 #[inline(always)]
@@ -546,6 +566,7 @@ fn sampled_syn<T: FlowTable>(
     };
     // A flood's tuples are new: one update, no lookup first.
     if table.add_embryo(key, &e) {
+        t.flow_ops |= EMBRYO_INSERTED;
         return;
     }
     if let Some(old) = table.embryo(key)
@@ -556,6 +577,7 @@ fn sampled_syn<T: FlowTable>(
         old.syn_ns = now;
         return;
     }
+    // Another connection's embryo on the tuple, replaced (not a new element).
     table.insert_embryo(key, &e);
 }
 
@@ -585,7 +607,7 @@ fn promote<T: FlowTable>(
         return mid_stream_embryo(table, key, dir, pkt, &e, t);
     }
     if f & RST != 0 {
-        table.remove_embryo(key);
+        drop_embryo(table, key, t);
         t.sampled = EventKind::Rst as u8;
         return Embryonic::Handled;
     }
@@ -597,12 +619,12 @@ fn promote<T: FlowTable>(
         if pkt.payload_len > 0 || f & FIN != 0 {
             // Data or a FIN that does not complete the handshake (its SYN-ACK took a
             // path without a hook, or the embryo is stale): follow it mid-stream.
-            table.remove_embryo(key);
+            drop_embryo(table, key, t);
             return Embryonic::No;
         }
         return Embryonic::Handled;
     }
-    table.remove_embryo(key);
+    drop_embryo(table, key, t);
     let Some(s) = insert(table, key, t) else {
         return Embryonic::Handled;
     };
@@ -633,7 +655,7 @@ fn mid_stream_embryo<T: FlowTable>(
 ) -> Embryonic {
     let f = pkt.flags;
     if f & RST != 0 {
-        table.remove_embryo(key);
+        drop_embryo(table, key, t);
         if e.state & EMBRYO_QUIET != 0 {
             t.sampled = EventKind::Rst as u8;
         } else {
@@ -646,7 +668,7 @@ fn mid_stream_embryo<T: FlowTable>(
     if pkt.payload_len == 0 && f & FIN == 0 {
         return Embryonic::Handled;
     }
-    table.remove_embryo(key);
+    drop_embryo(table, key, t);
     let Some(s) = insert(table, key, t) else {
         return Embryonic::Handled;
     };
@@ -686,7 +708,8 @@ fn first_seen_mid_stream<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
         // are its first segment's (nothing reads them). Not zeros: a run of zeroed
         // fields becomes a memset call in BPF.
         let now = clock.now();
-        table.insert_embryo(
+        // The tuple has no embryo (`promote` found none, or removed it).
+        let inserted = table.insert_embryo(
             key,
             &Embryo {
                 syn_ns: now,
@@ -700,6 +723,8 @@ fn first_seen_mid_stream<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
                 _pad1: 0,
             },
         );
+        // Without a branch (see `drop_embryo`).
+        t.flow_ops |= (inserted as u8) * EMBRYO_INSERTED;
         return false;
     }
     let Some(s) = insert(table, key, t) else {
@@ -772,7 +797,7 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
                 }
             }
             if embryo {
-                table.remove_embryo(&key);
+                drop_embryo(table, &key, t);
             }
             let s = match table.lookup(&key) {
                 Some(s) => {

@@ -27,7 +27,7 @@ use monitor_common::{
     FlowKey, FlowState, TcpEvent, counters,
     datapath::{self, Counters as _, Parsed, PortField, PrefixAdd, SynTables, Tables},
     event::{EventKind, Hook},
-    flow::{Embryo, FLOW_REFUSED, FlowTable, Sampler},
+    flow::{Embryo, FlowTable, Sampler},
     seq::LazyClock,
     syn::{self, HLL_REGS, PortSyn, PrefixKey, SamplerState, SynConfig},
 };
@@ -274,14 +274,11 @@ fn stage_two(hook: Hook) {
     };
     let mut tables = Tables {
         counters: &mut *c,
-        flows: &mut KernelFlows,
+        flows: &mut KernelFlows { hook },
         sampler: &mut KernelSampler { hook },
         syn: &mut KernelSyn { hook },
     };
     let tracked = datapath::track_stage(&mut tables, &mut clock, p, hook, cfg);
-    if tracked.flow_ops & FLOW_REFUSED != 0 {
-        klog::note(notes::NOTE_FLOW_REFUSED, hook, |_| {});
-    }
     if !tracked.emits {
         return;
     }
@@ -416,7 +413,9 @@ impl SynTables for KernelSyn {
 }
 
 /// The LRU flow map behind the shared emit policy.
-struct KernelFlows;
+struct KernelFlows {
+    hook: Hook,
+}
 
 impl FlowTable for KernelFlows {
     #[inline(always)]
@@ -446,7 +445,12 @@ impl FlowTable for KernelFlows {
         let new = match FLOWS.insert(key, &FLOW_ZERO, BPF_NOEXIST) {
             Ok(()) => true,
             Err(e) if e == -EEXIST => false,
-            Err(_) => return None,
+            Err(_) => {
+                // Noted here, not from the result's flags: a branch on those would
+                // make the verifier tell apart every path that sets them.
+                klog::note(notes::NOTE_FLOW_REFUSED, self.hook, |_| {});
+                return None;
+            }
         };
         let s = self.lookup(key)?;
         if !new {
@@ -469,9 +473,9 @@ impl FlowTable for KernelFlows {
     }
 
     #[inline(always)]
-    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) {
+    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
         // A full LRU map recycles its oldest: this cannot fail for lack of room.
-        let _ = EMBRYOS.insert(key, e, 0);
+        EMBRYOS.insert(key, e, 0).is_ok()
     }
 
     #[inline(always)]
@@ -495,12 +499,8 @@ impl FlowTable for KernelFlows {
     }
 
     #[inline(always)]
-    fn remove_embryo(&mut self, key: &FlowKey) {
-        // Usually there is none: a lookup takes no bucket lock, a delete does.
-        // SAFETY: only tested for presence.
-        if unsafe { EMBRYOS.get(key) }.is_some() {
-            let _ = EMBRYOS.remove(key);
-        }
+    fn remove_embryo(&mut self, key: &FlowKey) -> bool {
+        EMBRYOS.remove(key).is_ok()
     }
 }
 

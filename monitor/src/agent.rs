@@ -123,6 +123,8 @@ pub struct Shared {
     time_wait: crate::sockstat::TimeWait,
     /// Ring-buffer losses and flow-map evictions, as logged.
     pressure: pressure::Pressure,
+    /// The embryo table's counts and turnover, updated by the SYN tick.
+    embryos: crate::embryos::EmbryoTable,
     /// What the programs and the agent cost, read every second by the main loop
     /// (which owns the programs).
     cost: Mutex<crate::cost::Cost>,
@@ -174,6 +176,7 @@ impl Shared {
             }
         };
         self.pressure.note_lost(&totals, Instant::now());
+        self.embryos.update(&totals, Instant::now());
         let counts = syn::KernelCounts {
             sampled: EventKind::ALL
                 .iter()
@@ -352,6 +355,8 @@ pub async fn run_until(
         .build(Some(lifecycle.clone()), WallClock::now())?;
     let time_wait = crate::sockstat::TimeWait::new(&metrics.registry);
     let cost = crate::cost::Cost::new(&metrics.registry);
+    let embryos =
+        crate::embryos::EmbryoTable::new(&metrics.registry, opts.load.embryo_entries.max(1));
     let shared = Arc::new(Shared {
         metrics,
         lifecycle,
@@ -366,6 +371,7 @@ pub async fn run_until(
         seed,
         time_wait,
         pressure: pressure::Pressure::new(opts.load.ring_bytes, opts.load.flow_entries),
+        embryos,
         cost: Mutex::new(cost),
     });
     shared.metrics.set_attachments(&attachments);

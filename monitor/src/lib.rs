@@ -5,6 +5,7 @@ pub mod agent;
 pub mod attach;
 pub mod cost;
 pub mod ebpf;
+pub mod embryos;
 pub mod event;
 pub mod iface;
 pub mod kstats;

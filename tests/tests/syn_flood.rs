@@ -531,6 +531,13 @@ fn scenario(ingress: &str, syncookies: bool) {
         .iter()
         .filter_map(|r| sample(&r.text, "tcpmon_syn_sample_ratio"))
         .fold(f64::INFINITY, f64::min);
+    // The product's own reading of the embryo table's lifetime, at its shortest.
+    let min_turnover = polls
+        .iter()
+        .filter_map(|r| sample(&r.text, "tcpmon_embryo_table_turnover_seconds"))
+        .fold(f64::INFINITY, f64::min);
+    let embryo_net = sample(&fin.text, "tcpmon_embryo_table_inserts_total").unwrap_or(0.0)
+        - sample(&fin.text, "tcpmon_embryo_table_removes_total").unwrap_or(0.0);
     let sampled = fin.sum("tcpmon_events_sampled_total");
     let emitted = fin.by_label("tcpmon_events_emitted_total", "kind");
     let est_port = after_flood.port("tcpmon_syn_sources_estimate");
@@ -724,8 +731,25 @@ fn scenario(ingress: &str, syncookies: bool) {
     let slow = handshakes.slower_than(turnover, first_spoofed, last_spoofed);
     eprintln!(
         "{what}: {slow} legitimate handshakes completed more than the embryo table's \
-         turnover ({turnover:.2} s) after their SYN-ACK, during the flood"
+         turnover ({turnover:.2} s; tcpmon's shortest reading {min_turnover:.2} s, \
+         {embryo_net} net embryo inserts) after their SYN-ACK, during the flood"
     );
+    // tcpmon reports the lifetime itself once the flood has filled the table: at its
+    // shortest (half-second readings at the flood's peak) no longer than the
+    // flood's average, and not below a third of it.
+    let capacity = monitor::loader::LoadOptions::default().embryo_entries as f64;
+    if embryo_net >= capacity {
+        assert!(
+            min_turnover <= turnover * 1.2 && min_turnover >= turnover / 3.0,
+            "{what}: embryo turnover read {min_turnover} s, the flood's {turnover:.3} s"
+        );
+    } else {
+        assert_eq!(
+            min_turnover,
+            f64::INFINITY,
+            "{what}: the table never filled"
+        );
+    }
     let succeeded = legit["succeeded"] as f64;
     let counted =
         |v: Option<f64>| v.is_some_and(|v| v <= succeeded && v >= succeeded - slow as f64);

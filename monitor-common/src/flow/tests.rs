@@ -640,3 +640,26 @@ fn a_kept_retransmission_takes_over_the_embryos_synack() {
         .expect("handshake ACK");
     assert_eq!(e.kind, EventKind::HandshakeAck as u8);
 }
+
+#[test]
+fn embryo_inserts_and_removes_are_noted() {
+    let ops: std::vec::Vec<u8> = sampled(&[
+        pkt(true, SYN, 100, 0, 0),
+        pkt(true, SYN, 100, 0, 0),
+        pkt(false, SYN | ACK, 500, 101, 0),
+        pkt(true, ACK, 101, 501, 0),
+    ])
+    .iter()
+    .map(|t| t.flow_ops)
+    .collect();
+    // The new SYN inserts; its retransmission and the SYN-ACK find it; the ACK that
+    // completes the handshake turns it into a flow entry.
+    assert_eq!(
+        ops,
+        [EMBRYO_INSERTED, 0, 0, EMBRYO_REMOVED | FLOW_INSERTED],
+        "{ops:?}"
+    );
+    // A flow first seen by a pure ACK leaves a mid-stream embryo.
+    let t = sampled(&[pkt(true, ACK, 900, 700, 0)]);
+    assert_eq!(t[0].flow_ops, EMBRYO_INSERTED);
+}

@@ -240,6 +240,9 @@ pub fn replay_from(
     readiness(&r.agent_metrics.registry);
     // The host's TIME-WAIT sockets mean nothing for a capture: present, never read, 0.
     crate::sockstat::TimeWait::new(&r.agent_metrics.registry);
+    // Replay's embryo table is unbounded (capacity 0, as its flow table's): it never
+    // turns over.
+    crate::embryos::EmbryoTable::new(&r.agent_metrics.registry, 0);
     Ok(r)
 }
 
