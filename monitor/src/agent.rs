@@ -226,6 +226,7 @@ impl Shared {
             syn: self.syn_snapshot(),
             connections: self.conns.lock().summary(&families),
             cost: self.cost.lock().summary(),
+            embryos: self.embryos.summary(),
         }
     }
 }

@@ -14,7 +14,7 @@ use monitor_common::counters;
 use parking_lot::Mutex;
 use prometheus::{Gauge, IntCounter, IntGauge, Registry};
 
-use crate::kstats::Totals;
+use crate::{kstats::Totals, syn::api::EmbryoUse};
 
 /// A lifetime shorter than this loses handshakes of clients a long round trip away
 /// (or whose ACK was lost and whose data comes later): worth a warning.
@@ -124,6 +124,15 @@ impl EmbryoTable {
             );
         }
         lifetime
+    }
+
+    /// For `tcpmon top`.
+    pub fn summary(&self) -> EmbryoUse {
+        let lifetime = self.turnover_gauge.get();
+        EmbryoUse {
+            capacity: self.capacity as u64,
+            turnover_secs: lifetime.is_finite().then_some(lifetime),
+        }
     }
 }
 

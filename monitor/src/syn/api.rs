@@ -82,6 +82,19 @@ pub struct TopSnapshot {
     /// Absent from agents older than the field.
     #[serde(default)]
     pub cost: CostSummary,
+    /// Absent from agents older than the field.
+    #[serde(default)]
+    pub embryos: EmbryoUse,
+}
+
+/// The embryo table (handshakes sampled out under a flood) as a flood turns it over.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EmbryoUse {
+    pub capacity: u64,
+    /// Seconds an embryo lives at the current insert rate: a sampled-out handshake
+    /// completing later than this after its SYN is not seen. None while the table is
+    /// not turning over.
+    pub turnover_secs: Option<f64>,
 }
 
 /// What the monitor costs the host, over the agent's last second.

@@ -145,6 +145,7 @@ mod tests {
                 kernel_ns_per_run: Some(212.5),
                 ..Default::default()
             },
+            embryos: Default::default(),
         }
     }
 

@@ -251,6 +251,15 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &TopSnapshot) {
             Style::new().fg(Color::Yellow),
         ));
     }
+    // How late a sampled-out handshake may complete and still be seen.
+    if let Some(t) = snap.embryos.turnover_secs {
+        let short = t < crate::embryos::SHORT_TURNOVER.as_secs_f64();
+        l2.push(Span::raw("   embryos live "));
+        l2.push(Span::styled(
+            format!("{t:.2} s"),
+            if short { flood_style() } else { bold() },
+        ));
+    }
     frame.render_widget(Paragraph::new(vec![Line::from(l1), Line::from(l2)]), area);
 }
 

@@ -1,5 +1,7 @@
 use super::*;
-use crate::syn::api::{ConnSummary, CostSummary, PortSyn, SourcePrefix, SynSnapshot, TableUse};
+use crate::syn::api::{
+    ConnSummary, CostSummary, EmbryoUse, PortSyn, SourcePrefix, SynSnapshot, TableUse,
+};
 
 const NOW_MS: u64 = 1_796_156_897_500;
 
@@ -76,6 +78,10 @@ fn flooded() -> TopSnapshot {
             kernel_cpus: 0.0098,
             agent_cpus: 0.123,
             agent_cpu_seconds_total: 3_600.0,
+        },
+        embryos: EmbryoUse {
+            capacity: 131_072,
+            turnover_secs: Some(0.384),
         },
     }
 }
@@ -208,6 +214,16 @@ fn cut_lists_say_so() {
     assert!(lines[header + 2].trim_start().starts_with("8029"), "{s}");
     assert_contains(&s, "10.0.0.0/24");
     assert!(lines[23].contains("q quit"), "{s}");
+}
+
+#[test]
+fn embryo_lifetime_shows_while_the_table_turns_over() {
+    let mut snap = flooded();
+    let s = render_to_string(&snap, "x", 120, 40);
+    assert_contains(&s, "embryos live 0.38 s");
+    snap.embryos.turnover_secs = None;
+    let s = render_to_string(&snap, "x", 120, 40);
+    assert!(!s.contains("embryos"), "{s}");
 }
 
 #[test]
