@@ -6,15 +6,23 @@
 //! delivered, and the generator's own tally the truth for distinct sources and the
 //! one hot /24 among them. On veth the sender's CPU also runs the receiver's path
 //! (tcpmon's programs included): the ceiling is those CPUs, and it is named so.
+//! A legitimate client connects to another port throughout each flood: its
+//! handshakes, sampled as the flood's are, must all be counted while the embryo
+//! table (whose lifetime tcpmon reports, read mid-flood) outlives them.
 
 use std::time::Duration;
 
 use crate::{
+    flood::PeerLoop,
     lab::{Lab, SERVER_V4},
     monitor::{Monitor, sample, sum},
 };
 
 const PORT: u16 = 8080;
+/// A legitimate client's port beside the flood's (which the raw table drops).
+const LEGIT_PORT: u16 = 8090;
+/// Its connections per second, during each step.
+const LEGIT_RATE: u32 = 50;
 const HOT: &str = "10.99.1.0";
 const HOT_SHARE: f64 = 0.05;
 /// Seconds each step floods for (the count is the rate times this).
@@ -126,8 +134,8 @@ pub fn table(out: &mut String) {
     out.push_str(
         "\n## SYN flood ladder (tcpmon-flood: AF_PACKET, qdisc bypassed, sendmmsg x 64; \
          sources from 10.128.0.0/12 and 5 % from one hot /24; dropped in the receiver's raw table)\n\n\
-         | step | offered SYN/s | delivered (nft) | counted by tcpmon | distinct sources: truth / estimate | hot /24: truth / tcpmon (rank) | flood detected | events emitted / sampled / lost | agent CPU s per M SYNs | agent RSS MiB |\n\
-         |---|---:|---:|---:|---:|---:|---|---:|---:|---:|\n",
+         | step | offered SYN/s | delivered (nft) | counted by tcpmon | distinct sources: truth / estimate | hot /24: truth / tcpmon (rank) | flood detected | events emitted / sampled / lost | legitimate handshakes: accepted / tcpmon | embryo lifetime mid-flood (s) | agent CPU s per M SYNs | agent RSS MiB |\n\
+         |---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|\n",
     );
     let mut last_max = None;
     for (i, step) in STEPS.iter().enumerate() {
@@ -137,11 +145,23 @@ pub fn table(out: &mut String) {
             &lab.server,
             &["-i", lab.server_if, "--ingress", step.ingress],
         );
+        let legit_addr = format!("{SERVER_V4}:{LEGIT_PORT}");
+        let server = PeerLoop::server(&lab, &legit_addr, STEP_SECS + 6.0, 1024);
         std::thread::sleep(Duration::from_secs(1));
         let before = mon.metrics(&lab);
-        let g = run_flood(&lab, step, i as u32 + 1);
+        let client = PeerLoop::legit_client(&lab, &legit_addr, LEGIT_RATE, STEP_SECS);
+        let (g, mid) = std::thread::scope(|sc| {
+            let mid = sc.spawn(|| {
+                std::thread::sleep(Duration::from_secs_f64(STEP_SECS / 2.0));
+                mon.metrics(&lab)
+            });
+            let g = run_flood(&lab, step, i as u32 + 1);
+            (g, mid.join().expect("mid-flood scrape"))
+        });
+        let legit = client.finish();
         std::thread::sleep(Duration::from_millis(1500));
         let m = mon.metrics(&lab);
+        let served = server.stop();
         let rss = crate::flood::rss_bytes(mon.pid()) as f64 / (1 << 20) as f64;
         drop(mon.stop());
         let delivered = dropped(&lab);
@@ -162,8 +182,14 @@ pub fn table(out: &mut String) {
             .iter()
             .position(|(p, _)| p == &format!("{HOT}/24"))
             .map_or("absent".to_string(), |r| format!("#{}", r + 1));
+        let opened = sample(
+            &m,
+            &format!("tcpmon_connections_opened_total{{port=\"{LEGIT_PORT}\",role=\"server\"}}"),
+        )
+        .unwrap_or(0.0);
+        let lifetime = sample(&mid, "tcpmon_embryo_table_turnover_seconds").unwrap_or(f64::NAN);
         out.push_str(&format!(
-            "| {} | {:.0} | {delivered} | {:.0} | {} / {:.0} | {} / {:.0} ({rank}) | {} | {:.0} / {:.0} / {:.0} | {:.3} | {rss:.1} |\n",
+            "| {} | {:.0} | {delivered} | {:.0} | {} / {:.0} | {} / {:.0} ({rank}) | {} | {:.0} / {:.0} / {:.0} | {} / {opened:.0} (client: {} of {}) | {lifetime:.2} | {:.3} | {rss:.1} |\n",
             step.what,
             g["rate"].as_f64().unwrap_or(0.0),
             sum(&m, "tcpmon_syn_received_total{", &[]),
@@ -175,6 +201,9 @@ pub fn table(out: &mut String) {
             sum(&m, "tcpmon_events_emitted_total{", &[]),
             sum(&m, "tcpmon_events_sampled_total{", &[]),
             sum(&m, "tcpmon_events_lost_total{", &[]),
+            served.get("accepted").copied().unwrap_or(0),
+            legit.get("succeeded").copied().unwrap_or(0),
+            legit.get("attempted").copied().unwrap_or(0),
             cpu / (sent.max(1) as f64 / 1e6),
         ));
         if step.rate.is_none() && step.ingress == "tc" {
