@@ -176,7 +176,9 @@ impl Shared {
             }
         };
         self.pressure.note_lost(&totals, Instant::now());
-        self.embryos.update(&totals, Instant::now());
+        let lifetime = self.embryos.update(&totals, Instant::now());
+        self.pressure
+            .note_embryo_lifetime(lifetime, self.embryos.capacity(), Instant::now());
         let counts = syn::KernelCounts {
             sampled: EventKind::ALL
                 .iter()
@@ -356,8 +358,9 @@ pub async fn run_until(
         .build(Some(lifecycle.clone()), WallClock::now())?;
     let time_wait = crate::sockstat::TimeWait::new(&metrics.registry);
     let cost = crate::cost::Cost::new(&metrics.registry);
-    let embryos =
-        crate::embryos::EmbryoTable::new(&metrics.registry, opts.load.embryo_entries.max(1));
+    let embryo_entries = opts.load.embryo_entries.max(1);
+    metrics.set_embryo_capacity(embryo_entries);
+    let embryos = crate::embryos::EmbryoTable::new(&metrics.registry, embryo_entries);
     let shared = Arc::new(Shared {
         metrics,
         lifecycle,

@@ -5,23 +5,20 @@
 //! it: an embryo lives about `capacity / (net inserts per second)`, and a legitimate
 //! handshake whose ACK comes later than that after its SYN is not seen. The LRU map
 //! evicts without telling, so the lifetime is derived from the programs' insert and
-//! remove counts, exported as `tcpmon_embryo_table_turnover_seconds`, and a short one
-//! is logged with what to change.
+//! remove counts and exported as `tcpmon_embryo_table_turnover_seconds`; a short one
+//! is logged with what to change (`agent::pressure`).
 
 use std::time::{Duration, Instant};
 
 use monitor_common::counters;
 use parking_lot::Mutex;
-use prometheus::{Gauge, IntCounter, IntGauge, Registry};
+use prometheus::{Gauge, Registry};
 
 use crate::{kstats::Totals, syn::api::EmbryoUse};
 
 /// A lifetime shorter than this loses handshakes of clients a long round trip away
 /// (or whose ACK was lost and whose data comes later): worth a warning.
 pub const SHORT_TURNOVER: Duration = Duration::from_secs(1);
-
-/// Shortest time between two warnings.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// An embryo's lifetime in the table, from successive readings of the counters.
 #[derive(Debug, Default)]
@@ -50,79 +47,45 @@ impl Turnover {
     }
 }
 
-/// The embryo table's metrics and its turnover.
+/// The embryo table's turnover, as a gauge (its capacity and counts are with the
+/// other kernel counters in [`crate::metrics::Metrics`]).
 pub struct EmbryoTable {
     capacity: u32,
-    inserts: IntCounter,
-    removes: IntCounter,
     turnover_gauge: Gauge,
-    state: Mutex<(Turnover, Totals, Option<Instant>)>,
+    turnover: Mutex<Turnover>,
 }
 
 impl EmbryoTable {
     pub fn new(r: &Registry, capacity: u32) -> EmbryoTable {
-        let reg = |c: Box<dyn prometheus::core::Collector>| r.register(c).expect("unique metric");
-        let capacity_gauge = IntGauge::new(
-            "tcpmon_embryo_table_capacity",
-            "Capacity of the kernel's LRU embryo table (handshakes sampled out under a SYN flood, flows first seen by a pure ACK)",
-        )
-        .expect("valid metric");
-        let inserts = IntCounter::new(
-            "tcpmon_embryo_table_inserts_total",
-            "New entries the programs inserted in the embryo table",
-        )
-        .expect("valid metric");
-        let removes = IntCounter::new(
-            "tcpmon_embryo_table_removes_total",
-            "Embryos the programs removed (handshake completed, reset, or taken over by a kept SYN)",
-        )
-        .expect("valid metric");
         let turnover_gauge = Gauge::new(
             "tcpmon_embryo_table_turnover_seconds",
             "How long an embryo lives in the full table at the current insert rate (capacity / net inserts per second; +Inf while it has never filled or takes no inserts): a sampled-out handshake completing later than this after its SYN is not seen",
         )
         .expect("valid metric");
-        reg(Box::new(capacity_gauge.clone()));
-        reg(Box::new(inserts.clone()));
-        reg(Box::new(removes.clone()));
-        reg(Box::new(turnover_gauge.clone()));
-        capacity_gauge.set(capacity as i64);
+        r.register(Box::new(turnover_gauge.clone()))
+            .expect("unique metric");
         turnover_gauge.set(f64::INFINITY);
         EmbryoTable {
             capacity,
-            inserts,
-            removes,
             turnover_gauge,
-            state: Mutex::new((Turnover::default(), [0; counters::LEN as usize], None)),
+            turnover: Mutex::default(),
         }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// One reading of the kernel's counter totals (about once a second); returns the
     /// lifetime.
     pub fn update(&self, totals: &Totals, now: Instant) -> f64 {
-        let (inserts, removes) = (
+        let lifetime = self.turnover.lock().update(
             totals[counters::EMBRYO_INSERTS as usize],
             totals[counters::EMBRYO_REMOVES as usize],
+            now,
+            self.capacity,
         );
-        let mut st = self.state.lock();
-        let (turnover, last, warned) = &mut *st;
-        let d = |i: u32| totals[i as usize].saturating_sub(last[i as usize]);
-        self.inserts.inc_by(d(counters::EMBRYO_INSERTS));
-        self.removes.inc_by(d(counters::EMBRYO_REMOVES));
-        *last = *totals;
-        let lifetime = turnover.update(inserts, removes, now, self.capacity);
         self.turnover_gauge.set(lifetime);
-        let quiet = warned.is_some_and(|t| now.duration_since(t) < WARN_EVERY);
-        if lifetime < SHORT_TURNOVER.as_secs_f64() && !quiet {
-            *warned = Some(now);
-            tracing::warn!(
-                lifetime_ms = (lifetime * 1000.0).round() as u64,
-                embryo_entries = self.capacity,
-                "a SYN flood recycles the embryo table in under a second: sampled-out \
-                 handshakes whose ACK comes later than that after their SYN are not \
-                 seen; raise --embryo-entries (or --syn-sample-rate)"
-            );
-        }
         lifetime
     }
 

@@ -32,6 +32,9 @@ pub struct Metrics {
     flow_insert_failures: IntCounter,
     flow_removes: IntCounter,
     flow_evictions: IntCounter,
+    embryo_capacity: IntGauge,
+    embryo_inserts: IntCounter,
+    embryo_removes: IntCounter,
     kernel_log_suppressed: IntCounter,
     attachments: IntGaugeVec,
     kernel_features: IntGaugeVec,
@@ -177,6 +180,21 @@ impl Metrics {
                 "tcpmon_flow_table_removes_total",
                 "Flow-map entries the programs removed (a tuple's new SYN sampled out)",
             ),
+            embryo_capacity: gauge(
+                &r,
+                "tcpmon_embryo_table_capacity",
+                "Capacity of the kernel's LRU embryo table (handshakes sampled out under a SYN flood, flows first seen by a pure ACK)",
+            ),
+            embryo_inserts: counter(
+                &r,
+                "tcpmon_embryo_table_inserts_total",
+                "New entries the programs inserted in the embryo table",
+            ),
+            embryo_removes: counter(
+                &r,
+                "tcpmon_embryo_table_removes_total",
+                "Embryos the programs removed (handshake completed, reset, or taken over by a kept SYN)",
+            ),
             kernel_log_suppressed: counter(
                 &r,
                 "tcpmon_kernel_log_suppressed_total",
@@ -288,6 +306,10 @@ impl Metrics {
         self.flow_capacity.set(capacity as i64);
     }
 
+    pub fn set_embryo_capacity(&self, capacity: u32) {
+        self.embryo_capacity.set(capacity as i64);
+    }
+
     /// Brings the eviction count up to what the kernel's counters prove: the LRU map
     /// evicts without telling, so evictions are inserts - removes - entries. `before`
     /// and `after` are counter totals read on either side of counting the `entries`;
@@ -349,6 +371,8 @@ impl Metrics {
         self.flow_insert_failures
             .inc_by(delta(counters::FLOW_INSERT_FAILURES));
         self.flow_removes.inc_by(delta(counters::FLOW_REMOVES));
+        self.embryo_inserts.inc_by(delta(counters::EMBRYO_INSERTS));
+        self.embryo_removes.inc_by(delta(counters::EMBRYO_REMOVES));
         self.kernel_log_suppressed
             .inc_by(delta(counters::LOG_SUPPRESSED));
         *last = *now;

@@ -1,5 +1,6 @@
 //! Telling the operator, in the log, when the kernel's tables overflow: events lost
-//! to a full ring buffer and flow-map evictions. The counters on /metrics are exact;
+//! to a full ring buffer, flow-map evictions, and an embryo table a flood recycles
+//! too fast. The counters on /metrics are exact;
 //! the log says it happened and what to change, at most once per [`EVERY`] so that a
 //! sustained overflow cannot flood the journal.
 
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use monitor_common::{counters, event::EventKind};
 use parking_lot::Mutex;
 
-use crate::kstats::Totals;
+use crate::{embryos::SHORT_TURNOVER, kstats::Totals};
 
 /// Shortest time between two warnings of one kind.
 pub const EVERY: Duration = Duration::from_secs(10);
@@ -44,6 +45,8 @@ pub struct Pressure {
     flow_capacity: u32,
     lost: Mutex<Seen>,
     evicted: Mutex<Seen>,
+    /// When a short embryo-table lifetime was last warned of.
+    short_lived: Mutex<Option<Instant>>,
 }
 
 impl Pressure {
@@ -53,6 +56,7 @@ impl Pressure {
             flow_capacity,
             lost: Mutex::default(),
             evicted: Mutex::default(),
+            short_lived: Mutex::default(),
         }
     }
 
@@ -87,6 +91,26 @@ impl Pressure {
                  mid-stream; raise --flow-entries"
             );
         }
+    }
+
+    /// Warns while a flood recycles the embryo table faster than
+    /// [`SHORT_TURNOVER`] (`lifetime`: seconds, from [`crate::embryos`]).
+    pub fn note_embryo_lifetime(&self, lifetime: f64, embryo_entries: u32, now: Instant) {
+        if lifetime >= SHORT_TURNOVER.as_secs_f64() {
+            return;
+        }
+        let mut warned = self.short_lived.lock();
+        if warned.is_some_and(|t| now.duration_since(t) < EVERY) {
+            return;
+        }
+        *warned = Some(now);
+        tracing::warn!(
+            lifetime_ms = (lifetime * 1000.0).round() as u64,
+            embryo_entries,
+            "a SYN flood recycles the embryo table in under a second: sampled-out \
+             handshakes whose ACK comes later than that after their SYN are not \
+             seen; raise --embryo-entries (or --syn-sample-rate)"
+        );
     }
 }
 
