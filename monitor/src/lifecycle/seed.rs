@@ -324,8 +324,12 @@ impl<S: Sink> Engine<S> {
         };
         let fresh = seeded_conn(s, now_ns, self.cfg.time_wait_ns);
         let c = &mut e.conn;
+        // Seen from its SYN, its handshake completed out of sight (e.g. while only
+        // one hook was attached): it opened while watched, without a latency sample.
+        let opens = in_handshake(c);
         // A connection seen opening whose close was missed still closes once.
-        let close = c.ack_ns.is_some() && c.finished.is_none() && fresh.finished.is_some();
+        let close =
+            (c.ack_ns.is_some() || opens) && c.finished.is_none() && fresh.finished.is_some();
         c.ends = fresh.ends;
         c.client = c.client.or(fresh.client);
         c.active_closer = c.active_closer.or(fresh.active_closer);
@@ -339,9 +343,10 @@ impl<S: Sink> Engine<S> {
         e.local = Some(s.local);
         e.both_local |= s.peer.is_some();
         e.provisional = false;
-        if close {
-            self.out.report(e, &[Happening::Closed(CloseHow::Fin)]);
-        }
+        let opened = opens.then_some(Happening::Opened(None));
+        let closed = close.then_some(Happening::Closed(CloseHow::Fin));
+        let happened: Vec<Happening> = opened.into_iter().chain(closed).collect();
+        self.out.report(e, &happened);
         if s.server {
             self.out.ports.admit(e.eps.addrs[s.local].port());
         }

@@ -324,13 +324,49 @@ fn entries_older_than_the_dump_take_the_kernels_state() {
     assert_eq!((out.total(), out.updated, out.skipped), (2, 2, 0));
     assert_eq!(state_count(&e, TcpState::TimeWait), 1);
     assert_eq!(state_count(&e, TcpState::Established), 1);
-    assert!(e.out.sink.calls.is_empty(), "{:?}", e.out.sink.calls);
+    // The one seen from its SYN opened and closed while watched.
+    assert_eq!(
+        e.out.sink.calls,
+        ["opened server 80", "closed server 80 fin"]
+    );
     // The mid-stream one now knows it is the server.
     e.on_event(&ev(false, 80, 40001, RST, 9, 0, 100_010));
     assert_eq!(
-        e.out.sink.calls,
+        e.out.sink.calls[2..],
         ["reset received established", "closed server 80 rst"]
     );
     e.tick(131 * SEC, &mut NoProbe);
     assert!(e.is_empty());
+}
+
+#[test]
+fn a_handshake_completed_out_of_sight_is_opened_once_by_the_seed() {
+    let mut e = engine();
+    let mark = e.seed_mark();
+    // Ingress only: the client's SYN and its ACK of a SYN-ACK not seen.
+    e.on_event(&ev(false, 80, 40000, SYN, 100, 0, 1));
+    e.on_event(&ev(false, 80, 40000, ACK, 101, 501, 2));
+    let out = e.seed(
+        &mark,
+        &[seed(80, 40000, TcpState::Established, true)],
+        5_000_000,
+        6_000_000,
+    );
+    assert_eq!((out.total(), out.updated), (1, 1));
+    assert_eq!(e.out.sink.calls, ["opened server 80"]);
+    assert_eq!(e.half_open, 0);
+    // Both hooks now: its close is followed, and counted once.
+    e.on_event(&ev(false, 80, 40000, FIN | ACK, 101, 501, 10));
+    e.on_event(&ev(true, 80, 40000, FIN | ACK, 501, 102, 11));
+    e.on_event(&ev(false, 80, 40000, ACK, 102, 502, 12));
+    assert_eq!(e.out.sink.calls[1..], ["closed server 80 fin"]);
+    // A second dump changes nothing: the entry is no longer in its handshake.
+    let mark = e.seed_mark();
+    e.seed(
+        &mark,
+        &[seed(80, 40000, TcpState::TimeWait, true)],
+        20_000_000,
+        21_000_000,
+    );
+    assert_eq!(e.out.sink.calls.len(), 2, "{:?}", e.out.sink.calls);
 }
