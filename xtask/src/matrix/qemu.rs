@@ -26,7 +26,27 @@ pub struct Outcome {
     pub wall: Duration,
     /// Why the run did not finish normally (timeout, panic, spawn failure).
     pub error: Option<String>,
+    /// The guest hung before reporting anything (see [`Stall`]): worth one more boot.
+    pub stalled: bool,
     pub log: PathBuf,
+}
+
+/// A guest that has hung for good: TCG on shared cores has been seen to lose an NVMe
+/// completion, after which every task touching the root disk blocks and the guest
+/// sits idle until the timeout. The kernel's hung-task warning on the console, before
+/// any result, tells that apart from a guest that is merely slow.
+pub struct Stall<'a> {
+    pub console: &'a Path,
+    /// How often the console is read.
+    pub poll: Duration,
+}
+
+impl Stall<'_> {
+    const SIGN: &'static str = "blocked for more than";
+
+    fn seen(&self) -> bool {
+        std::fs::read_to_string(self.console).is_ok_and(|c| c.contains(Self::SIGN))
+    }
 }
 
 impl Outcome {
@@ -87,15 +107,32 @@ pub fn boot(vm: &Vm, vmlinuz: &Path, initrd: &Path, log: &Path, tag: &str) -> Ou
             "-append",
             "console=ttyS0 panic=-1 quiet loglevel=3 mitigations=off",
         ]);
-    collect(qemu, log, vm.timeout, tag)
+    collect(qemu, log, vm.timeout, tag, None)
 }
 
 /// Runs the checker on this machine (the host row).
 pub fn native(checker: Command, log: &Path, timeout: Duration, tag: &str) -> Outcome {
-    collect(checker, log, timeout, tag)
+    collect(checker, log, timeout, tag, None)
 }
 
-fn collect(mut cmd: Command, log: &Path, timeout: Duration, tag: &str) -> Outcome {
+/// [`native`], ended early when the guest shows it has hung (see [`Stall`]).
+pub fn native_watched(
+    checker: Command,
+    log: &Path,
+    timeout: Duration,
+    tag: &str,
+    stall: &Stall<'_>,
+) -> Outcome {
+    collect(checker, log, timeout, tag, Some(stall))
+}
+
+fn collect(
+    mut cmd: Command,
+    log: &Path,
+    timeout: Duration,
+    tag: &str,
+    stall: Option<&Stall<'_>>,
+) -> Outcome {
     let start = Instant::now();
     let mut out = Outcome {
         log: log.to_path_buf(),
@@ -119,7 +156,8 @@ fn collect(mut cmd: Command, log: &Path, timeout: Duration, tag: &str) -> Outcom
     let deadline = start + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
+        let wait = stall.map_or(left, |s| left.min(s.poll));
+        match lines.recv_timeout(wait) {
             Ok(line) => {
                 let line = line.replace('\r', "");
                 if let Some(f) = &mut file {
@@ -128,6 +166,18 @@ fn collect(mut cmd: Command, log: &Path, timeout: Duration, tag: &str) -> Outcom
                 out.feed(&line, tag);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() && wait < left => {
+                if out.records.is_empty() && stall.is_some_and(Stall::seen) {
+                    out.error = Some(format!(
+                        "the guest hung (\"{}\" on its console) after {:.0} s, before any result",
+                        Stall::SIGN,
+                        start.elapsed().as_secs_f64()
+                    ));
+                    out.stalled = true;
+                    let _ = child.kill();
+                    break;
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 out.error = Some(format!("timed out after {} s", timeout.as_secs()));
                 let _ = child.kill();
@@ -169,4 +219,49 @@ fn read_lines(child: &mut Child) -> mpsc::Receiver<String> {
         });
     }
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_that_hung_before_any_result_is_ended_early() {
+        let dir = std::env::temp_dir().join(format!("xtask-stall-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let console = dir.join("console.log");
+        std::fs::write(
+            &console,
+            "[ 242.79] INFO: task jbd2:83 blocked for more than 120 seconds.\n",
+        )
+        .unwrap();
+        let stall = Stall {
+            console: &console,
+            poll: Duration::from_millis(50),
+        };
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let out = native_watched(
+            cmd,
+            &dir.join("out.log"),
+            Duration::from_secs(60),
+            "t",
+            &stall,
+        );
+        assert!(out.stalled, "{:?}", out.error);
+        assert!(out.wall < Duration::from_secs(10), "{:?}", out.wall);
+        // A quiet console is a slow guest, not a hung one: it runs to its end.
+        std::fs::write(&console, "booting\n").unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("0.3");
+        let out = native_watched(
+            cmd,
+            &dir.join("out.log"),
+            Duration::from_secs(60),
+            "t",
+            &stall,
+        );
+        assert!(!out.stalled && out.error.is_none(), "{:?}", out.error);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -52,6 +52,9 @@ impl Options {
 }
 
 /// Every check the guest script must report: one missing is a failure too.
+/// Boots of the guest at most: one more after a boot that hung (see `qemu::Stall`).
+const BOOTS: u32 = 2;
+
 const CHECKS: &[&str] = &[
     "install",
     "user",
@@ -154,13 +157,25 @@ fn run_rows(opts: &Options, rows: &mut Vec<(String, bool, String)>) -> anyhow::R
         kernel.release,
         console.display()
     );
-    let qemu = qemu_command(&kernel.vmlinuz(), &image, &payload, &console);
-    let outcome = qemu::native(
-        qemu,
-        &results,
-        Duration::from_secs(opts.timeout_secs),
-        "systemd-vm",
-    );
+    let mut outcome = qemu::Outcome::default();
+    for attempt in 1..=BOOTS {
+        // The sign of a hang is read from the console: each boot starts its own.
+        let _ = std::fs::remove_file(&console);
+        let qemu = qemu_command(&kernel.vmlinuz(), &image, &payload, &console);
+        let timeout = Duration::from_secs(opts.timeout_secs);
+        let stall = qemu::Stall {
+            console: &console,
+            poll: Duration::from_secs(10),
+        };
+        outcome = qemu::native_watched(qemu, &results, timeout, "systemd-vm", &stall);
+        if !outcome.stalled || attempt == BOOTS {
+            break;
+        }
+        eprintln!(
+            "systemd-vm: {} (boot {attempt} of {BOOTS}); booting again",
+            outcome.error.as_deref().unwrap_or_default()
+        );
+    }
     eprintln!(
         "systemd-vm: preparation {:.0} s, guest {:.0} s",
         prepared.as_secs_f64(),
