@@ -41,15 +41,18 @@ pub const FLOW_INSERT_FAILURES: u32 = FLOW_INSERTS + 1;
 pub const FLOW_REMOVES: u32 = FLOW_INSERT_FAILURES + 1;
 /// Kernel log messages (`--kernel-log`) a CPU's token bucket held back.
 pub const LOG_SUPPRESSED: u32 = FLOW_REMOVES + 1;
-/// New elements inserted in the embryo table (sampled-out handshakes, flows first
-/// seen by a pure ACK). Like the flow map's, its evictions are these -
-/// [`EMBRYO_REMOVES`] - its entries; while it is full, its capacity over the rate of
-/// these is how long an embryo lives.
+/// New embryos put in the embryo table (sampled-out handshakes, flows first seen by
+/// a pure ACK), whether in a free slot or over another tuple's ([`EMBRYO_EVICTS`]).
 pub const EMBRYO_INSERTS: u32 = LOG_SUPPRESSED + 1;
 /// Embryos the programs removed (completed, reset, or taken over by a kept SYN).
 pub const EMBRYO_REMOVES: u32 = EMBRYO_INSERTS + 1;
+/// New embryos that took the slot of another tuple's (its set was full).
+pub const EMBRYO_EVICTS: u32 = EMBRYO_REMOVES + 1;
+/// Nanoseconds the evicted embryos had lived, summed: over [`EMBRYO_EVICTS`], how
+/// long a sampled-out handshake is remembered.
+pub const EMBRYO_EVICTED_AGE_NS: u32 = EMBRYO_EVICTS + 1;
 /// Slots in the array.
-pub const LEN: u32 = EMBRYO_REMOVES + 1;
+pub const LEN: u32 = EMBRYO_EVICTED_AGE_NS + 1;
 
 #[inline(always)]
 pub const fn sampled(kind: EventKind) -> u32 {
@@ -130,6 +133,8 @@ mod tests {
             LOG_SUPPRESSED,
             EMBRYO_INSERTS,
             EMBRYO_REMOVES,
+            EMBRYO_EVICTS,
+            EMBRYO_EVICTED_AGE_NS,
         ] {
             mark(i);
         }

@@ -13,8 +13,8 @@ use crate::{
     event::{EventKind, Hook},
     flags::{self, FlagClass},
     flow::{
-        EMBRYO_INSERTED, EMBRYO_REMOVED, FLOW_INSERTED, FLOW_REFUSED, FLOW_REMOVED, FlowTable,
-        Sampler, Tracked, track_sampled,
+        EMBRYO_EVICTED, EMBRYO_INSERTED, EMBRYO_REMOVED, FLOW_INSERTED, FLOW_REFUSED, FLOW_REMOVED,
+        FlowTable, Sampler, Tracked, track_sampled,
     },
     parse::{OUTCOME_TCP, PacketBytes, ParseError, TcpPacket, parse_ethernet},
     seq::LazyClock,
@@ -209,7 +209,7 @@ where
     if tracked.zero_window {
         c.bump(counters::zero_windows(hook), 1);
     }
-    count_flow_ops(c, tracked.flow_ops);
+    count_flow_ops(c, &tracked);
     tracked
 }
 
@@ -217,13 +217,16 @@ where
 /// [`counters::FLOW_INSERTS`], [`counters::EMBRYO_INSERTS`]). Without branches: the
 /// verifier then need not tell apart the paths that set different bits.
 #[inline(always)]
-fn count_flow_ops<C: Counters>(c: &mut C, ops: u8) {
+fn count_flow_ops<C: Counters>(c: &mut C, t: &Tracked) {
+    let ops = t.flow_ops;
     let bit = |b: u8| ((ops & b) != 0) as u64;
     c.bump(counters::FLOW_INSERTS, bit(FLOW_INSERTED));
     c.bump(counters::FLOW_INSERT_FAILURES, bit(FLOW_REFUSED));
     c.bump(counters::FLOW_REMOVES, bit(FLOW_REMOVED));
     c.bump(counters::EMBRYO_INSERTS, bit(EMBRYO_INSERTED));
     c.bump(counters::EMBRYO_REMOVES, bit(EMBRYO_REMOVED));
+    c.bump(counters::EMBRYO_EVICTS, bit(EMBRYO_EVICTED));
+    c.bump(counters::EMBRYO_EVICTED_AGE_NS, t.evicted_age_ns);
 }
 
 /// Per-port, per-prefix and distinct-source accounting of a SYN or SYN-ACK.

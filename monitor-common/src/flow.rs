@@ -10,7 +10,13 @@ use crate::flags::{ACK, FIN, RST, SYN};
 use crate::parse::TcpPacket;
 use crate::seq::{self, DirSeq, LazyClock, SeqNote};
 
+mod embryo_table;
 mod table;
+#[cfg(any(test, feature = "user"))]
+pub use embryo_table::HostEmbryos;
+pub use embryo_table::{
+    DEFAULT_EMBRYO_SLOTS, EMBRYO_WAYS, EmbryoPlace, EmbryoSet, EmbryoSlot, Put, embryo_sets,
+};
 pub use table::FlowTable;
 #[cfg(any(test, feature = "user"))]
 pub use table::HostFlows;
@@ -245,9 +251,11 @@ pub struct Tracked {
     pub zero_window: bool,
     /// What the packet did to the flow table: [`FLOW_INSERTED`], [`FLOW_REFUSED`],
     /// [`FLOW_REMOVED`]; and to the embryo table: [`EMBRYO_INSERTED`],
-    /// [`EMBRYO_REMOVED`]. An LRU map evicts without telling: the agent derives its
-    /// evictions as inserts - removes - entries.
+    /// [`EMBRYO_REMOVED`], [`EMBRYO_EVICTED`]. An LRU map evicts without telling: the
+    /// agent derives the flow map's evictions as inserts - removes - entries.
     pub flow_ops: u8,
+    /// With [`EMBRYO_EVICTED`]: how long the evicted embryo had lived.
+    pub evicted_age_ns: u64,
 }
 
 impl Tracked {
@@ -276,13 +284,23 @@ pub const FLOW_REMOVED: u8 = 4;
 pub const EMBRYO_INSERTED: u8 = 8;
 /// `Tracked::flow_ops`: an embryo was removed.
 pub const EMBRYO_REMOVED: u8 = 16;
+/// `Tracked::flow_ops`: a new embryo took the slot of another tuple's.
+pub const EMBRYO_EVICTED: u8 = 32;
 
-/// [`FlowTable::remove_embryo`], noting in `t` what it did.
+/// Notes in `t` what putting an embryo did, without a branch (see `drop_embryo`).
 #[inline(always)]
-fn drop_embryo<T: FlowTable>(table: &mut T, key: &FlowKey, t: &mut Tracked) {
+fn noted_put(p: Put, t: &mut Tracked) {
+    t.flow_ops |= ((p.new as u8) * EMBRYO_INSERTED) | ((p.evicted as u8) * EMBRYO_EVICTED);
+    t.evicted_age_ns = p.evicted_age_ns;
+}
+
+/// Frees the slot of `tag` in `set`, noting in `t` whether it still held it
+/// (another CPU may have recycled it meanwhile).
+#[inline(always)]
+fn drop_embryo(set: &mut EmbryoSet, tag: u64, t: &mut Tracked) {
     // Without a branch where the compiler allows: paths that differ only in these
     // bits are then one path to the verifier.
-    t.flow_ops |= (table.remove_embryo(key) as u8) * EMBRYO_REMOVED;
+    t.flow_ops |= (set.remove(tag) as u8) * EMBRYO_REMOVED;
 }
 
 /// [`FlowTable::create`], noting in `t` what it did to the table.
@@ -451,21 +469,10 @@ fn sampled_syn<T: FlowTable>(
         _pad0: 0,
         _pad1: 0,
     };
-    // A flood's tuples are new: one update, no lookup first.
-    if table.add_embryo(key, &e) {
-        t.flow_ops |= EMBRYO_INSERTED;
+    let Some((set, tag)) = table.embryo_set(key) else {
         return;
-    }
-    if let Some(old) = table.embryo(key)
-        && old.client_dir == dir
-        && old.syn_seq == pkt.seq
-    {
-        // A retransmission: the embryo keeps the SYN-ACK it may have seen.
-        old.syn_ns = now;
-        return;
-    }
-    // Another connection's embryo on the tuple, replaced (not a new element).
-    table.insert_embryo(key, &e);
+    };
+    noted_put(set.put_syn(tag, &e), t);
 }
 
 /// How often [`FlowTable::set_sampled_at`] is written under a flood: a shared value,
@@ -485,85 +492,105 @@ fn promote<T: FlowTable>(
     pkt: &TcpPacket,
     t: &mut Tracked,
 ) -> Embryonic {
-    let Some(e) = table.embryo(key) else {
+    let Some((set, tag)) = table.embryo_set(key) else {
         return Embryonic::No;
     };
-    let e = *e;
-    let f = pkt.flags;
-    if e.state & EMBRYO_MID_STREAM != 0 {
-        return mid_stream_embryo(table, key, dir, pkt, &e, t);
-    }
-    if f & RST != 0 {
-        drop_embryo(table, key, t);
-        t.sampled = EventKind::Rst as u8;
+    let Some(found) = set.find(tag) else {
+        return Embryonic::No;
+    };
+    let e = *found;
+    let step = embryo_step(&e, dir, pkt);
+    if step == EmbryoStep::Keep {
         return Embryonic::Handled;
+    }
+    drop_embryo(set, tag, t);
+    let quiet = e.state & EMBRYO_MID_STREAM == 0 || e.state & EMBRYO_QUIET != 0;
+    match step {
+        EmbryoStep::Keep => Embryonic::Handled,
+        EmbryoStep::Reset if quiet => {
+            t.sampled = EventKind::Rst as u8;
+            Embryonic::Handled
+        }
+        EmbryoStep::Reset => {
+            let mut ev = Emit::new(EventKind::Rst, None, dir, SeqNote::default());
+            ev.shift = e.shift;
+            t.set(ev);
+            Embryonic::Handled
+        }
+        // Data or a FIN that does not complete the handshake (its SYN-ACK took a
+        // path without a hook, or the embryo is stale): followed mid-stream.
+        EmbryoStep::Abandon => Embryonic::No,
+        EmbryoStep::Follow => {
+            let Some(s) = insert(table, key, t) else {
+                return Embryonic::Handled;
+            };
+            s.shift = e.shift;
+            if quiet {
+                s.state |= STATE_QUIET;
+            }
+            Embryonic::Promoted
+        }
+        EmbryoStep::Complete => {
+            let Some(s) = insert(table, key, t) else {
+                return Embryonic::Handled;
+            };
+            s.client_dir = e.client_dir;
+            s.syn_seq = e.syn_seq;
+            s.synack_seq = e.synack_seq;
+            s.syn_ns = e.syn_ns;
+            s.synack_ns = e.synack_ns;
+            s.shift = e.shift;
+            s.state = STATE_SYN_SEEN | STATE_SYNACK_SEEN | STATE_QUIET;
+            // The SYN and the SYN-ACK, as a followed connection would have counted them.
+            s.segs[(e.client_dir & 1) as usize] = 1;
+            s.segs[((e.client_dir ^ 1) & 1) as usize] = 1;
+            Embryonic::Promoted
+        }
+    }
+}
+
+/// What a segment does to the embryo of its tuple.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EmbryoStep {
+    /// Nothing: a pure ACK that completes nothing.
+    Keep,
+    /// A RST: the embryo goes, the RST is emitted if its flow was not sampled out.
+    Reset,
+    /// Data or a FIN of a handshake it does not complete: the embryo goes, the
+    /// segment starts a flow seen mid-stream.
+    Abandon,
+    /// Data or a FIN of a flow first seen by a pure ACK: it becomes a flow entry,
+    /// followed from here without a second mid-stream event.
+    Follow,
+    /// The ACK that completes a sampled-out handshake: it becomes a quiet flow entry.
+    Complete,
+}
+
+#[inline(always)]
+fn embryo_step(e: &Embryo, dir: u8, pkt: &TcpPacket) -> EmbryoStep {
+    let f = pkt.flags;
+    let carries = pkt.payload_len > 0 || f & FIN != 0;
+    if f & RST != 0 {
+        return EmbryoStep::Reset;
+    }
+    if e.state & EMBRYO_MID_STREAM != 0 {
+        return if carries {
+            EmbryoStep::Follow
+        } else {
+            EmbryoStep::Keep
+        };
     }
     let completes = f & ACK != 0
         && e.state & STATE_SYNACK_SEEN != 0
         && e.client_dir == dir
         && pkt.ack == e.synack_seq.wrapping_add(1);
-    if !completes {
-        if pkt.payload_len > 0 || f & FIN != 0 {
-            // Data or a FIN that does not complete the handshake (its SYN-ACK took a
-            // path without a hook, or the embryo is stale): follow it mid-stream.
-            drop_embryo(table, key, t);
-            return Embryonic::No;
-        }
-        return Embryonic::Handled;
+    if completes {
+        EmbryoStep::Complete
+    } else if carries {
+        EmbryoStep::Abandon
+    } else {
+        EmbryoStep::Keep
     }
-    drop_embryo(table, key, t);
-    let Some(s) = insert(table, key, t) else {
-        return Embryonic::Handled;
-    };
-    s.client_dir = e.client_dir;
-    s.syn_seq = e.syn_seq;
-    s.synack_seq = e.synack_seq;
-    s.syn_ns = e.syn_ns;
-    s.synack_ns = e.synack_ns;
-    s.shift = e.shift;
-    s.state = STATE_SYN_SEEN | STATE_SYNACK_SEEN | STATE_QUIET;
-    // The SYN and the SYN-ACK, as a followed connection would have counted them.
-    s.segs[(e.client_dir & 1) as usize] = 1;
-    s.segs[((e.client_dir ^ 1) & 1) as usize] = 1;
-    Embryonic::Promoted
-}
-
-/// A segment of a flow first seen mid-stream by a pure ACK: more pure ACKs are
-/// ignored; a RST is emitted (unless the flow was sampled out); data or a FIN makes
-/// it a flow entry, followed from there without a second mid-stream event.
-#[inline(always)]
-fn mid_stream_embryo<T: FlowTable>(
-    table: &mut T,
-    key: &FlowKey,
-    dir: u8,
-    pkt: &TcpPacket,
-    e: &Embryo,
-    t: &mut Tracked,
-) -> Embryonic {
-    let f = pkt.flags;
-    if f & RST != 0 {
-        drop_embryo(table, key, t);
-        if e.state & EMBRYO_QUIET != 0 {
-            t.sampled = EventKind::Rst as u8;
-        } else {
-            let mut ev = Emit::new(EventKind::Rst, None, dir, SeqNote::default());
-            ev.shift = e.shift;
-            t.set(ev);
-        }
-        return Embryonic::Handled;
-    }
-    if pkt.payload_len == 0 && f & FIN == 0 {
-        return Embryonic::Handled;
-    }
-    drop_embryo(table, key, t);
-    let Some(s) = insert(table, key, t) else {
-        return Embryonic::Handled;
-    };
-    s.shift = e.shift;
-    if e.state & EMBRYO_QUIET != 0 {
-        s.state |= STATE_QUIET;
-    }
-    Embryonic::Promoted
 }
 
 /// The first segment of a flow without an entry, not a SYN and not a RST: one
@@ -596,22 +623,20 @@ fn first_seen_mid_stream<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
         // fields becomes a memset call in BPF.
         let now = clock.now();
         // The tuple has no embryo (`promote` found none, or removed it).
-        let inserted = table.insert_embryo(
-            key,
-            &Embryo {
-                syn_ns: now,
-                synack_ns: 0,
-                syn_seq: pkt.seq,
-                synack_seq: pkt.ack,
-                client_dir: CLIENT_UNKNOWN,
-                shift,
-                state: EMBRYO_MID_STREAM | quiet,
-                _pad0: 0,
-                _pad1: 0,
-            },
-        );
-        // Without a branch (see `drop_embryo`).
-        t.flow_ops |= (inserted as u8) * EMBRYO_INSERTED;
+        let e = Embryo {
+            syn_ns: now,
+            synack_ns: 0,
+            syn_seq: pkt.seq,
+            synack_seq: pkt.ack,
+            client_dir: CLIENT_UNKNOWN,
+            shift,
+            state: EMBRYO_MID_STREAM | quiet,
+            _pad0: 0,
+            _pad1: 0,
+        };
+        if let Some((set, tag)) = table.embryo_set(key) {
+            noted_put(set.put(tag, &e, false), t);
+        }
         return false;
     }
     let Some(s) = insert(table, key, t) else {
@@ -671,20 +696,18 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             // over the SYN-ACK it saw. Only looked for while one can exist.
             // Scalars, not an Option<Embryo>: copying one copies its uninitialised
             // None payload, a stack read 5.10's verifier refuses.
-            let (mut embryo, mut handed) = (false, false);
+            let mut handed = false;
             let (mut synack_seq, mut synack_ns) = (0u32, 0u64);
             let sampled_at = table.sampled_at();
             if sampled_at != 0
                 && now.wrapping_sub(sampled_at) < EMBRYO_HANDOVER_NS
-                && let Some(e) = table.embryo(&key)
+                && let Some((set, tag)) = table.embryo_set(&key)
+                && let Some(e) = set.find(tag)
             {
-                embryo = true;
                 if e.client_dir == dir && e.syn_seq == pkt.seq && e.state & STATE_SYNACK_SEEN != 0 {
                     (handed, synack_seq, synack_ns) = (true, e.synack_seq, e.synack_ns);
                 }
-            }
-            if embryo {
-                drop_embryo(table, &key, t);
+                drop_embryo(set, tag, t);
             }
             let s = match table.lookup(&key) {
                 Some(s) => {
@@ -726,7 +749,8 @@ fn track_flow<T: FlowTable, F: FnMut() -> u64, S: Sampler>(
             Some(s) if s.state & STATE_SYN_SEEN != 0 && s.client_dir == dir ^ 1);
         let now = clock.now();
         if !known
-            && let Some(e) = table.embryo(&key)
+            && let Some((set, tag)) = table.embryo_set(&key)
+            && let Some(e) = set.find(tag)
             && e.client_dir == dir ^ 1
         {
             e.synack_seq = pkt.seq;

@@ -15,7 +15,7 @@ mod packet;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action},
+    bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action, xdp_md},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{
@@ -27,7 +27,7 @@ use monitor_common::{
     FlowKey, FlowState, TcpEvent, counters,
     datapath::{self, Counters as _, Parsed, PortField, PrefixAdd, SynTables, Tables},
     event::{EventKind, Hook},
-    flow::{Embryo, FlowTable, Sampler},
+    flow::{EmbryoPlace, EmbryoSet, FlowTable, Sampler},
     seq::LazyClock,
     syn::{self, HLL_REGS, PortSyn, PrefixKey, SamplerState, SynConfig},
 };
@@ -58,10 +58,19 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(6553
 static FLOW_ZERO: FlowState = FlowState::ZERO;
 
 /// Handshakes sampled out under a SYN flood, apart from FLOWS so that a flood churns
-/// this map and not the connections being followed. The agent resizes it at load
-/// time (`--embryo-entries`).
+/// this table and not the connections being followed: sets of slots (see
+/// `monitor_common::flow::EmbryoSet`). The agent sizes it at load time
+/// (`--embryo-entries`, in slots), with the two values below.
 #[map]
-static EMBRYOS: LruHashMap<FlowKey, Embryo> = LruHashMap::with_max_entries(131072, 0);
+static EMBRYOS: Array<EmbryoSet> = Array::with_max_entries(1, 0);
+
+/// The embryo table's sets minus one (a power of two minus one), set at load time.
+#[unsafe(no_mangle)]
+static EMBRYO_SET_MASK: u32 = 0;
+
+/// The embryo table's hash seed, random, set at load time.
+#[unsafe(no_mangle)]
+static EMBRYO_SEED: u64 = 0;
 
 /// When a SYN was last sampled out, for all CPUs (see `FlowTable::sampled_at`):
 /// written about once a second under a flood, read by every kept SYN.
@@ -114,8 +123,16 @@ pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-#[xdp]
-pub fn tcpmon_trk_xdp(ctx: XdpContext) -> u32 {
+// The stage twos are written out as the #[xdp] and #[classifier] macros would write
+// them, but without the inner function those generate: LLVM inlines that function
+// into the entry only while it is small, and a stage two outgrows that. Left out of
+// line, it is a BPF subprogram holding the log's tail call, which the verifier
+// refuses ("tail_call is only allowed in functions that return 'int'").
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn tcpmon_trk_xdp(ctx: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
     stage_two(Hook::XdpIngress);
     klog::flush(&ctx, &TRACK_XDP);
     xdp_action::XDP_PASS
@@ -137,8 +154,11 @@ pub fn tcpmon_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-#[classifier]
-pub fn tcpmon_trk_tceg(ctx: TcContext) -> i32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier")]
+pub fn tcpmon_trk_tceg(ctx: *mut __sk_buff) -> i32 {
+    // SAFETY: the kernel passes a valid context.
+    let ctx = TcContext::new(unsafe { core::ptr::NonNull::new_unchecked(ctx) });
     stage_two(Hook::TcEgress);
     klog::flush(&ctx, &TRACK_TC);
     TC_ACT_UNSPEC
@@ -153,8 +173,11 @@ pub fn tcpmon_tc_ingress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-#[classifier]
-pub fn tcpmon_trk_tcin(ctx: TcContext) -> i32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier")]
+pub fn tcpmon_trk_tcin(ctx: *mut __sk_buff) -> i32 {
+    // SAFETY: the kernel passes a valid context.
+    let ctx = TcContext::new(unsafe { core::ptr::NonNull::new_unchecked(ctx) });
     stage_two(Hook::TcIngress);
     klog::flush(&ctx, &TRACK_TC);
     TC_ACT_UNSPEC
@@ -467,21 +490,20 @@ impl FlowTable for KernelFlows {
     }
 
     #[inline(always)]
-    fn embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
-        // SAFETY: as for lookup.
-        EMBRYOS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
-    }
-
-    #[inline(always)]
-    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
-        // A full LRU map recycles its oldest: this cannot fail for lack of room.
-        EMBRYOS.insert(key, e, 0).is_ok()
-    }
-
-    #[inline(always)]
-    fn add_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
-        // Fails only for a key already there: a full LRU map recycles its oldest.
-        EMBRYOS.insert(key, e, BPF_NOEXIST).is_ok()
+    fn embryo_set(&mut self, key: &FlowKey) -> Option<(&mut EmbryoSet, u64)> {
+        // SAFETY: read-only data the loader sets before the programs are loaded.
+        let (seed, mask) = unsafe {
+            (
+                core::ptr::read_volatile(&EMBRYO_SEED),
+                core::ptr::read_volatile(&EMBRYO_SET_MASK),
+            )
+        };
+        let place = EmbryoPlace::of(key, seed, mask);
+        // SAFETY: an array value stays valid for the program run; a racing CPU can
+        // at worst mix two SYNs' fields in a slot (EmbryoSet's module says what that
+        // costs), never corrupt memory.
+        let set = unsafe { &mut *EMBRYOS.get_ptr_mut(place.set)? };
+        Some((set, place.tag))
     }
 
     #[inline(always)]
@@ -496,11 +518,6 @@ impl FlowTable for KernelFlows {
             // second's time.
             unsafe { *v = now_ns };
         }
-    }
-
-    #[inline(always)]
-    fn remove_embryo(&mut self, key: &FlowKey) -> bool {
-        EMBRYOS.remove(key).is_ok()
     }
 }
 

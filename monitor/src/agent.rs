@@ -176,7 +176,7 @@ impl Shared {
             }
         };
         self.pressure.note_lost(&totals, Instant::now());
-        let lifetime = self.embryos.update(&totals, Instant::now());
+        let lifetime = self.embryos.update(&totals);
         self.pressure
             .note_embryo_lifetime(lifetime, self.embryos.capacity(), Instant::now());
         let counts = syn::KernelCounts {
@@ -358,7 +358,7 @@ pub async fn run_until(
         .build(Some(lifecycle.clone()), WallClock::now())?;
     let time_wait = crate::sockstat::TimeWait::new(&metrics.registry);
     let cost = crate::cost::Cost::new(&metrics.registry);
-    let embryo_entries = opts.load.embryo_entries.max(1);
+    let embryo_entries = crate::embryos::capacity(opts.load.embryo_entries);
     metrics.set_embryo_capacity(embryo_entries);
     let embryos = crate::embryos::EmbryoTable::new(&metrics.registry, embryo_entries);
     let shared = Arc::new(Shared {

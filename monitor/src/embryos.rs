@@ -1,16 +1,20 @@
 //! The embryo table under a flood: how long a sampled-out handshake is remembered.
 //!
 //! A handshake sampled out under a SYN flood lives only as an embryo in the kernel's
-//! LRU embryo table until its ACK comes. A flood fills that table and then recycles
-//! it: an embryo lives about `capacity / (net inserts per second)`, and a legitimate
-//! handshake whose ACK comes later than that after its SYN is not seen. The LRU map
-//! evicts without telling, so the lifetime is derived from the programs' insert and
-//! remove counts and exported as `tcpmon_embryo_table_turnover_seconds`; a short one
-//! is logged with what to change (`agent::pressure`).
+//! embryo table until its ACK comes. A flood fills that table and then recycles it:
+//! an embryo lives about `capacity / (new embryos per second)`, and a legitimate
+//! handshake whose ACK comes later than that after its SYN is likely not seen. The
+//! programs count each eviction with the evicted embryo's age, so the lifetime is
+//! measured, as the mean age of the embryos recycled since the last reading, and
+//! exported as `tcpmon_embryo_table_turnover_seconds`; a short one is logged with
+//! what to change (`agent::pressure`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use monitor_common::counters;
+use monitor_common::{
+    counters,
+    flow::{EMBRYO_WAYS, embryo_sets},
+};
 use parking_lot::Mutex;
 use prometheus::{Gauge, Registry};
 
@@ -20,29 +24,29 @@ use crate::{kstats::Totals, syn::api::EmbryoUse};
 /// (or whose ACK was lost and whose data comes later): worth a warning.
 pub const SHORT_TURNOVER: Duration = Duration::from_secs(1);
 
+/// The slots the kernel's table has for `--embryo-entries` (whole sets, a power of
+/// two of them).
+pub fn capacity(embryo_entries: u32) -> u32 {
+    embryo_sets(embryo_entries) * EMBRYO_WAYS as u32
+}
+
 /// An embryo's lifetime in the table, from successive readings of the counters.
 #[derive(Debug, Default)]
 pub struct Turnover {
-    last: Option<(u64, Instant)>,
-    filled: bool,
+    last: Option<(u64, u64)>,
 }
 
 impl Turnover {
-    /// Seconds an embryo lives now: the capacity over the net insert rate since the
-    /// last reading, once the table has ever been full (an LRU map keeps what it
-    /// holds: once full, every insert recycles its oldest). Infinite while it has
-    /// never filled or nothing was inserted since.
-    pub fn update(&mut self, inserts: u64, removes: u64, at: Instant, capacity: u32) -> f64 {
-        let net = inserts.saturating_sub(removes);
-        self.filled |= net >= capacity as u64;
+    /// Seconds the embryos evicted since the last reading had lived, on average
+    /// (`evicts` and `age_ns`: the kernel's totals). Infinite when none was evicted.
+    pub fn update(&mut self, evicts: u64, age_ns: u64) -> f64 {
         let lifetime = match self.last {
-            Some((n0, t0)) if self.filled && net > n0 && at > t0 => {
-                let rate = (net - n0) as f64 / at.duration_since(t0).as_secs_f64();
-                capacity as f64 / rate
+            Some((n0, a0)) if evicts > n0 => {
+                age_ns.wrapping_sub(a0) as f64 / 1e9 / (evicts - n0) as f64
             }
             _ => f64::INFINITY,
         };
-        self.last = Some((net, at));
+        self.last = Some((evicts, age_ns));
         lifetime
     }
 }
@@ -59,7 +63,7 @@ impl EmbryoTable {
     pub fn new(r: &Registry, capacity: u32) -> EmbryoTable {
         let turnover_gauge = Gauge::new(
             "tcpmon_embryo_table_turnover_seconds",
-            "How long an embryo lives in the full table at the current insert rate (capacity / net inserts per second; +Inf while it has never filled or takes no inserts): a sampled-out handshake completing later than this after its SYN is not seen",
+            "Mean age of the embryos the table recycled since the last reading (about a second; +Inf when none was): a sampled-out handshake completing later than this after its SYN is likely not seen",
         )
         .expect("valid metric");
         r.register(Box::new(turnover_gauge.clone()))
@@ -78,12 +82,10 @@ impl EmbryoTable {
 
     /// One reading of the kernel's counter totals (about once a second); returns the
     /// lifetime.
-    pub fn update(&self, totals: &Totals, now: Instant) -> f64 {
+    pub fn update(&self, totals: &Totals) -> f64 {
         let lifetime = self.turnover.lock().update(
-            totals[counters::EMBRYO_INSERTS as usize],
-            totals[counters::EMBRYO_REMOVES as usize],
-            now,
-            self.capacity,
+            totals[counters::EMBRYO_EVICTS as usize],
+            totals[counters::EMBRYO_EVICTED_AGE_NS as usize],
         );
         self.turnover_gauge.set(lifetime);
         lifetime
@@ -104,19 +106,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lifetime_is_capacity_over_the_net_insert_rate_once_full() {
+    fn lifetime_is_the_mean_age_of_the_embryos_evicted_since_the_last_reading() {
         let mut t = Turnover::default();
-        let t0 = Instant::now();
-        let s = |n: u64| t0 + Duration::from_secs(n);
-        assert_eq!(t.update(0, 0, s(0), 1000), f64::INFINITY, "first reading");
-        // Filling, not yet full: nothing recycled.
-        assert_eq!(t.update(600, 0, s(1), 1000), f64::INFINITY);
-        // Full from here: 2 000 net inserts a second recycle 1 000 entries in 0.5 s.
-        assert_eq!(t.update(2700, 100, s(2), 1000), 1000.0 / 2000.0);
-        assert_eq!(t.update(2900, 100, s(4), 1000), 1000.0 / 100.0);
-        // No inserts: nothing recycled, however full.
-        assert_eq!(t.update(2900, 100, s(5), 1000), f64::INFINITY);
-        // Removes as fast as inserts (handshakes completing) recycle nothing.
-        assert_eq!(t.update(3900, 1100, s(6), 1000), f64::INFINITY);
+        assert_eq!(t.update(0, 0), f64::INFINITY, "first reading");
+        // Filling, nothing evicted.
+        assert_eq!(t.update(0, 0), f64::INFINITY);
+        // 4 evictions of embryos aged 0.5 s on average.
+        assert_eq!(t.update(4, 2_000_000_000), 0.5);
+        assert_eq!(t.update(5, 2_250_000_000), 0.25);
+        // None since: nothing recycled.
+        assert_eq!(t.update(5, 2_250_000_000), f64::INFINITY);
+    }
+
+    #[test]
+    fn capacity_is_whole_sets() {
+        assert_eq!(capacity(524_288), 524_288);
+        assert_eq!(capacity(600_000), 524_288);
+        assert_eq!(capacity(1), EMBRYO_WAYS as u32);
     }
 }

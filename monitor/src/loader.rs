@@ -21,6 +21,9 @@ use crate::{
 pub const EVENTS_MAP: &str = "EVENTS";
 pub const FLOWS_MAP: &str = "FLOWS";
 pub const EMBRYOS_MAP: &str = "EMBRYOS";
+/// The programs' globals that size and seed the embryo table.
+const EMBRYO_SET_MASK: &str = "EMBRYO_SET_MASK";
+const EMBRYO_SEED: &str = "EMBRYO_SEED";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Each hook's stage-two program (see `monitor_common::datapath`), one array per
 /// program type.
@@ -92,8 +95,11 @@ pub struct LoadOptions {
     pub flow_entries: u32,
     /// Capacity of the LRU source-prefix map (SYN-flood top-K).
     pub prefix_entries: u32,
-    /// Capacity of the LRU map of sampled-out handshakes.
+    /// Slots of the embryo table (sampled-out handshakes), rounded down to whole
+    /// sets, a power of two of them.
     pub embryo_entries: u32,
+    /// The embryo table's hash seed (the agent's is random).
+    pub embryo_seed: u64,
     pub kernel_log: KernelLog,
 }
 
@@ -103,7 +109,8 @@ impl Default for LoadOptions {
             ring_bytes: 4 << 20,
             flow_entries: 65536,
             prefix_entries: 8192,
-            embryo_entries: 131_072,
+            embryo_entries: monitor_common::flow::DEFAULT_EMBRYO_SLOTS,
+            embryo_seed: 0,
             kernel_log: KernelLog::Off,
         }
     }
@@ -174,14 +181,17 @@ pub fn load_with_log(opts: &LoadOptions, log: VerifierLogLevel) -> Result<Ebpf, 
     }
     let level = opts.kernel_log.global();
     let log_bytes = if level == 0 { 4096 } else { KERNEL_LOG_BYTES };
+    let embryo_sets = monitor_common::flow::embryo_sets(opts.embryo_entries);
     EbpfLoader::new()
         .verifier_log_level(log)
         .override_global(aya_log::LEVEL, &level, true)
+        .override_global(EMBRYO_SET_MASK, &(embryo_sets - 1), true)
+        .override_global(EMBRYO_SEED, &opts.embryo_seed, true)
         .map_max_entries(KERNEL_LOG_MAP, log_bytes)
         .map_max_entries(EVENTS_MAP, opts.ring_bytes)
         .map_max_entries(FLOWS_MAP, opts.flow_entries)
         .map_max_entries(crate::syn::kernel::PREFIXES_MAP, opts.prefix_entries.max(1))
-        .map_max_entries(EMBRYOS_MAP, opts.embryo_entries.max(1))
+        .map_max_entries(EMBRYOS_MAP, embryo_sets)
         .load(ebpf::MONITOR_OBJECT)
         .map_err(LoadError::Object)
 }

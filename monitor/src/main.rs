@@ -88,7 +88,9 @@ struct AttachArgs {
     prefixes: PrefixArgs,
 
     /// Handshakes sampled out under a SYN flood that the kernel keeps, apart from the
-    /// flow map, so that a legitimate one is still recognised when it completes.
+    /// flow map, so that a legitimate one is still recognised when it completes: 40
+    /// bytes each, rounded down to a power of two. A flood of R new tuples a second
+    /// recycles an embryo after about ENTRIES / R seconds.
     #[arg(long, default_value_t = LoadOptions::default().embryo_entries)]
     embryo_entries: u32,
 
@@ -480,6 +482,7 @@ fn run() -> anyhow::Result<std::process::ExitCode> {
             flow_entries: attach.flow_entries,
             prefix_entries: attach.prefixes.prefix_entries,
             embryo_entries: attach.embryo_entries,
+            embryo_seed: monitor::syn::kernel::random_seed(),
             kernel_log: attach.kernel_log,
         },
         web,

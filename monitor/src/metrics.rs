@@ -35,6 +35,7 @@ pub struct Metrics {
     embryo_capacity: IntGauge,
     embryo_inserts: IntCounter,
     embryo_removes: IntCounter,
+    embryo_evictions: IntCounter,
     kernel_log_suppressed: IntCounter,
     attachments: IntGaugeVec,
     kernel_features: IntGaugeVec,
@@ -183,17 +184,22 @@ impl Metrics {
             embryo_capacity: gauge(
                 &r,
                 "tcpmon_embryo_table_capacity",
-                "Capacity of the kernel's LRU embryo table (handshakes sampled out under a SYN flood, flows first seen by a pure ACK)",
+                "Slots of the kernel's embryo table (handshakes sampled out under a SYN flood, flows first seen by a pure ACK)",
             ),
             embryo_inserts: counter(
                 &r,
                 "tcpmon_embryo_table_inserts_total",
-                "New entries the programs inserted in the embryo table",
+                "New embryos the programs put in the embryo table, in a free slot or over another tuple's",
             ),
             embryo_removes: counter(
                 &r,
                 "tcpmon_embryo_table_removes_total",
                 "Embryos the programs removed (handshake completed, reset, or taken over by a kept SYN)",
+            ),
+            embryo_evictions: counter(
+                &r,
+                "tcpmon_embryo_table_evictions_total",
+                "New embryos that took the slot of another tuple's, its set being full: that handshake is no longer recognised when it completes",
             ),
             kernel_log_suppressed: counter(
                 &r,
@@ -373,6 +379,7 @@ impl Metrics {
         self.flow_removes.inc_by(delta(counters::FLOW_REMOVES));
         self.embryo_inserts.inc_by(delta(counters::EMBRYO_INSERTS));
         self.embryo_removes.inc_by(delta(counters::EMBRYO_REMOVES));
+        self.embryo_evictions.inc_by(delta(counters::EMBRYO_EVICTS));
         self.kernel_log_suppressed
             .inc_by(delta(counters::LOG_SUPPRESSED));
         *last = *now;

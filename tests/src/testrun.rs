@@ -4,14 +4,18 @@ use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, RingBuf},
+    maps::{Array, HashMap, Map, MapData, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use monitor::{
     kstats::{KernelStats, Totals},
     loader::{self, LoadOptions},
 };
-use monitor_common::{FlowKey, FlowState, event::Hook, flow::Embryo};
+use monitor_common::{
+    FlowKey, FlowState,
+    event::Hook,
+    flow::{Embryo, EmbryoPlace, EmbryoSet, embryo_sets},
+};
 
 /// Two hosts' addresses for crafted frames (documentation ranges).
 pub const A4: [u8; 4] = [192, 0, 2, 1];
@@ -64,7 +68,36 @@ pub struct Loaded {
     /// The flow map and the embryo table, read and cleared by the tests (a second
     /// handle on the flow map, which `stats` holds too).
     pub flows: HashMap<MapData, FlowKey, FlowState>,
-    pub embryos: HashMap<MapData, FlowKey, Embryo>,
+    pub embryos: KernelEmbryos,
+}
+
+/// The kernel's embryo table, read as the programs read it.
+pub struct KernelEmbryos {
+    pub sets: Array<MapData, EmbryoSet>,
+    pub seed: u64,
+    pub set_mask: u32,
+}
+
+impl KernelEmbryos {
+    pub fn get(&self, key: &FlowKey) -> Option<Embryo> {
+        let p = EmbryoPlace::of(key, self.seed, self.set_mask);
+        let set = self.sets.get(&p.set, 0).ok()?;
+        set.slots.iter().find(|s| s.tag == p.tag).map(|s| s.embryo)
+    }
+
+    /// The sets holding an embryo, by index.
+    pub fn occupied(&self) -> std::collections::BTreeMap<u32, EmbryoSet> {
+        (0..=self.set_mask)
+            .filter_map(|i| Some((i, self.sets.get(&i, 0).ok()?)))
+            .filter(|(_, s)| !s.is_empty())
+            .collect()
+    }
+
+    pub fn clear(&mut self) {
+        for i in self.occupied().into_keys() {
+            self.sets.set(i, &EmbryoSet::default(), 0).unwrap();
+        }
+    }
 }
 
 pub struct RunResult {
@@ -92,7 +125,11 @@ impl Loaded {
         }
         let ring = RingBuf::try_from(bpf.take_map(loader::EVENTS_MAP).unwrap()).unwrap();
         let flows = HashMap::try_from(dup_map(&bpf, loader::FLOWS_MAP)).unwrap();
-        let embryos = HashMap::try_from(dup_map(&bpf, loader::EMBRYOS_MAP)).unwrap();
+        let embryos = KernelEmbryos {
+            sets: Array::try_from(dup_map(&bpf, loader::EMBRYOS_MAP)).unwrap(),
+            seed: opts.embryo_seed,
+            set_mask: embryo_sets(opts.embryo_entries) - 1,
+        };
         let stats = KernelStats::new(&mut bpf, opts.flow_entries).unwrap();
         Loaded {
             bpf,

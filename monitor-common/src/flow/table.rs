@@ -1,7 +1,7 @@
 //! The tables the emit policy works on: the trait the kernel's LRU maps implement,
 //! and its host implementation for replay and tests.
 
-use super::{Embryo, FlowKey, FlowState};
+use super::{EmbryoSet, FlowKey, FlowState};
 
 /// The flow map as the policy needs it: the kernel's LRU hash map, or a hash map in
 /// pcap replay. Entries are created in place (`create`, `insert_new`) rather than
@@ -20,25 +20,12 @@ pub trait FlowTable {
     fn insert_new(&mut self, key: &FlowKey) -> Option<(&mut FlowState, bool)>;
     /// Removes `key`'s entry; whether there was one.
     fn remove(&mut self, key: &FlowKey) -> bool;
-    /// The embryo table (sampled-out handshakes). Without one, sampled-out
-    /// connections are not followed at all; replay never samples.
-    fn embryo(&mut self, _key: &FlowKey) -> Option<&mut Embryo> {
+    /// The set of the embryo table (sampled-out handshakes, flows first seen by a
+    /// pure ACK) `key` belongs in, with `key`'s tag: found once per packet, then
+    /// worked on in place. Without an embryo table, sampled-out connections are not
+    /// followed at all; replay never samples.
+    fn embryo_set(&mut self, _key: &FlowKey) -> Option<(&mut EmbryoSet, u64)> {
         None
-    }
-    /// Inserts (or replaces) an embryo, whole: one map update, no lookup after.
-    /// Whether the table took it.
-    fn insert_embryo(&mut self, _key: &FlowKey, _e: &Embryo) -> bool {
-        false
-    }
-    /// Inserts an embryo unless `key` has one already; true if it was inserted (no
-    /// lookup first: the common case, a flood's new tuple, costs one map update).
-    fn add_embryo(&mut self, _key: &FlowKey, _e: &Embryo) -> bool {
-        false
-    }
-    /// Removes `key`'s embryo, which the caller has just seen; whether it was still
-    /// there (an LRU table may have recycled it meanwhile).
-    fn remove_embryo(&mut self, _key: &FlowKey) -> bool {
-        false
     }
     /// When a SYN was last sampled out (0: never), kept to within a second: a SYN
     /// kept more than [`super::EMBRYO_HANDOVER_NS`] later has no embryo to take over, and
@@ -49,13 +36,14 @@ pub trait FlowTable {
     fn set_sampled_at(&mut self, _now_ns: u64) {}
 }
 
-/// The flow map and the embryo table on the host (pcap replay, tests): unbounded,
-/// so replay equals the kernel while the kernel's LRU maps are below capacity.
+/// The flow map and the embryo table on the host (pcap replay, tests). The flow map
+/// is unbounded, so replay equals the kernel while the kernel's LRU map is below
+/// capacity; the embryo table is the kernel's, by default of the kernel's size.
 #[cfg(any(test, feature = "user"))]
 #[derive(Clone, Debug, Default)]
 pub struct HostFlows<S = std::collections::hash_map::RandomState> {
     pub flows: std::collections::HashMap<FlowKey, FlowState, S>,
-    pub embryos: std::collections::HashMap<FlowKey, Embryo, S>,
+    pub embryos: super::HostEmbryos,
     /// [`FlowTable::sampled_at`].
     pub sampled_at: u64,
 }
@@ -74,24 +62,8 @@ impl<S: core::hash::BuildHasher> FlowTable for HostFlows<S> {
     fn remove(&mut self, key: &FlowKey) -> bool {
         FlowTable::remove(&mut self.flows, key)
     }
-    fn embryo(&mut self, key: &FlowKey) -> Option<&mut Embryo> {
-        self.embryos.get_mut(key)
-    }
-    fn insert_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
-        self.embryos.insert(*key, *e);
-        true
-    }
-    fn add_embryo(&mut self, key: &FlowKey, e: &Embryo) -> bool {
-        match self.embryos.entry(*key) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(*e);
-                true
-            }
-        }
-    }
-    fn remove_embryo(&mut self, key: &FlowKey) -> bool {
-        self.embryos.remove(key).is_some()
+    fn embryo_set(&mut self, key: &FlowKey) -> Option<(&mut EmbryoSet, u64)> {
+        Some(self.embryos.set_of(key))
     }
     fn sampled_at(&mut self) -> u64 {
         self.sampled_at

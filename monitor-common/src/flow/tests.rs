@@ -663,3 +663,42 @@ fn embryo_inserts_and_removes_are_noted() {
     let t = sampled(&[pkt(true, ACK, 900, 700, 0)]);
     assert_eq!(t[0].flow_ops, EMBRYO_INSERTED);
 }
+
+#[test]
+fn a_full_embryo_set_recycles_its_oldest_unanswered_embryo_with_its_age() {
+    const W: u16 = crate::flow::EMBRYO_WAYS as u16;
+    // One set.
+    let mut t = WithEmbryos {
+        embryos: crate::flow::HostEmbryos::new(W as u32, 0),
+        ..WithEmbryos::default()
+    };
+    let from = |port: u16, flags: u8, seq: u32, ack: u32| {
+        let f = Frame::v4(C, port, S, 80).flags(flags).seq_ack(seq, ack);
+        parse_ethernet(&f.build()[..]).unwrap()
+    };
+    let to = |port: u16, flags: u8, seq: u32, ack: u32| {
+        let f = Frame::v4(S, 80, C, port).flags(flags).seq_ack(seq, ack);
+        parse_ethernet(&f.build()[..]).unwrap()
+    };
+    // The first handshake's SYN is answered at once, its ACK comes after a set's
+    // worth of SYNs that are never answered (a flood dropped before the stack).
+    let last = 41000 + W;
+    let mut pkts = std::vec![from(41000, SYN, 100, 0), to(41000, SYN | ACK, 500, 101)];
+    pkts.extend((41001..=last).map(|p| from(p, SYN, 100, 0)));
+    pkts.push(from(41000, ACK, 101, 501));
+    pkts.push(from(41001, ACK, 101, 501));
+    let out = sampled_in(&mut t, &pkts);
+    let w = W as usize;
+    assert!(out[2..1 + w].iter().all(|t| t.flow_ops == EMBRYO_INSERTED));
+    assert!(out[2..1 + w].iter().all(|t| t.evicted_age_ns == 0));
+    // The last SYN takes the slot of the oldest unanswered one (41001, seen W - 1
+    // packets, µs, before), not the answered first one's, older still.
+    assert_eq!(out[1 + w].flow_ops, EMBRYO_INSERTED | EMBRYO_EVICTED);
+    assert_eq!(out[1 + w].evicted_age_ns, (w as u64 - 1) * 1000);
+    // The answered handshake completes; 41001 is gone, its ACK a flow seen
+    // mid-stream (whose embryo recycles the next oldest).
+    assert!(out[2 + w].completed && out[2 + w].emits);
+    assert!(!out[3 + w].completed);
+    assert_eq!(out[3 + w].flow_ops, EMBRYO_INSERTED);
+    assert_eq!(t.embryos.len(), w);
+}

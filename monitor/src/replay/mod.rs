@@ -240,9 +240,12 @@ pub fn replay_from(
     readiness(&r.agent_metrics.registry);
     // The host's TIME-WAIT sockets mean nothing for a capture: present, never read, 0.
     crate::sockstat::TimeWait::new(&r.agent_metrics.registry);
-    // Replay's embryo table is unbounded (capacity 0, as its flow table's): it never
-    // turns over.
-    crate::embryos::EmbryoTable::new(&r.agent_metrics.registry, 0);
+    // Replay never samples: its embryos are flows first seen by a pure ACK, in a table
+    // the size of the kernel's default, that turns over only in a capture of millions.
+    crate::embryos::EmbryoTable::new(
+        &r.agent_metrics.registry,
+        crate::embryos::capacity(monitor_common::flow::DEFAULT_EMBRYO_SLOTS),
+    );
     Ok(r)
 }
 

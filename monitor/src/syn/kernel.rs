@@ -133,8 +133,9 @@ fn prefix_data(map: &Map) -> anyhow::Result<&MapData> {
     }
 }
 
-/// 64 bits from the kernel's CSPRNG.
-fn random_seed() -> u64 {
+/// 64 bits from the kernel's CSPRNG: a seed for the hashes a flood must not be able
+/// to aim.
+pub fn random_seed() -> u64 {
     let mut b = [0u8; 8];
     // SAFETY: writes at most b.len() bytes into b.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
