@@ -11,9 +11,12 @@
 //! flood of `r` new tuples a second an embryo is recycled after the eighth insert
 //! into its set: it lives `capacity / r` on average, and one that must wait `t` for
 //! its ACK survives with the probability of fewer than eight Poisson arrivals of
-//! mean `r t / sets` (99.9 % at a quarter of the mean lifetime, 95 % at half). Eight
-//! ways, not four: with four, a handshake delayed a tenth of a second behind a
-//! saturated queue was lost 3-12 % of the time at 1.25 M SYN/s. The table reports each eviction and the evicted embryo's age, so
+//! mean `r t / sets` (99.9 % at a quarter of the mean lifetime, 95 % at half), and
+//! an answered one (its SYN-ACK seen) is recycled only after the unanswered ones of
+//! its set, unless 3 s older (see [`ANSWERED_GRACE_NS`]). Both matter: with four ways
+//! and no grace, handshakes delayed a tenth of a second behind a saturated queue at
+//! 1.25 M SYN/s were lost 3-12 % of the time, with eight ways 6 %, with the grace
+//! never. The table reports each eviction and the evicted embryo's age, so
 //! the agent measures the lifetime instead of deriving it.
 //!
 //! A slot is written without a lock: two CPUs writing one set at once can leave a
