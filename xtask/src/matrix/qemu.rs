@@ -239,28 +239,18 @@ mod tests {
             console: &console,
             poll: Duration::from_millis(50),
         };
-        let mut cmd = Command::new("sleep");
-        cmd.arg("30");
-        let out = native_watched(
-            cmd,
-            &dir.join("out.log"),
-            Duration::from_secs(60),
-            "t",
-            &stall,
-        );
+        let sleep = |secs: &str| {
+            let mut cmd = Command::new("sleep");
+            cmd.arg(secs);
+            let log = dir.join("out.log");
+            native_watched(cmd, &log, Duration::from_secs(60), "t", &stall)
+        };
+        let out = sleep("30");
         assert!(out.stalled, "{:?}", out.error);
         assert!(out.wall < Duration::from_secs(10), "{:?}", out.wall);
         // A quiet console is a slow guest, not a hung one: it runs to its end.
         std::fs::write(&console, "booting\n").unwrap();
-        let mut cmd = Command::new("sleep");
-        cmd.arg("0.3");
-        let out = native_watched(
-            cmd,
-            &dir.join("out.log"),
-            Duration::from_secs(60),
-            "t",
-            &stall,
-        );
+        let out = sleep("0.3");
         assert!(!out.stalled && out.error.is_none(), "{:?}", out.error);
         let _ = std::fs::remove_dir_all(&dir);
     }
