@@ -105,7 +105,9 @@ pub trait SynTables {
     /// Adds one to `field` of `port`'s counters, creating them; false when the table
     /// has no room for a new port.
     fn port_add(&mut self, port: u16, field: PortField) -> bool;
-    fn prefix_add(&mut self, prefix: &PrefixKey) -> PrefixAdd;
+    /// Adds one to the SYN count of `prefix`; `cfg` carries the seed its set is
+    /// chosen by and the epoch recency is kept in.
+    fn prefix_add(&mut self, prefix: &PrefixKey, cfg: &SynConfig) -> PrefixAdd;
     /// Adds a source hash to the sketch registers of `port`'s slot in `bank`.
     fn sketch_add(&mut self, port: u16, bank: u32, hash: u64);
     /// A SYN's source address, for tables that count sources exactly (replay's);
@@ -243,7 +245,7 @@ pub fn count_syn<C: Counters, Y: SynTables>(
             if !t.port_add(port, PortField::Syn) {
                 c.bump(counters::SYN_PORT_OVERFLOW, 1);
             }
-            match t.prefix_add(&PrefixKey::of(tcp.family, &tcp.saddr)) {
+            match t.prefix_add(&PrefixKey::of(tcp.family, &tcp.saddr), &cfg) {
                 PrefixAdd::Counted => {}
                 PrefixAdd::Inserted => c.bump(counters::PREFIX_INSERTS, 1),
                 PrefixAdd::Failed => c.bump(counters::PREFIX_FAILURES, 1),

@@ -8,6 +8,8 @@ use crate::flags::{ACK, RST, SYN};
 use crate::flow::FlowKey;
 use crate::parse::TcpPacket;
 
+pub mod prefix_table;
+
 /// HyperLogLog precision: 2^13 registers, a standard error of 1.04/sqrt(8192) = 1.15 %.
 pub const HLL_P: u32 = 13;
 pub const HLL_REGS: usize = 1 << HLL_P;
@@ -37,9 +39,13 @@ pub struct SynConfig {
     pub sample_limit: u32,
     /// The sketch bank written now (0..SKETCH_BANKS).
     pub bank: u32,
+    /// The agent's clock in seconds (wrapping): how the prefix table tells a
+    /// prefix gone quiet from one still sending.
+    pub epoch: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<SynConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<SynConfig>() == 24);
 
 /// Per-CPU sampler state.
 #[repr(C)]

@@ -18,9 +18,7 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_UNSPEC, xdp_action, xdp_md},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{
-        Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
-    },
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use monitor_common::{
@@ -29,7 +27,10 @@ use monitor_common::{
     event::{EventKind, Hook},
     flow::{EmbryoPlace, EmbryoSet, FlowTable, Sampler},
     seq::LazyClock,
-    syn::{self, HLL_REGS, PortSyn, PrefixKey, SamplerState, SynConfig},
+    syn::{
+        self, HLL_REGS, PortSyn, PrefixKey, SamplerState, SynConfig,
+        prefix_table::{DEFAULT_PREFIX_SLOTS, PrefixSet, prefix_set_index, prefix_sets},
+    },
 };
 use monitor_common::{ParseError, klog as notes};
 use packet::Packet;
@@ -95,11 +96,18 @@ static SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SYN_PORTS: PerCpuHashMap<u32, PortSyn> = PerCpuHashMap::with_max_entries(1024, 0);
 
-/// SYNs per source prefix. LRU: a spoofed flood's millions of prefixes churn through
-/// it while the busy ones stay; inserts are counted so the agent knows what it lost.
-/// The agent resizes it at load time (`--prefix-entries`).
+/// SYNs per source prefix, in sets of slots per CPU (see
+/// `monitor_common::syn::prefix_table`): a spoofed flood's millions of prefixes
+/// churn through it while the busy ones stay; inserts are counted so the agent knows
+/// what it lost. The agent sizes it at load time (`--prefix-entries`, in slots per
+/// CPU), with the mask below.
 #[map]
-static SYN_PREFIXES: LruPerCpuHashMap<PrefixKey, u64> = LruPerCpuHashMap::with_max_entries(8192, 0);
+static SYN_PREFIXES: PerCpuArray<PrefixSet> =
+    PerCpuArray::with_max_entries(prefix_sets(DEFAULT_PREFIX_SLOTS), 0);
+
+/// The prefix table's sets minus one (a power of two minus one), set at load time.
+#[unsafe(no_mangle)]
+static PREFIX_SET_MASK: u32 = prefix_sets(DEFAULT_PREFIX_SLOTS) - 1;
 
 /// HyperLogLog registers of SYN sources, per sketch slot and bank.
 #[map]
@@ -401,23 +409,15 @@ impl SynTables for KernelSyn {
     }
 
     #[inline(always)]
-    fn prefix_add(&mut self, prefix: &PrefixKey) -> PrefixAdd {
-        if let Some(n) = SYN_PREFIXES.get_ptr_mut(prefix) {
-            // SAFETY: this CPU's value of a live entry, for this run.
-            unsafe { *n += 1 };
-            return PrefixAdd::Counted;
-        }
-        // NOEXIST: when another CPU inserted it meanwhile, this is no new entry (the
-        // insert count tells evictions apart) and it sets only this CPU's value.
-        if SYN_PREFIXES.insert(prefix, &1, BPF_NOEXIST).is_ok() {
-            return PrefixAdd::Inserted;
-        }
-        match SYN_PREFIXES.get_ptr_mut(prefix) {
-            Some(n) => {
-                // SAFETY: as above.
-                unsafe { *n += 1 };
-                PrefixAdd::Counted
-            }
+    fn prefix_add(&mut self, prefix: &PrefixKey, cfg: &SynConfig) -> PrefixAdd {
+        // SAFETY: read-only data the loader sets before the programs are loaded.
+        let mask = unsafe { core::ptr::read_volatile(&PREFIX_SET_MASK) };
+        let index = prefix_set_index(cfg.seed, prefix, mask);
+        match SYN_PREFIXES.get_ptr_mut(index) {
+            // SAFETY: this CPU's value stays valid for the program run; only this
+            // CPU writes it (the agent only reads), so at worst a nested run mixes
+            // two SYNs' counts in a slot, never corrupts memory.
+            Some(set) => unsafe { &mut *set }.add(prefix, cfg.epoch as u16),
             None => {
                 klog::note(notes::NOTE_PREFIX_REFUSED, self.hook, |_| {});
                 PrefixAdd::Failed

@@ -341,10 +341,9 @@ pub async fn run_until(
         bpf.take_map(loader::EVENTS_MAP)
             .context("EVENTS map missing from object")?,
     )?;
-    let mut syn_maps = SynMaps::new(&mut bpf, opts.syn.sample_rate)?;
+    let syn_maps = SynMaps::new(&mut bpf, opts.syn.sample_rate)?;
     let mut kernel = KernelStats::new(&mut bpf, opts.load.flow_entries)?;
     if !features.has(preflight::Feature::BatchOps) {
-        syn_maps.without_batches();
         kernel.without_batches();
     }
     metrics.set_kernel_features(&features);

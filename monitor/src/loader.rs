@@ -21,8 +21,10 @@ use crate::{
 pub const EVENTS_MAP: &str = "EVENTS";
 pub const FLOWS_MAP: &str = "FLOWS";
 pub const EMBRYOS_MAP: &str = "EMBRYOS";
-/// The programs' globals that size and seed the embryo table.
+/// The programs' globals that size and seed the embryo table, and size the prefix
+/// table.
 const EMBRYO_SET_MASK: &str = "EMBRYO_SET_MASK";
+const PREFIX_SET_MASK: &str = "PREFIX_SET_MASK";
 const EMBRYO_SEED: &str = "EMBRYO_SEED";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Each hook's stage-two program (see `monitor_common::datapath`), one array per
@@ -93,7 +95,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Capacity of the LRU flow map.
     pub flow_entries: u32,
-    /// Capacity of the LRU source-prefix map (SYN-flood top-K).
+    /// Slots per CPU of the source-prefix table (SYN-flood top-K): rounded down to
+    /// sets of 8, a power of two of them.
     pub prefix_entries: u32,
     /// Slots of the embryo table (sampled-out handshakes), rounded down to whole
     /// sets, a power of two of them.
@@ -108,7 +111,7 @@ impl Default for LoadOptions {
         LoadOptions {
             ring_bytes: 4 << 20,
             flow_entries: 65536,
-            prefix_entries: 8192,
+            prefix_entries: monitor_common::syn::prefix_table::DEFAULT_PREFIX_SLOTS,
             embryo_entries: monitor_common::flow::DEFAULT_EMBRYO_SLOTS,
             embryo_seed: 0,
             kernel_log: KernelLog::Off,
@@ -182,15 +185,17 @@ pub fn load_with_log(opts: &LoadOptions, log: VerifierLogLevel) -> Result<Ebpf, 
     let level = opts.kernel_log.global();
     let log_bytes = if level == 0 { 4096 } else { KERNEL_LOG_BYTES };
     let embryo_sets = monitor_common::flow::embryo_sets(opts.embryo_entries);
+    let prefix_sets = monitor_common::syn::prefix_table::prefix_sets(opts.prefix_entries);
     EbpfLoader::new()
         .verifier_log_level(log)
         .override_global(aya_log::LEVEL, &level, true)
         .override_global(EMBRYO_SET_MASK, &(embryo_sets - 1), true)
         .override_global(EMBRYO_SEED, &opts.embryo_seed, true)
+        .override_global(PREFIX_SET_MASK, &(prefix_sets - 1), true)
         .map_max_entries(KERNEL_LOG_MAP, log_bytes)
         .map_max_entries(EVENTS_MAP, opts.ring_bytes)
         .map_max_entries(FLOWS_MAP, opts.flow_entries)
-        .map_max_entries(crate::syn::kernel::PREFIXES_MAP, opts.prefix_entries.max(1))
+        .map_max_entries(crate::syn::kernel::PREFIXES_MAP, prefix_sets)
         .map_max_entries(EMBRYOS_MAP, embryo_sets)
         .load(ebpf::MONITOR_OBJECT)
         .map_err(LoadError::Object)

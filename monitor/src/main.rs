@@ -107,8 +107,10 @@ struct AttachArgs {
 /// The SYN table's capacity: the agent's kernel map, and replay's copy of it.
 #[derive(Debug, Args)]
 struct PrefixArgs {
-    /// Source prefixes (/24, /64) the kernel's SYN table keeps before evicting the
-    /// least recent (replay applies the same capacity).
+    /// Slots per CPU of the kernel's source-prefix (/24, /64) table, in sets of 8
+    /// (rounded down to a power of two of sets); a full set gives a new prefix the
+    /// slot of one idle for 2 s, else of the one with the fewest SYNs (replay applies
+    /// the same capacity, as one CPU).
     #[arg(long, default_value_t = LoadOptions::default().prefix_entries)]
     prefix_entries: u32,
 }

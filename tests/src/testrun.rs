@@ -115,6 +115,7 @@ impl Loaded {
     /// (their records stay in their ring buffer: nothing reads it).
     pub fn with(opts: &LoadOptions) -> Loaded {
         crate::require_root();
+        pin_to_this_cpu();
         let mut bpf = loader::load(opts).expect("load monitor object");
         // Both stages of every hook, linked as the agent links them.
         for hook in [Hook::XdpIngress, Hook::TcIngress, Hook::TcEgress] {
@@ -218,6 +219,31 @@ pub fn skb_ctx(gso_segs: u32) -> Vec<u8> {
     let mut c = vec![0u8; SIZE];
     c[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
     c
+}
+
+/// Keeps the calling thread on the CPU it runs on: BPF_PROG_TEST_RUN runs the
+/// programs there, and the per-CPU tables (the prefix table, the sampler) are
+/// compared with single-table models, so every run of a test must see the same ones.
+fn pin_to_this_cpu() {
+    // SAFETY: sched_getcpu has no preconditions; the set is a local, zeroed then
+    // filled by the libc macros, and pid 0 is the calling thread.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let r = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            r,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// A second handle on map `name` of `bpf` (its descriptor duplicated), so that a test

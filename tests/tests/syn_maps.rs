@@ -2,10 +2,12 @@
 //! counts, /24 and /64 prefixes, sketch registers, and a burst of SYNs sampled with
 //! every suppressed event counted and every completed handshake still emitted.
 
+use aya::maps::{Array, MapData};
 use monitor::{
     event::Event,
+    loader::LoadOptions,
     syn::{
-        kernel::{SynMaps, SynSource},
+        kernel::{CONFIG_MAP, SynMaps, SynSource},
         sketch::estimate,
     },
 };
@@ -14,9 +16,9 @@ use monitor_common::{
     event::{EventKind, HANDSHAKE_REPLAY},
     flags::{ACK, SYN},
     frames::Frame,
-    syn::PrefixKey,
+    syn::{PrefixKey, SynConfig, prefix_table::HostPrefixes},
 };
-use tests::testrun::{Loaded, Prog};
+use tests::testrun::{Loaded, Prog, dup_map};
 
 const C4: [u8; 4] = [10, 1, 2, 3];
 const S4: [u8; 4] = [10, 9, 9, 9];
@@ -165,34 +167,49 @@ fn a_syn_burst_is_sampled_and_every_completed_handshake_still_emitted() {
 
 #[test]
 #[ignore = "privileged: run with `cargo xtask test`"]
-fn the_prefix_table_reads_the_same_in_batches_and_key_by_key() {
+fn the_prefix_table_holds_what_the_host_model_holds_and_counts_its_evictions() {
     let mut l = Loaded::new();
+    let config: Array<MapData, SynConfig> =
+        Array::try_from(dup_map(&l.bpf, CONFIG_MAP)).expect("SYN_CONFIG");
     let mut maps = SynMaps::new(&mut l.bpf, 0).expect("SYN maps");
-    // More prefixes than one batch (4096), some with several SYNs.
+    let cfg = config.get(&0, 0).expect("config");
+    let mut model = HostPrefixes::new(LoadOptions::default().prefix_entries);
+    // 6000 prefixes in 1024 sets of 8: some sets overflow and evict. Every third
+    // prefix sends again a little later (a count of 2 that outranks a new prefix).
+    let mut sent = 0u64;
     for i in 0..6000u32 {
-        // One /24 each: 10.64.0.0 + i * 256.
-        let src = [10, 64 + (i >> 8) as u8, i as u8, 9];
-        let f = Frame::v4(src, 20_000 + (i % 30_000) as u16, S4, 80)
-            .flags(SYN)
-            .build();
-        l.run(Prog::Xdp, &f, 1);
+        for j in [i, i.wrapping_sub(7)] {
+            if j > i || (j != i && j % 3 != 0) {
+                continue;
+            }
+            // One /24 each: 10.64.0.0 + j * 256.
+            let src = [10, 64 + (j >> 8) as u8, j as u8, 9];
+            let f = Frame::v4(src, 20_000 + (j % 30_000) as u16, S4, 80)
+                .flags(SYN)
+                .build();
+            l.run(Prog::Xdp, &f, 1);
+            model.add(
+                &PrefixKey::of(4, &v4_words(src)),
+                cfg.seed,
+                cfg.epoch as u16,
+            );
+            sent += 1;
+        }
     }
-    let t = std::time::Instant::now();
-    let mut batched = Default::default();
-    maps.prefixes(&mut batched).unwrap();
-    let t_batch = t.elapsed();
-    let t = std::time::Instant::now();
-    let walked = maps.prefixes_key_by_key().unwrap();
+    let mut kernel = Default::default();
+    let slots = maps.prefixes(&mut kernel).unwrap();
+    let expected: std::collections::HashMap<PrefixKey, u64> = model.counts().collect();
+    let kernel: std::collections::HashMap<PrefixKey, u64> = kernel.into_iter().collect();
+    assert_eq!(kernel, expected, "the kernel's table is the model's");
+    assert_eq!(slots as usize, expected.len(), "one CPU: a slot per prefix");
+    let inserts = l.totals()[counters::PREFIX_INSERTS as usize];
+    let evicted = inserts - slots;
     eprintln!(
-        "{} prefixes: batched {t_batch:?}, key by key {:?}",
-        batched.len(),
-        t.elapsed()
+        "{sent} SYNs: {slots} prefixes held of {}, {inserts} inserts, {evicted} evicted",
+        model.capacity()
     );
-    assert!(batched.len() > 4096, "only {} prefixes", batched.len());
-    assert_eq!(batched, walked);
-    let total: u64 = batched.values().sum();
-    let inserts = l.totals()[counters::PREFIX_INSERTS as usize] as usize;
-    assert!(total >= batched.len() as u64 && inserts >= batched.len());
+    assert!(slots > 4096 && evicted > 0 && slots <= model.capacity() as u64);
+    assert_eq!(l.totals()[counters::PREFIX_FAILURES as usize], 0);
     // The flow map's fill, counted in batches, is what a walk of its keys finds.
     let walked = l.stats.flow_entries_key_by_key();
     assert!(walked > 4096, "only {walked} flows");

@@ -27,7 +27,7 @@ impl SynTables for HostSyn {
         self.ports.entry(port).or_default()[field as usize] += 1;
         true
     }
-    fn prefix_add(&mut self, prefix: &PrefixKey) -> PrefixAdd {
+    fn prefix_add(&mut self, prefix: &PrefixKey, _cfg: &SynConfig) -> PrefixAdd {
         let n = self.prefixes.entry(*prefix).or_default();
         *n += 1;
         if *n == 1 {
@@ -59,6 +59,7 @@ fn both_stages<T: FlowTable, S: Sampler>(
         seed: 1,
         sample_limit: 0,
         bank: 2,
+        ..SynConfig::default()
     };
     let mut clock = LazyClock::new(|| 1_000);
     let mut tables = Tables {

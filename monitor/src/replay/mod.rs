@@ -157,7 +157,10 @@ pub fn replay_from(
     );
     let metrics = Arc::new(LifecycleMetrics::new(&agent_metrics.registry));
     let mut monitor = SynMonitor::new(opts.syn.clone(), &agent_metrics.registry);
-    monitor.set_prefix_capacity(opts.prefix_entries);
+    monitor.set_prefix_capacity(
+        monitor_common::syn::prefix_table::prefix_sets(opts.prefix_entries)
+            * monitor_common::syn::prefix_table::PREFIX_WAYS as u32,
+    );
     let mut engine = opts
         .lifecycle
         .build(Some(metrics.clone()), WallClock::identity())
@@ -444,6 +447,7 @@ fn handle(st: &mut State<'_>, feed: &mut pipeline::Feed, linktype: i32, ts: u64,
     // kernel's SYN hash seed is random per start, replay's a fixed 0.
     let cfg = SynConfig {
         bank: st.kernel.bank,
+        epoch: st.kernel.epoch,
         ..SynConfig::default()
     };
     let mut tables = Tables {

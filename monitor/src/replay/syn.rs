@@ -3,26 +3,30 @@
 //! The kernel's SYN maps are modelled on the host with their capacities: the
 //! per-port table refuses new ports once it holds [`PORTS_CAPACITY`] (the agent
 //! makes room the same way, by forgetting quiet non-service ports), the source-prefix
-//! table keeps `--prefix-entries` prefixes and evicts the least recently used, and
-//! the sketch has the kernel's slots and banks. The agent's [`SynMonitor`] reads
-//! them every [`TICK_NS`] of capture time, so a replay reports what a live agent
-//! watching the same packets would have.
+//! table is the kernel's set-associative table of `--prefix-entries` slots (one
+//! CPU's: [`HostPrefixes`], the same code), and the sketch has the kernel's slots
+//! and banks. The agent's [`SynMonitor`] reads them every [`TICK_NS`] of capture
+//! time, so a replay reports what a live agent watching the same packets would have.
 //!
 //! Bounds. Below the capacities replay equals live exactly, but for the sketch
 //! estimates: the kernel's hash seed is random per start, replay's is 0, so the
-//! estimates of the same sources differ within the sketch's error (1.15 %). Above
-//! the prefix table's capacity the kernel's LRU is approximate (it reclaims in
-//! batches from lists rotated lazily, per CPU), this one exact: which prefixes
-//! survive an overflow, and so the top-K under churn, may differ; totals never do.
+//! estimates of the same sources differ within the sketch's error (1.15 %). The
+//! seed also picks each prefix's set of 8 slots, and live each CPU has its own
+//! sets: once some set overflows (near the capacity, or earlier for the odd set the
+//! seed crowds) which prefixes survive, and so the top-K under churn, may differ;
+//! totals never do.
 //! Live, the agent's ticks run on the wall clock, so they fall at other moments of
 //! the traffic: rates and detector decisions near a threshold can differ by a tick.
 
-use std::collections::{HashMap, VecDeque, hash_map::Entry};
+use std::collections::{HashMap, hash_map::Entry};
 
 use monitor_common::{
     counters,
     datapath::{Counters, PortField, PrefixAdd, SynTables},
-    syn::{self, HLL_REGS, PortSyn, PrefixKey, SKETCH_ENTRIES, SKETCH_SLOTS, sketch_index},
+    syn::{
+        self, HLL_REGS, PortSyn, PrefixKey, SKETCH_ENTRIES, SKETCH_SLOTS, SynConfig,
+        prefix_table::HostPrefixes, sketch_index,
+    },
 };
 use serde::Serialize;
 
@@ -34,8 +38,6 @@ use crate::syn::{
     sketch::Registers,
     tally::SynTally,
 };
-
-type Fast = foldhash::fast::RandomState;
 
 /// The kernel counters the SYN accounting bumps. The hook-indexed ones are not
 /// laid out for the replay hook (it has no kernel slots), so only these are kept.
@@ -59,82 +61,30 @@ impl Counters for SynCounters {
     }
 }
 
-/// An LRU table of SYN counts per prefix. Recency is a stamp per entry and a queue
-/// of (stamp, prefix) with stale pairs skipped; the queue is rebuilt from the table
-/// when it grows past twice the capacity, so memory stays bounded by the capacity.
-struct PrefixLru {
-    capacity: usize,
-    map: HashMap<PrefixKey, (u64, u64), Fast>,
-    order: VecDeque<(u64, PrefixKey)>,
-    clock: u64,
-}
-
-impl PrefixLru {
-    fn new(capacity: usize) -> PrefixLru {
-        PrefixLru {
-            capacity: capacity.max(1),
-            map: HashMap::default(),
-            order: VecDeque::new(),
-            clock: 0,
-        }
-    }
-
-    fn add(&mut self, prefix: &PrefixKey) -> PrefixAdd {
-        self.clock += 1;
-        let now = self.clock;
-        let added = if let Some(e) = self.map.get_mut(prefix) {
-            e.0 += 1;
-            e.1 = now;
-            PrefixAdd::Counted
-        } else {
-            if self.map.len() >= self.capacity {
-                self.evict_one();
-            }
-            self.map.insert(*prefix, (1, now));
-            PrefixAdd::Inserted
-        };
-        self.order.push_back((now, *prefix));
-        if self.order.len() > 2 * self.capacity + 64 {
-            let mut v: Vec<(u64, PrefixKey)> = self.map.iter().map(|(k, e)| (e.1, *k)).collect();
-            v.sort_unstable_by_key(|e| e.0);
-            self.order = v.into();
-        }
-        added
-    }
-
-    fn evict_one(&mut self) {
-        while let Some((stamp, key)) = self.order.pop_front() {
-            if let Entry::Occupied(e) = self.map.entry(key)
-                && e.get().1 == stamp
-            {
-                e.remove();
-                return;
-            }
-        }
-    }
-}
-
 /// The kernel's SYN maps (`SYN_PORTS`, `SYN_PREFIXES`, `SYN_SKETCH`, `SKETCH_SLOT`)
 /// on the host, with their capacities.
 pub struct KernelSyn {
     ports: HashMap<u16, PortSyn>,
-    prefixes: PrefixLru,
+    prefixes: HostPrefixes,
     sketch: Vec<Box<Registers>>,
     slots: HashMap<u16, u8>,
-    /// The bank SYNs are written to now (the kernel reads it from `SYN_CONFIG`).
+    /// The bank SYNs are written to now and the agent's clock in seconds (the
+    /// kernel reads both from `SYN_CONFIG`).
     pub bank: u32,
+    pub epoch: u32,
 }
 
 impl KernelSyn {
     pub fn new(prefix_capacity: u32) -> KernelSyn {
         KernelSyn {
             ports: HashMap::new(),
-            prefixes: PrefixLru::new(prefix_capacity as usize),
+            prefixes: HostPrefixes::new(prefix_capacity),
             sketch: (0..SKETCH_ENTRIES)
                 .map(|_| Box::new([0; HLL_REGS]))
                 .collect(),
             slots: HashMap::new(),
             bank: 0,
+            epoch: 0,
         }
     }
 
@@ -164,10 +114,10 @@ impl SynSource for KernelSyn {
         Ok(self.ports.iter().map(|(p, s)| (*p, *s)).collect())
     }
 
-    fn prefixes(&mut self, into: &mut PrefixCounts) -> anyhow::Result<()> {
+    fn prefixes(&mut self, into: &mut PrefixCounts) -> anyhow::Result<u64> {
         into.clear();
-        into.extend(self.prefixes.map.iter().map(|(k, e)| (*k, e.0)));
-        Ok(())
+        into.extend(self.prefixes.counts());
+        Ok(into.len() as u64)
     }
 
     fn forget_port(&mut self, port: u16) -> anyhow::Result<()> {
@@ -184,8 +134,9 @@ impl SynSource for KernelSyn {
         Ok(())
     }
 
-    fn set_bank(&mut self, bank: u32) -> anyhow::Result<()> {
+    fn set_bank(&mut self, bank: u32, epoch: u32) -> anyhow::Result<()> {
         self.bank = bank;
+        self.epoch = epoch;
         Ok(())
     }
 
@@ -214,9 +165,9 @@ impl SynTables for BothTables<'_> {
         self.kernel.port_add(port, field)
     }
 
-    fn prefix_add(&mut self, prefix: &PrefixKey) -> PrefixAdd {
-        self.tally.prefix_add(prefix);
-        self.kernel.prefixes.add(prefix)
+    fn prefix_add(&mut self, prefix: &PrefixKey, cfg: &SynConfig) -> PrefixAdd {
+        self.tally.prefix_add(prefix, cfg);
+        self.kernel.prefixes.add(prefix, cfg.seed, cfg.epoch as u16)
     }
 
     fn sketch_add(&mut self, port: u16, bank: u32, hash: u64) {
@@ -399,10 +350,6 @@ impl Ticker {
 mod tests {
     use super::*;
 
-    fn key(i: u32) -> PrefixKey {
-        PrefixKey::of(4, &[u32::from_ne_bytes([10, 0, i as u8, 1]), 0, 0, 0])
-    }
-
     /// cargo xtask fuzz (pcap): a first packet stamped 0 was taken for "no packet
     /// yet", so the next one (a real stamp, 2023) became the last packet before the
     /// monitor's ticks up to it ran: the silence was never skipped and replay ticked
@@ -430,27 +377,6 @@ mod tests {
         assert_eq!(r.packets, 2);
         assert!(r.error.is_none(), "{:?}", r.error);
         assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
-    }
-
-    #[test]
-    fn prefix_table_evicts_the_least_recently_used() {
-        let mut t = PrefixLru::new(3);
-        for i in 0..3 {
-            assert_eq!(t.add(&key(i)), PrefixAdd::Inserted);
-        }
-        // 0 is used again: 1 is now the oldest.
-        assert_eq!(t.add(&key(0)), PrefixAdd::Counted);
-        assert_eq!(t.add(&key(3)), PrefixAdd::Inserted);
-        assert!(!t.map.contains_key(&key(1)));
-        assert_eq!(t.map[&key(0)].0, 2);
-        // Many touches keep the queue bounded and the order right.
-        for _ in 0..1000 {
-            t.add(&key(2));
-        }
-        assert!(t.order.len() <= 2 * 3 + 64);
-        t.add(&key(4));
-        assert!(!t.map.contains_key(&key(0)), "0 was the oldest");
-        assert_eq!(t.map.len(), 3);
     }
 
     #[test]

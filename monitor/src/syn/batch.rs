@@ -1,11 +1,9 @@
 //! Whole-map reads of hash maps with BPF_MAP_LOOKUP_BATCH (linux 5.6+), which aya
-//! 0.16 does not wrap. The prefix table is read once a second; one syscall per key
-//! and one per value made that walk most of the agent's CPU under a flood. The flow
-//! map's fill is counted the same way.
+//! 0.16 does not wrap: the flow map's fill, counted every second, would otherwise
+//! take a syscall per entry (the prefix table, an array of sets now, is read a set
+//! at a time).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-
-use aya::Pod;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// The kernel's internal "operation not supported", which the bpf syscall leaks.
@@ -32,57 +30,6 @@ pub enum BatchError {
     Unsupported(std::io::Error),
     #[error("batch lookup: {0}")]
     Failed(std::io::Error),
-}
-
-/// Key and per-CPU value buffers of [`sum_percpu_u64`], kept between reads.
-#[derive(Default)]
-pub struct PerCpuBufs<K> {
-    keys: Vec<K>,
-    values: Vec<u64>,
-}
-
-/// Every entry of a per-CPU hash map with `u64` values, summed over CPUs, into
-/// `out`. `possible_cpus` is the kernel's possible-CPU count (the value stride).
-pub fn sum_percpu_u64<K: Pod + Default>(
-    map: BorrowedFd<'_>,
-    possible_cpus: usize,
-    capacity: usize,
-    bufs: &mut PerCpuBufs<K>,
-    out: &mut impl Extend<(K, u64)>,
-) -> Result<(), BatchError> {
-    struct Sums<'a, K, O> {
-        cpus: usize,
-        bufs: &'a mut PerCpuBufs<K>,
-        out: &'a mut O,
-    }
-    impl<K: Pod + Default, O: Extend<(K, u64)>> Chunks for Sums<'_, K, O> {
-        fn room(&mut self, chunk: usize) -> (*mut u8, *mut u8) {
-            self.bufs.keys.resize(chunk, K::default());
-            self.bufs.values.resize(chunk * self.cpus, 0);
-            (
-                self.bufs.keys.as_mut_ptr().cast(),
-                self.bufs.values.as_mut_ptr().cast(),
-            )
-        }
-        fn got(&mut self, n: usize) {
-            let (keys, values, cpus) = (&self.bufs.keys, &self.bufs.values, self.cpus);
-            self.out.extend(
-                keys.iter()
-                    .take(n)
-                    .enumerate()
-                    .map(|(i, k)| (*k, values[i * cpus..(i + 1) * cpus].iter().sum())),
-            );
-        }
-    }
-    walk(
-        map,
-        capacity,
-        &mut Sums {
-            cpus: possible_cpus,
-            bufs,
-            out,
-        },
-    )
 }
 
 /// How many entries a hash map holds, read in batches into a buffer kept across

@@ -2,9 +2,11 @@
 
 use std::collections::HashMap;
 
-use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use monitor_common::syn::{
-    self, PortSyn, PrefixKey, SKETCH_SLOTS, SamplerState, SynConfig, sketch_index,
+    self, PortSyn, PrefixKey, SKETCH_SLOTS, SamplerState, SynConfig,
+    prefix_table::{PREFIX_WAYS, PrefixSet},
+    sketch_index,
 };
 
 use super::sketch::Registers;
@@ -28,16 +30,18 @@ pub trait SynSource {
     /// Cumulative counts per port, summed over CPUs.
     fn ports(&mut self) -> anyhow::Result<Vec<(u16, PortSyn)>>;
     /// Cumulative SYNs per source prefix now in the table, summed over CPUs.
-    /// Fills `into` (emptied first).
-    fn prefixes(&mut self, into: &mut PrefixCounts) -> anyhow::Result<()>;
+    /// Fills `into` (emptied first) and returns the slots they occupy (a prefix
+    /// counted on two CPUs holds a slot on each).
+    fn prefixes(&mut self, into: &mut PrefixCounts) -> anyhow::Result<u64>;
     /// Drops a port's counters from the kernel table (a port that is no service and
     /// went quiet), so a scan cannot fill the table for good.
     fn forget_port(&mut self, port: u16) -> anyhow::Result<()>;
     /// A slot's bank, merged over CPUs.
     fn bank(&mut self, slot: u32, bank: u32) -> anyhow::Result<Box<Registers>>;
     fn clear_bank(&mut self, slot: u32, bank: u32) -> anyhow::Result<()>;
-    /// Makes the kernel write bank `bank` from now on.
-    fn set_bank(&mut self, bank: u32) -> anyhow::Result<()>;
+    /// Makes the kernel write bank `bank` from now on, and keep prefix recency in
+    /// `epoch` (the agent's seconds).
+    fn set_bank(&mut self, bank: u32, epoch: u32) -> anyhow::Result<()>;
     /// Points `port`'s SYNs at sketch `slot`.
     fn set_slot(&mut self, port: u16, slot: u8) -> anyhow::Result<()>;
     /// The largest sampling shift any CPU applies at `now_ns`.
@@ -48,11 +52,9 @@ pub struct SynMaps {
     config: Array<MapData, SynConfig>,
     sampler: PerCpuArray<MapData, SamplerState>,
     ports: PerCpuHashMap<MapData, u32, PortSyn>,
-    /// Read with batch lookups where the kernel has them, else key by key.
-    prefixes: Map,
-    prefix_capacity: usize,
-    batch: bool,
-    prefix_bufs: super::batch::PerCpuBufs<PrefixKey>,
+    /// The source-prefix table: sets of [`PREFIX_WAYS`] slots, per CPU.
+    prefixes: PerCpuArray<MapData, PrefixSet>,
+    prefix_sets: u32,
     sketch: PerCpuArray<MapData, Registers>,
     slots: Array<MapData, u8>,
     cfg: SynConfig,
@@ -68,12 +70,6 @@ impl SynMaps {
     /// Takes the maps and writes the settings: a fresh random hash seed and the
     /// per-window SYN budget of each CPU from `sample_rate` (new-connection SYN
     /// events per second per CPU; 0 disables sampling).
-    /// Reads the prefix table key by key from the start (preflight found no batch
-    /// lookups: Linux < 5.6).
-    pub fn without_batches(&mut self) {
-        self.batch = false;
-    }
-
     pub fn new(bpf: &mut aya::Ebpf, sample_rate: u32) -> anyhow::Result<SynMaps> {
         let ncpu = aya::util::nr_cpus()
             .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
@@ -90,46 +86,26 @@ impl SynMaps {
             config: Array::try_from(take(bpf, CONFIG_MAP)?)?,
             sampler: PerCpuArray::try_from(take(bpf, SAMPLER_MAP)?)?,
             ports: PerCpuHashMap::try_from(take(bpf, PORTS_MAP)?)?,
-            prefixes: take(bpf, PREFIXES_MAP)?,
-            prefix_capacity: 0,
-            batch: true,
-            prefix_bufs: Default::default(),
+            prefixes: PerCpuArray::try_from(take(bpf, PREFIXES_MAP)?)?,
+            prefix_sets: 0,
             sketch: PerCpuArray::try_from(take(bpf, SKETCH_MAP)?)?,
             slots: Array::try_from(take(bpf, SLOT_MAP)?)?,
             cfg: SynConfig {
                 seed: random_seed(),
                 sample_limit,
                 bank: 0,
+                ..SynConfig::default()
             },
             ncpu,
         };
         maps.config.set(0, &maps.cfg, 0)?;
-        maps.prefix_capacity = prefix_data(&maps.prefixes)?.info()?.max_entries() as usize;
+        maps.prefix_sets = maps.prefixes.len();
         Ok(maps)
     }
 
-    /// Capacity of the kernel's prefix table, as loaded.
+    /// Capacity of the kernel's prefix table, as loaded: slots on all CPUs.
     pub fn prefix_capacity(&self) -> u32 {
-        self.prefix_capacity as u32
-    }
-
-    /// The prefix table read one key at a time (kernels without batch lookups).
-    pub fn prefixes_key_by_key(&self) -> anyhow::Result<PrefixCounts> {
-        let map: PerCpuHashMap<&MapData, PrefixKey, u64> = PerCpuHashMap::try_from(&self.prefixes)?;
-        let mut out = PrefixCounts::default();
-        for item in map.iter() {
-            // An entry evicted between listing and reading is simply skipped.
-            let Ok((k, per_cpu)) = item else { continue };
-            out.insert(k, per_cpu.iter().sum());
-        }
-        Ok(out)
-    }
-}
-
-fn prefix_data(map: &Map) -> anyhow::Result<&MapData> {
-    match map {
-        Map::PerCpuLruHashMap(d) | Map::PerCpuHashMap(d) => Ok(d),
-        _ => anyhow::bail!("{PREFIXES_MAP} is not a per-CPU hash map"),
+        (self.prefix_sets as usize * PREFIX_WAYS * self.ncpu).min(u32::MAX as usize) as u32
     }
 }
 
@@ -165,27 +141,21 @@ impl SynSource for SynMaps {
         Ok(out)
     }
 
-    fn prefixes(&mut self, into: &mut PrefixCounts) -> anyhow::Result<()> {
+    fn prefixes(&mut self, into: &mut PrefixCounts) -> anyhow::Result<u64> {
         into.clear();
-        if self.batch {
-            let fd = prefix_data(&self.prefixes)?.fd();
-            match super::batch::sum_percpu_u64::<PrefixKey>(
-                std::os::fd::AsFd::as_fd(fd),
-                self.ncpu,
-                self.prefix_capacity,
-                &mut self.prefix_bufs,
-                into,
-            ) {
-                Ok(()) => return Ok(()),
-                Err(e @ super::batch::BatchError::Unsupported(_)) => {
-                    tracing::info!(error = %e, "reading the prefix table key by key");
-                    self.batch = false;
+        let mut slots = 0;
+        // A set at a time (an array's batch lookup would save the syscalls, not the
+        // copies: 1024 of them a second is not worth a second code path).
+        for i in 0..self.prefix_sets {
+            let per_cpu = self.prefixes.get(&i, 0)?;
+            for set in per_cpu.iter() {
+                for s in set.occupied() {
+                    *into.entry(s.key()).or_default() += s.count;
+                    slots += 1;
                 }
-                Err(e) => return Err(e.into()),
             }
         }
-        *into = self.prefixes_key_by_key()?;
-        Ok(())
+        Ok(slots)
     }
 
     fn forget_port(&mut self, port: u16) -> anyhow::Result<()> {
@@ -208,8 +178,9 @@ impl SynSource for SynMaps {
         Ok(())
     }
 
-    fn set_bank(&mut self, bank: u32) -> anyhow::Result<()> {
+    fn set_bank(&mut self, bank: u32, epoch: u32) -> anyhow::Result<()> {
         self.cfg.bank = bank;
+        self.cfg.epoch = epoch;
         self.config.set(0, &self.cfg, 0)?;
         Ok(())
     }

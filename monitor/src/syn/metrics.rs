@@ -75,7 +75,7 @@ impl SynMetrics {
                 r,
                 IntGauge::new(
                     "tcpmon_syn_prefix_table_entries",
-                    "Source prefixes in the kernel's LRU prefix table",
+                    "Occupied slots of the kernel's source-prefix table, over all CPUs (a prefix counted on two CPUs holds two)",
                 )
                 .expect("valid metric"),
             ),
@@ -83,7 +83,7 @@ impl SynMetrics {
                 r,
                 IntCounter::new(
                     "tcpmon_syn_prefix_evictions_total",
-                    "Source prefixes the kernel's LRU prefix table evicted (their counts leave the top-K, never the totals)",
+                    "Slots of the kernel's source-prefix table given to a newer prefix (their counts leave the top-K, never the totals)",
                 )
                 .expect("valid metric"),
             ),

@@ -113,6 +113,8 @@ pub struct SynMonitor {
     /// SYNs counted since the prefix table was last read, and its inserts then.
     syns_since_read: u64,
     inserts_at_read: u64,
+    /// Slots the prefixes of the last read occupied, over all CPUs.
+    slots_at_read: u64,
     /// The last second's prefix read was skipped as churn.
     skipped_churn: bool,
     ticks: u64,
@@ -136,6 +138,7 @@ impl SynMonitor {
             evicted_seen: 0,
             syns_since_read: 0,
             inserts_at_read: 0,
+            slots_at_read: 0,
             skipped_churn: false,
             ticks: 0,
             last_ns: 0,
@@ -329,7 +332,7 @@ impl SynMonitor {
         let cur = (k % SKETCH_BANKS as u64) as u32;
         let prev = (cur + SKETCH_BANKS - 1) % SKETCH_BANKS;
         let done = (cur + 1) % SKETCH_BANKS;
-        source.set_bank(cur)?;
+        source.set_bank(cur, k as u32)?;
         let mut all = Box::new([0u8; monitor_common::syn::HLL_REGS]);
         let mut per_slot = HashMap::new();
         let used: Vec<u8> = std::iter::once(0)
@@ -384,13 +387,15 @@ impl SynMonitor {
             self.skipped_churn = self.syns_since_read > 0;
         } else {
             let mut read = self.prefixes.take_spare();
-            source.prefixes(&mut read)?;
+            self.slots_at_read = source.prefixes(&mut read)?;
             self.prefixes.push(read);
             self.syns_since_read = 0;
             self.inserts_at_read = inserts;
             self.skipped_churn = false;
         }
-        let entries = self.prefixes.last().map_or(0, |r| r.len() as u64);
+        // Slots, not distinct prefixes: the capacity is slots on all CPUs, and each
+        // CPU inserts on its own.
+        let entries = self.slots_at_read;
         self.metrics.prefix_entries.set(entries as i64);
         // Every insert not still present was evicted (the agent never deletes): the
         // inserts as of the read the entries come from.

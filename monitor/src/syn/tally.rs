@@ -9,7 +9,7 @@ type Fast = foldhash::fast::RandomState;
 
 use monitor_common::{
     datapath::{PortField, PrefixAdd, SynTables},
-    syn::{self, HLL_REGS, PortSyn, PrefixKey},
+    syn::{self, HLL_REGS, PortSyn, PrefixKey, SynConfig},
 };
 
 use super::{sketch, topk::prefix_label};
@@ -48,7 +48,7 @@ impl SynTables for SynTally {
         true
     }
 
-    fn prefix_add(&mut self, prefix: &PrefixKey) -> PrefixAdd {
+    fn prefix_add(&mut self, prefix: &PrefixKey, _cfg: &SynConfig) -> PrefixAdd {
         match self.prefixes.entry(*prefix) {
             Entry::Occupied(mut e) => {
                 *e.get_mut() += 1;

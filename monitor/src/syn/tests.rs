@@ -34,10 +34,10 @@ impl SynSource for Fake {
     fn ports(&mut self) -> anyhow::Result<Vec<(u16, PortSyn)>> {
         Ok(self.ports.iter().map(|(p, s)| (*p, *s)).collect())
     }
-    fn prefixes(&mut self, into: &mut kernel::PrefixCounts) -> anyhow::Result<()> {
+    fn prefixes(&mut self, into: &mut kernel::PrefixCounts) -> anyhow::Result<u64> {
         self.prefix_reads += 1;
         into.clone_from(&self.prefixes);
-        Ok(())
+        Ok(self.prefixes.len() as u64)
     }
     fn forget_port(&mut self, port: u16) -> anyhow::Result<()> {
         self.ports.remove(&port);
@@ -54,7 +54,7 @@ impl SynSource for Fake {
         self.banks.remove(&(slot, bank));
         Ok(())
     }
-    fn set_bank(&mut self, bank: u32) -> anyhow::Result<()> {
+    fn set_bank(&mut self, bank: u32, _epoch: u32) -> anyhow::Result<()> {
         self.bank = bank;
         Ok(())
     }

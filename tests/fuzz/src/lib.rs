@@ -56,6 +56,7 @@ impl Stage2 {
         };
         let cfg = SynConfig {
             bank: self.kernel.bank,
+            epoch: self.kernel.epoch,
             ..SynConfig::default()
         };
         let mut tables = Tables {
