@@ -12,6 +12,7 @@ pub mod flow;
 pub mod klog;
 pub mod parse;
 pub mod seq;
+pub mod sets;
 pub mod syn;
 
 #[cfg(any(test, feature = "user"))]

@@ -58,18 +58,9 @@ pub struct EmbryoSet {
 
 const _: () = assert!(core::mem::size_of::<EmbryoSet>() == 320);
 
-/// The number of sets for a requested number of slots: a power of two (the set is
-/// the hash's low bits), at least one.
+/// The number of sets for a requested number of slots ([`crate::sets::sets_for`]).
 pub const fn embryo_sets(slots: u32) -> u32 {
-    let sets = slots / EMBRYO_WAYS as u32;
-    if sets <= 1 {
-        1
-    } else if sets.is_power_of_two() {
-        sets
-    } else {
-        // Rounded down: never more memory than asked for.
-        1 << (31 - sets.leading_zeros())
-    }
+    crate::sets::sets_for(slots, EMBRYO_WAYS as u32)
 }
 
 /// Where a tuple's embryo lives.

@@ -67,17 +67,9 @@ pub struct PrefixSet {
 
 const _: () = assert!(core::mem::size_of::<PrefixSet>() == 200);
 
-/// The number of sets for a requested number of slots: a power of two, at least
-/// one, never more slots than asked for (but one set).
+/// The number of sets for a requested number of slots ([`crate::sets::sets_for`]).
 pub const fn prefix_sets(slots: u32) -> u32 {
-    let sets = slots / PREFIX_WAYS as u32;
-    if sets <= 1 {
-        1
-    } else if sets.is_power_of_two() {
-        sets
-    } else {
-        1 << (31 - sets.leading_zeros())
-    }
+    crate::sets::sets_for(slots, PREFIX_WAYS as u32)
 }
 
 /// The set of `key` in a table of `set_mask + 1` sets. Seeded (the agent's random

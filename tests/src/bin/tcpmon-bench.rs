@@ -43,6 +43,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 const A: [u8; 4] = [10, 9, 0, 1];
 const B: [u8; 4] = [10, 9, 0, 2];
 
+/// 6000 flood SYNs to B:80, the `i`th from `source(i)`, each from its own port.
+fn flood_syns(source: impl Fn(u32) -> [u8; 4]) -> Vec<Vec<u8>> {
+    (0..6000u32)
+        .map(|i| {
+            Frame::v4(source(i), 1024 + (i % 60000) as u16, B, 80)
+                .flags(SYN)
+                .build()
+        })
+        .collect()
+}
+
 struct Kernel {
     l: Loaded,
     base: aya::Ebpf,
@@ -225,19 +236,10 @@ fn kernel_table(out: &mut String) {
     // rate). Most are sampled out: per-port, prefix and sketch counts, an embryo, no
     // event.
     let syn_maps = monitor::syn::kernel::SynMaps::new(&mut k.l.bpf, 1000).expect("SYN maps");
-    let flood: Vec<Vec<u8>> = (0..6000u32)
-        .map(|i| {
-            let b = i.to_be_bytes();
-            Frame::v4(
-                [10, b[1] | 0x80, b[2], b[3]],
-                1024 + (i % 60000) as u16,
-                B,
-                80,
-            )
-            .flags(SYN)
-            .build()
-        })
-        .collect();
+    let flood = flood_syns(|i| {
+        let b = i.to_be_bytes();
+        [10, b[1] | 0x80, b[2], b[3]]
+    });
     let before = k.l.totals();
     let flood_ns = per_call(&mut k, Some(Prog::Xdp), &flood);
     let after = k.l.totals();
@@ -253,19 +255,10 @@ fn kernel_table(out: &mut String) {
     ));
     // The same with every SYN from a /24 of its own, as a flood spoofing random
     // 32-bit sources sends them: each is a new prefix for the prefix table too.
-    let spread: Vec<Vec<u8>> = (0..6000u32)
-        .map(|i| {
-            let b = monitor_common::syn::mix(i as u64 + 1).to_le_bytes();
-            Frame::v4(
-                [11 + (b[0] & 0x3f), b[1], b[2], b[3]],
-                1024 + (i % 60000) as u16,
-                B,
-                80,
-            )
-            .flags(SYN)
-            .build()
-        })
-        .collect();
+    let spread = flood_syns(|i| {
+        let b = monitor_common::syn::mix(i as u64 + 1).to_le_bytes();
+        [11 + (b[0] & 0x3f), b[1], b[2], b[3]]
+    });
     let before = k.l.totals();
     let spread_ns = per_call(&mut k, Some(Prog::Xdp), &spread);
     let after = k.l.totals();
