@@ -179,6 +179,16 @@ pub fn load_with_log(opts: &LoadOptions, log: VerifierLogLevel) -> Result<Ebpf, 
     if let Some(why) = ebpf::missing_reason() {
         return Err(LoadError::NotBuilt(why));
     }
+    load_object(opts, log, ebpf::MONITOR_OBJECT)
+}
+
+/// [`load_with_log`] of another build of the kernel object, with the same maps (the
+/// bench's before/after comparison loads an older build beside this one).
+pub fn load_object(
+    opts: &LoadOptions,
+    log: VerifierLogLevel,
+    object: &[u8],
+) -> Result<Ebpf, LoadError> {
     if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
         return Err(LoadError::RingSize(opts.ring_bytes));
     }
@@ -197,7 +207,7 @@ pub fn load_with_log(opts: &LoadOptions, log: VerifierLogLevel) -> Result<Ebpf, 
         .map_max_entries(FLOWS_MAP, opts.flow_entries)
         .map_max_entries(crate::syn::kernel::PREFIXES_MAP, prefix_sets)
         .map_max_entries(EMBRYOS_MAP, embryo_sets)
-        .load(ebpf::MONITOR_OBJECT)
+        .load(object)
         .map_err(LoadError::Object)
 }
 

@@ -5,6 +5,7 @@
 //! Everything a test creates is torn down on drop, also when the test panics.
 //! Traffic only goes to addresses inside the namespaces the lab created.
 
+pub mod ab_bench;
 pub mod attached;
 pub mod capture;
 pub mod flood;

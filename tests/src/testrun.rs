@@ -114,9 +114,18 @@ impl Loaded {
     /// Loaded with `opts`; with `opts.kernel_log` on, the log programs are in place
     /// (their records stay in their ring buffer: nothing reads it).
     pub fn with(opts: &LoadOptions) -> Loaded {
+        Loaded::with_object(opts, None)
+    }
+
+    /// As [`Loaded::with`], of another build of the object when `object` is given.
+    pub fn with_object(opts: &LoadOptions, object: Option<&[u8]>) -> Loaded {
         crate::require_root();
         pin_to_this_cpu();
-        let mut bpf = loader::load(opts).expect("load monitor object");
+        let mut bpf = match object {
+            Some(o) => loader::load_object(opts, Default::default(), o),
+            None => loader::load(opts),
+        }
+        .expect("load monitor object");
         // Both stages of every hook, linked as the agent links them.
         for hook in [Hook::XdpIngress, Hook::TcIngress, Hook::TcEgress] {
             loader::prepare(&mut bpf, hook).expect("verifier accepts both stages");

@@ -12,7 +12,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC, xdp_action},
     helpers::{
-        bpf_get_prandom_u32,
+        bpf_get_prandom_u32, bpf_ktime_get_ns,
         generated::{bpf_skb_vlan_pop, bpf_skb_vlan_push},
     },
     macros::{classifier, xdp},
@@ -156,6 +156,28 @@ fn spoof_source(ctx: &TcContext) -> Option<()> {
 #[xdp]
 pub fn lab_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The baseline plus one clock read: what the one `bpf_ktime_get_ns` of a data
+/// segment or a SYN (the time its sequence advanced, the handshake's start) costs
+/// on this machine, measured the same way.
+#[xdp]
+pub fn lab_xdp_clock(_ctx: XdpContext) -> u32 {
+    // SAFETY: no preconditions.
+    let t = unsafe { bpf_ktime_get_ns() };
+    // Kept: a verdict that depends on the read (always XDP_PASS: the clock is not 0).
+    if t == 0 {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// The tc paths' baseline: a classifier that does nothing but pass. A tc test run
+/// builds an skb around the frame, which an XDP run does not.
+#[classifier]
+pub fn lab_tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

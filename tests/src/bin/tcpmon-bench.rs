@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use monitor::{
     agent::LifecycleOptions,
@@ -60,23 +60,50 @@ struct Kernel {
 }
 
 impl Kernel {
-    fn baseline(&mut self, frame: &[u8], repeat: u32) -> f64 {
+    /// ns per run of the baseline program of `prog`'s type: XDP_PASS, or a tc
+    /// classifier that only passes (a tc run also builds an skb).
+    fn baseline(&mut self, prog: Prog, frame: &[u8], repeat: u32) -> f64 {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = match prog {
+            Prog::Xdp => {
+                TryInto::<&mut Xdp>::try_into(self.base.program_mut("lab_xdp_pass").unwrap())
+                    .unwrap()
+                    .test_run(opts)
+            }
+            _ => TryInto::<&mut SchedClassifier>::try_into(
+                self.base.program_mut("lab_tc_pass").unwrap(),
+            )
+            .unwrap()
+            .test_run(opts),
+        }
+        .expect("baseline test_run");
+        r.duration.as_nanos() as f64
+    }
+
+    /// ns of one run of XDP_PASS after one `bpf_ktime_get_ns`.
+    fn clock_baseline(&mut self, frame: &[u8]) -> f64 {
         let p: &mut Xdp = self
             .base
-            .program_mut("lab_xdp_pass")
+            .program_mut("lab_xdp_clock")
             .unwrap()
             .try_into()
             .unwrap();
-        let mut out = vec![0u8; frame.len() + 64];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .expect("baseline test_run");
-        r.duration.as_nanos() as f64
+        let mut out = vec![0u8; frame.len() + 256];
+        p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::default()
+        })
+        .expect("clock test_run")
+        .duration
+        .as_nanos() as f64
     }
 
     /// Median ns per packet over rounds of `repeat` runs of the same frame.
@@ -103,6 +130,14 @@ fn kernel_table(out: &mut String) {
         .try_into()
         .unwrap();
     p.load().expect("baseline loads");
+    let p: &mut Xdp = base
+        .program_mut("lab_xdp_clock")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    p.load().expect("clock baseline loads");
+    let p: &mut SchedClassifier = base.program_mut("lab_tc_pass").unwrap().try_into().unwrap();
+    p.load().expect("tc baseline loads");
     let mut k = Kernel {
         l: Loaded::new(),
         base,
@@ -111,7 +146,16 @@ fn kernel_table(out: &mut String) {
         .flags(ACK)
         .seq_ack(5000, 7000)
         .build();
-    let baseline = median((0..ROUNDS).map(|_| k.baseline(&ack, REPEAT)).collect());
+    let baseline = median(
+        (0..ROUNDS)
+            .map(|_| k.baseline(Prog::Xdp, &ack, REPEAT))
+            .collect(),
+    );
+    let tc_baseline = median(
+        (0..ROUNDS)
+            .map(|_| k.baseline(Prog::TcEgress, &ack, REPEAT))
+            .collect(),
+    );
 
     // An established flow for the data, ACK and retransmission cases.
     let c = |f: u8, seq: u32, ack: u32, len: usize| {
@@ -137,20 +181,36 @@ fn kernel_table(out: &mut String) {
                 .iter()
                 .map(|f| match prog {
                     Some(p) => k.l.run(p, f, 1).duration.as_nanos() as f64,
-                    None => k.baseline(f, 1),
+                    None => k.baseline(Prog::Xdp, f, 1),
                 })
                 .collect(),
         )
     };
-    let data: Vec<Vec<u8>> = (0..3000u32)
-        .map(|i| c(ACK | PSH, 2400 + i * 1400, 7000, 1400))
-        .collect();
-    let acks: Vec<Vec<u8>> = (0..3000u32)
-        .map(|i| s(ACK, 7000, 3800 + i * 1400))
-        .collect();
-    let base_call = per_call(&mut k, None, &data);
-    let data_tc = per_call(&mut k, Some(Prog::TcEgress), &data);
-    let ack_xdp = per_call(&mut k, Some(Prog::Xdp), &acks);
+    // Each hook gets the next 3000 segments of the flow in its direction.
+    let data = |from: u32| -> Vec<Vec<u8>> {
+        (from..from + 3000)
+            .map(|i| c(ACK | PSH, 2400 + i * 1400, 7000, 1400))
+            .collect()
+    };
+    let acks = |from: u32| -> Vec<Vec<u8>> {
+        (from..from + 3000)
+            .map(|i| s(ACK, 7000, 3800 + i * 1400))
+            .collect()
+    };
+    let (data_tc_frames, data_xdp_frames) = (data(0), data(3000));
+    let base_call = per_call(&mut k, None, &data_tc_frames);
+    let tc_base_call = median(
+        data_tc_frames
+            .iter()
+            .map(|f| k.baseline(Prog::TcEgress, f, 1))
+            .collect(),
+    );
+    let clock_call = median(data_tc_frames.iter().map(|f| k.clock_baseline(f)).collect());
+    let data_tc = per_call(&mut k, Some(Prog::TcEgress), &data_tc_frames);
+    let data_xdp = per_call(&mut k, Some(Prog::Xdp), &data_xdp_frames);
+    let ack_xdp = per_call(&mut k, Some(Prog::Xdp), &acks(0));
+    let ack_tc = per_call(&mut k, Some(Prog::TcIngress), &acks(3000));
+    k.l.drain();
 
     let syn = Frame::v4(A, 2000, B, 443)
         .flags(SYN)
@@ -179,16 +239,37 @@ fn kernel_table(out: &mut String) {
         .vlan(ETH_P_8021Q, 10)
         .build();
 
-    let mut rows: Vec<(String, f64, f64)> = vec![
+    // (path, ns, the XDP baseline measured the same way, its own hook's baseline)
+    let mut rows: Vec<(String, f64, f64, f64)> = vec![
+        (
+            "one bpf_ktime_get_ns and XDP_PASS (lab program, per call)".into(),
+            clock_call,
+            base_call,
+            base_call,
+        ),
         (
             "in-order data, tracked flow (tc egress, per call)".into(),
             data_tc,
+            base_call,
+            tc_base_call,
+        ),
+        (
+            "in-order data, tracked flow (XDP, per call)".into(),
+            data_xdp,
+            base_call,
             base_call,
         ),
         (
             "pure ACK, tracked flow (XDP, per call)".into(),
             ack_xdp,
             base_call,
+            base_call,
+        ),
+        (
+            "pure ACK, tracked flow (tc ingress, per call)".into(),
+            ack_tc,
+            base_call,
+            tc_base_call,
         ),
     ];
     for (name, prog, frame, repeat) in [
@@ -212,7 +293,12 @@ fn kernel_table(out: &mut String) {
         ("802.1Q-tagged ACK", Prog::Xdp, &vlan, REPEAT),
     ] {
         let ns = k.repeated(prog, frame, repeat);
-        rows.push((format!("{name} ({prog:?})"), ns, baseline));
+        let own = if prog == Prog::Xdp {
+            baseline
+        } else {
+            tc_baseline
+        };
+        rows.push((format!("{name} ({prog:?})"), ns, baseline, own));
     }
     // New connections, not sampled (no flood): each SYN creates its flow entry,
     // counts its port, prefix and source, and emits. Not repeatable in place (a
@@ -230,6 +316,7 @@ fn kernel_table(out: &mut String) {
     rows.push((
         "SYN of a new connection, event emitted (XDP, per call)".into(),
         fresh_ns,
+        base_call,
         base_call,
     ));
     // A flood: every SYN a new spoofed source, sampling on (the agent's default
@@ -252,6 +339,7 @@ fn kernel_table(out: &mut String) {
         ),
         flood_ns,
         base_call,
+        base_call,
     ));
     // The same with every SYN from a /24 of its own, as a flood spoofing random
     // 32-bit sources sends them: each is a new prefix for the prefix table too.
@@ -272,6 +360,7 @@ fn kernel_table(out: &mut String) {
         ),
         spread_ns,
         base_call,
+        base_call,
     ));
     // What the verifier saw: the program's size after rewriting, and the
     // instructions it walked over all paths (how branchy the program is).
@@ -291,13 +380,18 @@ fn kernel_table(out: &mut String) {
         .collect();
     out.push_str(&format!(
         "\n## Kernel cost per packet (BPF_PROG_TEST_RUN, median of {ROUNDS} rounds)\n\n\
-         baseline XDP_PASS: {baseline:.1} ns repeated x{REPEAT}, {base_call:.1} ns one run per call\n\n\
+         baseline XDP_PASS: {baseline:.1} ns repeated x{REPEAT}, {base_call:.1} ns one run per call; \
+         tc pass: {tc_baseline:.1} ns repeated, {tc_base_call:.1} ns per call\n\n\
          programs: {}\n\n\
-         | path | ns/packet | x baseline |\n|---|---:|---:|\n",
+         | path | ns/packet | x baseline (XDP_PASS) | x its hook's baseline |\n|---|---:|---:|---:|\n",
         sizes.join("; ")
     ));
-    for (name, ns, base) in rows {
-        out.push_str(&format!("| {name} | {ns:.1} | {:.2} |\n", ns / base));
+    for (name, ns, base, own) in rows {
+        out.push_str(&format!(
+            "| {name} | {ns:.1} | {:.2} | {:.2} |\n",
+            ns / base,
+            ns / own
+        ));
     }
 }
 
@@ -587,6 +681,12 @@ fn main() {
     let part = |p: &str| only.is_empty() || only == p;
     if part("kernel") {
         kernel_table(&mut out);
+    }
+    // TCPMON_BENCH_AB=OBJECT compares another build's kernel object with this one
+    // (only when asked: it needs that build).
+    if let Ok(path) = std::env::var("TCPMON_BENCH_AB") {
+        let other = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        tests::ab_bench::table(&mut out, &path, &other);
     }
     if part("klog") {
         tests::kernel_log_bench::table(&mut out);
