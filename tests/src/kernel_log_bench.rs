@@ -7,59 +7,15 @@
 //! suppressed path, as a flood's would.
 
 use monitor::loader::{KernelLog, LoadOptions};
-use monitor_common::{
-    flags::{ACK, PSH, SYN},
-    frames::Frame,
+use monitor_common::{flags::ACK, frames::Frame};
+
+use crate::{
+    bench_frames::{A, B, acks, data, establish, fresh_syns, per_call_pair as per_call},
+    testrun::{Loaded, Prog},
 };
 
-use crate::testrun::{Loaded, Prog};
-
-const A: [u8; 4] = [10, 9, 0, 1];
-const B: [u8; 4] = [10, 9, 0, 2];
 /// Calls per row and object.
 const CALLS: u32 = 3000;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn client(f: u8, seq: u32, ack: u32, len: usize) -> Vec<u8> {
-    Frame::v4(A, 1000, B, 80)
-        .flags(f)
-        .seq_ack(seq, ack)
-        .payload(len)
-        .build()
-}
-
-fn server(f: u8, seq: u32, ack: u32) -> Vec<u8> {
-    Frame::v4(B, 80, A, 1000).flags(f).seq_ack(seq, ack).build()
-}
-
-/// A tracked flow, 1000 -> 80, handshake done and one data segment sent.
-fn establish(l: &mut Loaded) {
-    l.run(Prog::TcEgress, &client(SYN, 999, 0, 0), 1);
-    l.run(Prog::Xdp, &server(SYN | ACK, 6999, 1000), 1);
-    l.run(Prog::TcEgress, &client(ACK, 1000, 7000, 0), 1);
-    l.run(Prog::TcEgress, &client(ACK | PSH, 1000, 7000, 1400), 1);
-    l.drain();
-}
-
-/// Median ns per call of each frame through `prog` of both objects, alternating.
-fn per_call(off: &mut Loaded, on: &mut Loaded, prog: Prog, frames: &[Vec<u8>]) -> (f64, f64) {
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for (i, f) in frames.iter().enumerate() {
-        a.push(off.run(prog, f, 1).duration.as_nanos() as f64);
-        b.push(on.run(prog, f, 1).duration.as_nanos() as f64);
-        if i % 500 == 499 {
-            off.drain();
-            on.drain();
-        }
-    }
-    off.drain();
-    on.drain();
-    (median(a), median(b))
-}
 
 /// Appends the table to `out`.
 pub fn table(out: &mut String) {
@@ -70,20 +26,9 @@ pub fn table(out: &mut String) {
     });
     establish(&mut off);
     establish(&mut on);
-    let data: Vec<Vec<u8>> = (0..CALLS)
-        .map(|i| client(ACK | PSH, 2400 + i * 1400, 7000, 1400))
-        .collect();
-    let acks: Vec<Vec<u8>> = (0..CALLS)
-        .map(|i| server(ACK, 7000, 3800 + i * 1400))
-        .collect();
-    let syns: Vec<Vec<u8>> = (0..CALLS)
-        .map(|i| {
-            Frame::v4([10, 20, (i >> 8) as u8, i as u8], 3000 + i as u16, B, 443)
-                .flags(SYN)
-                .tcp_options(20)
-                .build()
-        })
-        .collect();
+    let data = data(0, CALLS);
+    let acks = acks(0, CALLS);
+    let syns = fresh_syns(CALLS);
     let malformed: Vec<Vec<u8>> = (0..CALLS)
         .map(|i| {
             let mut f = Frame::v4(A, 40_000 + (i % 20_000) as u16, B, 80).flags(ACK);

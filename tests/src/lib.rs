@@ -7,6 +7,7 @@
 
 pub mod ab_bench;
 pub mod attached;
+pub mod bench_frames;
 pub mod capture;
 pub mod flood;
 pub mod flood_ladder;

@@ -26,7 +26,10 @@ use monitor_common::{
     parse::{ETH_P_8021Q, parse_ethernet},
     seq::LazyClock,
 };
-use tests::testrun::{Loaded, Prog};
+use tests::{
+    bench_frames::{A, B, acks, client, data, establish, flood_syns, fresh_syns, median, server},
+    testrun::{Loaded, Prog},
+};
 
 const ROUNDS: usize = 7;
 /// Flood rounds of the end-to-end CPU comparison.
@@ -34,25 +37,6 @@ const FLOOD_ROUNDS: usize = 3;
 const REPEAT: u32 = 20_000;
 /// Event-emitting cases fill the ring buffer; keep each round well below its size.
 const EMIT_REPEAT: u32 = 4_000;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-const A: [u8; 4] = [10, 9, 0, 1];
-const B: [u8; 4] = [10, 9, 0, 2];
-
-/// 6000 flood SYNs to B:80, the `i`th from `source(i)`, each from its own port.
-fn flood_syns(source: impl Fn(u32) -> [u8; 4]) -> Vec<Vec<u8>> {
-    (0..6000u32)
-        .map(|i| {
-            Frame::v4(source(i), 1024 + (i % 60000) as u16, B, 80)
-                .flags(SYN)
-                .build()
-        })
-        .collect()
-}
 
 struct Kernel {
     l: Loaded,
@@ -158,20 +142,9 @@ fn kernel_table(out: &mut String) {
     );
 
     // An established flow for the data, ACK and retransmission cases.
-    let c = |f: u8, seq: u32, ack: u32, len: usize| {
-        Frame::v4(A, 1000, B, 80)
-            .flags(f)
-            .seq_ack(seq, ack)
-            .payload(len)
-            .build()
-    };
-    let s =
-        |f: u8, seq: u32, ack: u32| Frame::v4(B, 80, A, 1000).flags(f).seq_ack(seq, ack).build();
-    k.l.run(Prog::TcEgress, &c(SYN, 999, 0, 0), 1);
-    k.l.run(Prog::Xdp, &s(SYN | ACK, 6999, 1000), 1);
-    k.l.run(Prog::TcEgress, &c(ACK, 1000, 7000, 0), 1);
-    k.l.run(Prog::TcEgress, &c(ACK | PSH, 1000, 7000, 1400), 1);
-    k.l.drain();
+    establish(&mut k.l);
+    let c = client;
+    let s = server;
 
     // In-order data advances the sequence every packet, so it cannot be repeated
     // in place: one run per call, against the baseline measured the same way.
@@ -187,17 +160,7 @@ fn kernel_table(out: &mut String) {
         )
     };
     // Each hook gets the next 3000 segments of the flow in its direction.
-    let data = |from: u32| -> Vec<Vec<u8>> {
-        (from..from + 3000)
-            .map(|i| c(ACK | PSH, 2400 + i * 1400, 7000, 1400))
-            .collect()
-    };
-    let acks = |from: u32| -> Vec<Vec<u8>> {
-        (from..from + 3000)
-            .map(|i| s(ACK, 7000, 3800 + i * 1400))
-            .collect()
-    };
-    let (data_tc_frames, data_xdp_frames) = (data(0), data(3000));
+    let (data_tc_frames, data_xdp_frames) = (data(0, 3000), data(3000, 3000));
     let base_call = per_call(&mut k, None, &data_tc_frames);
     let tc_base_call = median(
         data_tc_frames
@@ -208,8 +171,8 @@ fn kernel_table(out: &mut String) {
     let clock_call = median(data_tc_frames.iter().map(|f| k.clock_baseline(f)).collect());
     let data_tc = per_call(&mut k, Some(Prog::TcEgress), &data_tc_frames);
     let data_xdp = per_call(&mut k, Some(Prog::Xdp), &data_xdp_frames);
-    let ack_xdp = per_call(&mut k, Some(Prog::Xdp), &acks(0));
-    let ack_tc = per_call(&mut k, Some(Prog::TcIngress), &acks(3000));
+    let ack_xdp = per_call(&mut k, Some(Prog::Xdp), &acks(0, 3000));
+    let ack_tc = per_call(&mut k, Some(Prog::TcIngress), &acks(3000, 3000));
     k.l.drain();
 
     let syn = Frame::v4(A, 2000, B, 443)
@@ -303,14 +266,7 @@ fn kernel_table(out: &mut String) {
     // New connections, not sampled (no flood): each SYN creates its flow entry,
     // counts its port, prefix and source, and emits. Not repeatable in place (a
     // repeat is a retransmission of an existing entry, the row above).
-    let fresh: Vec<Vec<u8>> = (0..3000u32)
-        .map(|i| {
-            Frame::v4([10, 20, (i >> 8) as u8, i as u8], 3000 + i as u16, B, 443)
-                .flags(SYN)
-                .tcp_options(20)
-                .build()
-        })
-        .collect();
+    let fresh = fresh_syns(3000);
     let fresh_ns = per_call(&mut k, Some(Prog::Xdp), &fresh);
     k.l.drain();
     rows.push((
@@ -323,7 +279,7 @@ fn kernel_table(out: &mut String) {
     // rate). Most are sampled out: per-port, prefix and sketch counts, an embryo, no
     // event.
     let syn_maps = monitor::syn::kernel::SynMaps::new(&mut k.l.bpf, 1000).expect("SYN maps");
-    let flood = flood_syns(|i| {
+    let flood = flood_syns(6000, |i| {
         let b = i.to_be_bytes();
         [10, b[1] | 0x80, b[2], b[3]]
     });
@@ -343,7 +299,7 @@ fn kernel_table(out: &mut String) {
     ));
     // The same with every SYN from a /24 of its own, as a flood spoofing random
     // 32-bit sources sends them: each is a new prefix for the prefix table too.
-    let spread = flood_syns(|i| {
+    let spread = flood_syns(6000, |i| {
         let b = monitor_common::syn::mix(i as u64 + 1).to_le_bytes();
         [11 + (b[0] & 0x3f), b[1], b[2], b[3]]
     });
