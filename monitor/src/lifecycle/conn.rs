@@ -407,6 +407,19 @@ impl Conn {
                 _ => None,
             };
             out.push(Happening::Opened(timing));
+        } else if let Some(c) = self.client
+            && self.synacks == 0
+            && self.ends[c] == TcpState::SynSent
+            && (s == c || self.isn[c].is_some_and(|isn| seg.ack == isn.wrapping_add(1)))
+        {
+            // Seen from its SYN, its SYN-ACK not (it came before the egress hook was
+            // attached, or took a path without one): the client acknowledging
+            // anything, or the server acknowledging the SYN, shows the handshake
+            // done. It opened while watched, without a latency sample, as a seeded
+            // connection whose handshake completed out of sight does.
+            self.ack_ns = Some(seg.ts_ns);
+            self.ends = [TcpState::Established; 2];
+            out.push(Happening::Opened(None));
         }
         if !self.fin_acked[r] && self.fin_seq[r].is_some_and(|fs| seg.ack == fs.wrapping_add(1)) {
             self.fin_acked[r] = true;

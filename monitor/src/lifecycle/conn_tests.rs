@@ -356,3 +356,25 @@ fn fuzz_record_max_byte_totals() {
     engine.on_event(&ev);
     engine.tick(ev.raw.ts_ns, &mut crate::lifecycle::NoProbe);
 }
+
+#[test]
+fn a_handshake_whose_synack_went_unseen_opens_once_without_latency() {
+    // The client's ACK shows it: only a client that got the SYN-ACK sends one.
+    let (c, out) = run(&[seg(C, SYN, 10, 0, 0), seg(C, ACK, 11, 21, 100)]);
+    assert_eq!(c.ends, [TcpState::Established; 2]);
+    assert_eq!(out, [Happening::Opened(None)]);
+    // The server acknowledging the SYN shows it too (the client's ACK unseen),
+    // and what follows opens nothing more.
+    let (c, out) = run(&[
+        seg(C, SYN, 10, 0, 0),
+        seg(S, ACK, 21, 11, 100),
+        seg(C, ACK, 11, 22, 150),
+        seg(S, FIN | ACK, 22, 11, 200),
+    ]);
+    assert_eq!(c.ends, [TcpState::CloseWait, TcpState::FinWait1]);
+    assert_eq!(out, [Happening::Opened(None)]);
+    // A server segment that does not acknowledge the SYN proves nothing.
+    let (c, out) = run(&[seg(C, SYN, 10, 0, 0), seg(S, ACK, 21, 999, 100)]);
+    assert_eq!(c.ends[C], TcpState::SynSent);
+    assert!(out.is_empty(), "{out:?}");
+}
