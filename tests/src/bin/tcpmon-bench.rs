@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    programs::{Program, TestRun as _, TestRunOptions},
 };
 use monitor::{
     agent::LifecycleOptions,
@@ -38,6 +38,9 @@ const REPEAT: u32 = 20_000;
 /// Event-emitting cases fill the ring buffer; keep each round well below its size.
 const EMIT_REPEAT: u32 = 4_000;
 
+/// The lab programs the kernel table measures beside tcpmon's.
+const LAB_BASELINES: [&str; 3] = ["lab_xdp_pass", "lab_xdp_clock", "lab_tc_pass"];
+
 struct Kernel {
     l: Loaded,
     base: aya::Ebpf,
@@ -47,6 +50,21 @@ impl Kernel {
     /// ns per run of the baseline program of `prog`'s type: XDP_PASS, or a tc
     /// classifier that only passes (a tc run also builds an skb).
     fn baseline(&mut self, prog: Prog, frame: &[u8], repeat: u32) -> f64 {
+        let name = if prog == Prog::Xdp {
+            "lab_xdp_pass"
+        } else {
+            "lab_tc_pass"
+        };
+        self.lab(name, frame, repeat)
+    }
+
+    /// ns of one run of XDP_PASS after one `bpf_ktime_get_ns`.
+    fn clock_baseline(&mut self, frame: &[u8]) -> f64 {
+        self.lab("lab_xdp_clock", frame, 1)
+    }
+
+    /// ns per run of the lab program `name` (one of [`LAB_BASELINES`]).
+    fn lab(&mut self, name: &str, frame: &[u8], repeat: u32) -> f64 {
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
@@ -54,38 +72,12 @@ impl Kernel {
             repeat,
             ..TestRunOptions::default()
         };
-        let r = match prog {
-            Prog::Xdp => {
-                TryInto::<&mut Xdp>::try_into(self.base.program_mut("lab_xdp_pass").unwrap())
-                    .unwrap()
-                    .test_run(opts)
-            }
-            _ => TryInto::<&mut SchedClassifier>::try_into(
-                self.base.program_mut("lab_tc_pass").unwrap(),
-            )
-            .unwrap()
-            .test_run(opts),
+        match self.base.program_mut(name).expect("lab program") {
+            Program::Xdp(p) => p.test_run(opts),
+            Program::SchedClassifier(p) => p.test_run(opts),
+            _ => unreachable!("the lab baselines are XDP and tc programs"),
         }
-        .expect("baseline test_run");
-        r.duration.as_nanos() as f64
-    }
-
-    /// ns of one run of XDP_PASS after one `bpf_ktime_get_ns`.
-    fn clock_baseline(&mut self, frame: &[u8]) -> f64 {
-        let p: &mut Xdp = self
-            .base
-            .program_mut("lab_xdp_clock")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        p.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..TestRunOptions::default()
-        })
-        .expect("clock test_run")
+        .expect("baseline test_run")
         .duration
         .as_nanos() as f64
     }
@@ -108,20 +100,14 @@ fn kernel_table(out: &mut String) {
     let mut base = EbpfLoader::new()
         .load(tests::LAB_OBJECT)
         .expect("lab object");
-    let p: &mut Xdp = base
-        .program_mut("lab_xdp_pass")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    p.load().expect("baseline loads");
-    let p: &mut Xdp = base
-        .program_mut("lab_xdp_clock")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    p.load().expect("clock baseline loads");
-    let p: &mut SchedClassifier = base.program_mut("lab_tc_pass").unwrap().try_into().unwrap();
-    p.load().expect("tc baseline loads");
+    for name in LAB_BASELINES {
+        match base.program_mut(name).expect("lab program") {
+            Program::Xdp(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            _ => unreachable!("the lab baselines are XDP and tc programs"),
+        }
+        .unwrap_or_else(|e| panic!("{name} loads: {e}"));
+    }
     let mut k = Kernel {
         l: Loaded::new(),
         base,
